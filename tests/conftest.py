@@ -1,0 +1,21 @@
+"""Shared test setup: the repo root on sys.path, a quiet matplotlib backend,
+and a path to the optional real data in ../shared (skipped when absent)."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MPLBACKEND", "Agg")
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def celeba_sample():
+    """The real CelebA sample beside the checkout, or skip."""
+    path = SHARED / "celeba_sample" / "img_align_celeba"
+    if not path.is_dir():
+        pytest.skip("needs ../shared/data/celeba_sample (not part of a user's clone)")
+    return path

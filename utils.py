@@ -1,0 +1,195 @@
+"""Small pieces every stage shares: one-line user errors, atomic writes, safe
+loading, device choice, and image grids.
+
+Every script ends with ``if __name__ == "__main__": utils.run_cli(main)`` so a
+bad input prints one sentence (no traceback) and exits non-zero, and Ctrl-C
+exits 130.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import pickle
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, reported as one line."""
+
+
+def run_cli(main, argv=None) -> None:
+    """Run ``main(argv)``; turn UserError into one stderr line + exit 2."""
+    try:
+        code = main(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(code or 0)
+
+
+# --------------------------------------------------------------------------- #
+# Atomic writes
+# --------------------------------------------------------------------------- #
+@contextlib.contextmanager
+def atomic_path(path, suffix: str | None = None):
+    """Yield a temporary path beside ``path``; on success fsync and rename it
+    over ``path``. On any error the temp file is removed and ``path`` keeps
+    its previous content. A full disk becomes a UserError that says so.
+
+    >>> with atomic_path("out.npy") as tmp:
+    ...     np.save(tmp, array)
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=suffix or (".tmp" + path.suffix), dir=parent
+        )
+        os.close(fd)
+    except OSError as err:
+        raise UserError(f"cannot write to {parent}: {err.strerror or err}") from None
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            dir_fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if err.errno == errno.ENOSPC:
+            raise UserError(
+                f"disk full while writing {path}; the previous file (if any) is intact"
+            ) from None
+        if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise UserError(f"cannot write {path}: {err.strerror}") from None
+        raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_json(obj, path) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def append_jsonl(obj, path) -> None:
+    """Append one JSON line (small appends are atomic enough for logs)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(obj) + "\n")
+
+
+def torch_save(obj, path) -> None:
+    """``torch.save`` through a temp file + fsync + rename."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def torch_load(path, map_location="cpu", what: str = "file"):
+    """``torch.load(weights_only=True)`` with one-line errors for a missing,
+    truncated, foreign, or code-carrying (unsafe pickle) file."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise UserError(
+                f"refusing to load {path}: it holds Python objects that could run code "
+                f"(only plain tensors and containers are accepted; weights_only=True)"
+            ) from None
+        raise UserError(f"{what} {path} is not a valid torch file ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{what} {path} is truncated or corrupt and cannot be read ({first[:160]})"
+        ) from None
+
+
+# --------------------------------------------------------------------------- #
+# Devices
+# --------------------------------------------------------------------------- #
+def resolve_device(name: str = "auto"):
+    """'auto' -> cuda if available, else mps, else cpu. Asking for a device
+    that is not there is a UserError."""
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps was asked for, but MPS is not available (use --device cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+
+
+# --------------------------------------------------------------------------- #
+# Images
+# --------------------------------------------------------------------------- #
+def to_uint8(images):
+    """Float images in [-1, 1] (torch, NCHW) -> uint8 NHWC numpy, rounded
+    exactly as ``torchvision.utils.save_image`` rounds before writing a PNG."""
+    x = images.detach().float().add(1).mul(127.5).add(0.5).clamp(0, 255)
+    return x.to("cpu", dtype=__import__("torch").uint8).permute(0, 2, 3, 1).numpy()
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> one uint8 (H', W', 3) grid, ``nrow`` images a row."""
+    n, h, w, c = images.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / nrow))
+    grid = np.zeros((rows * (h + padding) + padding, nrow * (w + padding) + padding, c), np.uint8)
+    for k in range(n):
+        r, col = divmod(k, nrow)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[y : y + h, x : x + w] = images[k]
+    return grid
+
+
+def save_png(array: np.ndarray, path) -> None:
+    """Write a uint8 HxWx3 array as PNG, atomically."""
+    from PIL import Image
+
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def save_grid(images, path, nrow: int | None = None) -> None:
+    """Save a grid PNG from uint8 NHWC numpy or float [-1, 1] NCHW torch."""
+    if not isinstance(images, np.ndarray):
+        images = to_uint8(images)
+    save_png(image_grid(images, nrow), path)
