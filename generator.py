@@ -1,0 +1,141 @@
+"""Sample faces from a trained generator: one PNG per image plus a grid, and
+optionally a grid of smooth latent walks.
+
+    python generator.py -n 64                                   # samples/000000.png ... + samples/grid.png
+    python generator.py -n 16 --params runs/x/generator.params --seed 7 --no-ema
+    python generator.py -n 8 --interpolate 6 --out walks       # + walks/interpolation.png (6 walks)
+
+Image k comes from its own random generator seeded with ``seed + k`` (the
+per-seed generators of NVlabs EDM), so it is the same whatever
+``--batch-size`` is (bit-identical on CPU, tested; on a GPU, cuDNN may pick
+other kernels for other batch shapes, which can move a rare pixel by one level). ``--params`` may be our ``generator.params`` (config +
+raw and EMA weights) or a bare generator state_dict as the classic DCGAN code
+saves it (``torch.save(netG.state_dict(), path)``); the size is then inferred
+from the weight shapes.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import utils
+from network import load_generator
+
+GRID_MAX = 64  # grid.png shows the first 64 images; every image still gets its own PNG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("-n", "--num", type=int, default=64, help="number of images to write")
+    parser.add_argument("--params", default="generator.params", help="generator.params or a bare state_dict")
+    parser.add_argument("--out", default="samples", help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="image k uses seed + k")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA weights")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (no effect on pixels)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--interpolate", type=int, default=0, metavar="K",
+                        help="also write interpolation.png: K walks (rows) between random latents")
+    parser.add_argument("--interp-steps", type=int, default=10, help="frames per walk, endpoints included")
+    return parser
+
+
+def latents(seeds, nz: int) -> torch.Tensor:
+    """One standard-normal latent per seed, each drawn from its own CPU
+    generator, so a latent depends only on its seed. -> (len(seeds), nz)."""
+    out = torch.empty(len(seeds), nz)
+    for row, seed in enumerate(seeds):
+        out[row] = torch.randn(nz, generator=torch.Generator().manual_seed(int(seed)))
+    return out
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between rows of z0 and z1 (B, nz) at fractions
+    t (T,) -> (B, T, nz). Gaussian latents live near a sphere, so slerp keeps
+    the walk at typical norms where lerp would pass through low-norm latents;
+    falls back to lerp for (near-)parallel endpoints."""
+    a, b = z0.double(), z1.double()
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    omega = torch.arccos(cos.clamp(-1, 1))[:, None]  # (B, 1)
+    t = t.double()[None, :]  # (1, T)
+    sin = torch.sin(omega)
+    parallel = sin.abs() < 1e-6
+    safe = torch.where(parallel, torch.ones_like(sin), sin)
+    w0 = torch.where(parallel, 1 - t, torch.sin((1 - t) * omega) / safe)
+    w1 = torch.where(parallel, t, torch.sin(t * omega) / safe)
+    return (w0[..., None] * a[:, None] + w1[..., None] * b[:, None]).to(z0.dtype)
+
+
+@torch.no_grad()
+def generate(generator, z: torch.Tensor, device, batch_size: int):
+    """Yield uint8 NHWC batches for latents z (N, nz), batch_size at a time."""
+    for start in range(0, z.shape[0], batch_size):
+        yield utils.to_uint8(generator(z[start : start + batch_size].to(device)))
+
+
+def write_samples(generator, nz: int, n: int, out: Path, seed: int, device, batch_size: int) -> None:
+    """Write out/000000.png ... and out/grid.png (the first GRID_MAX images)."""
+    grid = []
+    bar = tqdm(total=n, desc="generate", unit="img")
+    for start in range(0, n, batch_size):
+        count = min(batch_size, n - start)
+        z = latents(range(seed + start, seed + start + count), nz)
+        (images,) = generate(generator, z, device, count)
+        for offset, image in enumerate(images):
+            utils.save_png(image, out / f"{start + offset:06d}.png")
+        if start < GRID_MAX:
+            grid.append(images[: GRID_MAX - start])
+        bar.update(count)
+    bar.close()
+    utils.save_png(utils.image_grid(np.concatenate(grid)), out / "grid.png")
+
+
+def write_interpolation(generator, nz: int, walks: int, steps: int, out: Path, seed: int, device,
+                        batch_size: int) -> Path:
+    """Walk r goes from the latent of seed + 2r to that of seed + 2r + 1 (so
+    walk 0 starts at image 0 and ends at image 1 of a run with the same seed);
+    one row per walk, ``steps`` frames a row."""
+    z0 = latents([seed + 2 * r for r in range(walks)], nz)
+    z1 = latents([seed + 2 * r + 1 for r in range(walks)], nz)
+    z = slerp(z0, z1, torch.linspace(0, 1, steps)).reshape(walks * steps, nz)
+    images = np.concatenate(list(generate(generator, z, device, batch_size)))
+    path = out / "interpolation.png"
+    utils.save_png(utils.image_grid(images, nrow=steps), path)
+    return path
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.num < 1:
+        raise utils.UserError(f"-n must be at least 1 (got {args.num})")
+    if args.batch_size < 1:
+        raise utils.UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.interpolate < 0:
+        raise utils.UserError(f"--interpolate must be 0 (off) or a number of walks (got {args.interpolate})")
+    if args.interp_steps < 2:
+        raise utils.UserError(f"--interp-steps must be at least 2 (got {args.interp_steps})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise utils.UserError(f"--out {out} exists and is not a folder")
+    device = utils.resolve_device(args.device)
+    generator, config = load_generator(args.params, device, use_ema=not args.no_ema)
+    weights = "raw" if args.no_ema else "EMA (when the file has them)"
+    print(f"{args.params}: {config['size']} px, nz {config['nz']}, ngf {config['ngf']}; {weights} weights; "
+          f"device {device}; seeds {args.seed}..{args.seed + args.num - 1}")
+
+    write_samples(generator, config["nz"], args.num, out, args.seed, device, args.batch_size)
+    print(f"wrote {args.num} images and {out / 'grid.png'}")
+    if args.interpolate:
+        path = write_interpolation(generator, config["nz"], args.interpolate, args.interp_steps, out,
+                                   args.seed, device, args.batch_size)
+        print(f"wrote {path} ({args.interpolate} walks x {args.interp_steps} frames)")
+    return 0
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)

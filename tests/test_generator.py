@@ -1,0 +1,123 @@
+"""generator.py: per-seed determinism, both params formats, EMA choice,
+interpolation, and one-line errors."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import generator
+from network import Generator, save_generator_params
+from utils import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = {"size": 32, "nz": 16, "ngf": 4, "ndf": 4, "nc": 3}
+
+
+def pngs(folder):
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(Path(folder).glob("[0-9]*.png"))}
+
+
+@pytest.fixture
+def params(tmp_path):
+    """generator.params with distinct raw and EMA weights."""
+    torch.manual_seed(0)
+    raw, ema = Generator(32, nz=16, ngf=4), Generator(32, nz=16, ngf=4)
+    path = tmp_path / "generator.params"
+    save_generator_params(path, CONFIG, raw.state_dict(), ema.state_dict())
+    return path
+
+
+def test_image_k_is_identical_whatever_the_batch_size(params, tmp_path):
+    generator.main(["-n", "5", "--params", str(params), "--out", str(tmp_path / "a"), "--batch-size", "1",
+                    "--device", "cpu"])
+    generator.main(["-n", "5", "--params", str(params), "--out", str(tmp_path / "b"), "--batch-size", "4",
+                    "--device", "cpu"])
+    a, b = pngs(tmp_path / "a"), pngs(tmp_path / "b")
+    assert list(a) == [f"{k:06d}.png" for k in range(5)]
+    assert all(a[k].shape == (32, 32, 3) and np.array_equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "grid.png").is_file()
+    # image k is seed + k: seed 2 image 0 is seed 0 image 2, and images differ from each other
+    generator.main(["-n", "1", "--params", str(params), "--out", str(tmp_path / "c"), "--seed", "2",
+                    "--device", "cpu"])
+    assert np.array_equal(pngs(tmp_path / "c")["000000.png"], a["000002.png"])
+    assert not np.array_equal(a["000000.png"], a["000001.png"])
+
+
+def test_bare_classic_state_dict_loads_and_matches_the_network(tmp_path):
+    torch.manual_seed(1)
+    net = Generator(64, nz=100, ngf=4).eval()
+    torch.save(net.state_dict(), tmp_path / "generator.params")  # the classic course code's format
+    generator.main(["-n", "2", "--params", str(tmp_path / "generator.params"), "--out", str(tmp_path / "s"),
+                    "--device", "cpu"])
+    images = pngs(tmp_path / "s")
+    assert images["000000.png"].shape == (64, 64, 3)
+    with torch.no_grad():
+        expected = net(generator.latents([0, 1], 100))
+    assert np.array_equal(images["000001.png"], generator.utils.to_uint8(expected)[1])
+
+
+def test_ema_weights_by_default_raw_with_no_ema(params, tmp_path):
+    blob = torch.load(params, weights_only=True)
+    nets = {}
+    for key in ("generator", "generator_ema"):
+        nets[key] = Generator(32, nz=16, ngf=4)
+        nets[key].load_state_dict(blob[key])
+        nets[key].eval()
+    generator.main(["-n", "1", "--params", str(params), "--out", str(tmp_path / "ema"), "--device", "cpu"])
+    generator.main(["-n", "1", "--params", str(params), "--out", str(tmp_path / "raw"), "--no-ema",
+                    "--device", "cpu"])
+    z = generator.latents([0], 16)
+    with torch.no_grad():
+        want = {k: generator.utils.to_uint8(net(z))[0] for k, net in nets.items()}
+    assert not np.array_equal(want["generator"], want["generator_ema"])
+    assert np.array_equal(pngs(tmp_path / "ema")["000000.png"], want["generator_ema"])
+    assert np.array_equal(pngs(tmp_path / "raw")["000000.png"], want["generator"])
+
+
+def test_interpolation_grid_walks_between_the_sample_latents(params, tmp_path):
+    generator.main(["-n", "2", "--params", str(params), "--out", str(tmp_path), "--interpolate", "3",
+                    "--interp-steps", "5", "--device", "cpu"])
+    grid = np.asarray(Image.open(tmp_path / "interpolation.png"))
+    pad = 2
+    assert grid.shape == (3 * (32 + pad) + pad, 5 * (32 + pad) + pad, 3)
+    tile = lambda r, c: grid[pad + r * 34 : pad + r * 34 + 32, pad + c * 34 : pad + c * 34 + 32]
+    samples = pngs(tmp_path)
+    assert np.array_equal(tile(0, 0), samples["000000.png"])  # walk 0 starts at image 0 ...
+    assert np.array_equal(tile(0, 4), samples["000001.png"])  # ... and ends at image 1
+    assert not np.array_equal(tile(0, 2), tile(0, 0)) and not np.array_equal(tile(1, 0), tile(0, 0))
+
+
+def test_slerp_keeps_endpoints_and_norms():
+    z0, z1 = torch.randn(4, 100), torch.randn(4, 100)
+    path = generator.slerp(z0, z1, torch.linspace(0, 1, 7))
+    assert torch.allclose(path[:, 0], z0, atol=1e-5) and torch.allclose(path[:, -1], z1, atol=1e-5)
+    middle = path[:, 3].norm(dim=1)  # lerp would shrink to ~0.71 of the norm here
+    assert (middle > 0.9 * torch.minimum(z0.norm(dim=1), z1.norm(dim=1))).all()
+
+
+def test_n_below_one_is_an_error_before_anything_is_written(params, tmp_path):
+    with pytest.raises(UserError, match="-n must be at least 1"):
+        generator.main(["-n", "0", "--params", str(params), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_params_is_one_line_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "generator.py"), "-n", "4", "--params", str(tmp_path / "nope.params"),
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope.params" in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_params_is_a_user_error(tmp_path):
+    (tmp_path / "bad.params").write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="bad.params"):
+        generator.main(["-n", "1", "--params", str(tmp_path / "bad.params"), "--out", str(tmp_path / "o")])
