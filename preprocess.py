@@ -1,0 +1,701 @@
+"""Stage 1: turn a folder (or zip) of face photos into small uint8 arrays.
+
+For each size S it writes ``{out}/{name}_{S}.npy`` (uint8, N x S x S x 3,
+memory-mappable), ``{out}/{name}_{S}.json`` (source, count, crop, filter,
+skipped files with reasons, content fingerprint) and
+``{out}/{name}_{S}_preview.png`` (an 8x8 grid).
+
+    python preprocess.py                                    # CelebA from data/celeba/... -> data/celeba_{64,128}.npy
+    python preprocess.py --src ~/img_align_celeba.zip --sizes 64 --crop 108
+    python preprocess.py --synthetic 2000                   # offline cartoon faces -> data/synthetic_{64,128}.npy
+
+Images are decoded by ``--workers`` processes and streamed straight into the
+output file, so memory stays bounded whatever the number of images; outputs
+appear atomically (temp file, then rename) and a re-run with the same input and
+options does nothing unless ``--force``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import struct
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+import utils
+from utils import UserError
+
+FORMAT_VERSION = 1
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+CELEBA_CROP = 140
+FILTER = "lanczos"  # PIL Image.LANCZOS on the crop box (antialiased), after JPEG DCT draft scaling when it applies
+SEARCH_PLACES = (
+    "data/celeba/img_align_celeba",
+    "data/img_align_celeba",
+    "data/celeba/img_align_celeba.zip",
+    "data/img_align_celeba.zip",
+)
+SPLITS = {"train": 0, "valid": 1, "test": 2}
+DOWNLOAD_ADVICE = (
+    "get CelebA with `python preprocess.py --download` (torchvision; needs `pip install gdown`, network access, "
+    "and Google Drive often refuses with a quota error), or download img_align_celeba.zip by hand from "
+    "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html and put it at data/celeba/img_align_celeba.zip "
+    "(no need to unzip); or use any image folder with --src, or --synthetic N for built-in offline faces"
+)
+CROP_HELP = (
+    "centred square crop before resizing: an integer side N, or 'square' for the largest centred square. "
+    "The box is left=(W-N)//2, top=(H-N)//2, right=left+N, bottom=top+N; for a 178x218 CelebA image and N=140 "
+    "that is (19, 39, 159, 179). Default: 140 for CelebA (108 reproduces the TTUR / DCGAN-tensorflow protocol, "
+    "178 the PyTorch DCGAN tutorial), 'square' for other folders. An image smaller than N uses its largest "
+    "centred square"
+)
+
+
+# --------------------------------------------------------------------------- #
+# Sources: a folder searched recursively, or a zip read in place
+# --------------------------------------------------------------------------- #
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not Path(name).name.startswith("._")
+
+
+def list_folder(root: Path) -> tuple[list[str], int]:
+    """Sorted relative paths of image files under ``root``, plus the number of
+    other (ignored) files."""
+    names, other = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = Path(dirpath).relative_to(root)
+        for fname in filenames:
+            if is_image_name(fname):
+                names.append(str(rel / fname) if str(rel) != "." else fname)
+            elif not fname.startswith("."):
+                other += 1
+    return sorted(names), other
+
+
+def list_zip(path: Path) -> tuple[list[str], int]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UserError(f"--src {path} is not a readable zip file ({err})") from None
+    names = sorted(m.filename for m in members if is_image_name(m.filename) and "__MACOSX" not in m.filename)
+    return names, len(members) - len(names)
+
+
+def source_signature(src: Path, names: list[str]) -> str:
+    """Cheap identity of the input: names, sizes and mtimes (folder) or the zip's
+    size and mtime. Changes when files are added, removed or replaced."""
+    digest = hashlib.blake2b(digest_size=16)
+    if src.is_file():
+        stat = src.stat()
+        digest.update(f"zip:{src.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{len(names)}".encode())
+    else:
+        for name in names:
+            stat = (src / name).stat()
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def is_celeba(src: Path) -> bool:
+    return "img_align_celeba" in src.name.lower()
+
+
+def find_default_source() -> Path:
+    for place in SEARCH_PLACES:
+        if Path(place).exists():
+            return Path(place)
+    raise UserError(f"no CelebA found (looked in {', '.join(SEARCH_PLACES)}); {DOWNLOAD_ADVICE}")
+
+
+def download_celeba(root: Path) -> Path:
+    """Fetch CelebA with torchvision into ``root/celeba/img_align_celeba``."""
+    try:
+        import torchvision
+
+        torchvision.datasets.CelebA(root=str(root), split="all", target_type="attr", download=True)
+    except Exception as err:  # offline, missing gdown, Drive quota: all one sentence for the user
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"download of CelebA failed ({type(err).__name__}: {first}); {DOWNLOAD_ADVICE}") from None
+    return root / "celeba" / "img_align_celeba"
+
+
+def read_partition(src: Path) -> dict[str, int]:
+    """CelebA's list_eval_partition.txt (``000001.jpg 0``) from beside the images."""
+    places = [src.parent / "list_eval_partition.txt"]
+    if src.is_dir():
+        places.insert(0, src / "list_eval_partition.txt")
+    for place in places:
+        if place.is_file():
+            parts = {}
+            for line in place.read_text().splitlines():
+                fields = line.split()
+                if len(fields) == 2 and fields[1].isdigit():
+                    parts[fields[0]] = int(fields[1])
+            return parts
+    raise UserError(
+        f"--split needs CelebA's list_eval_partition.txt beside the images (looked at "
+        f"{', '.join(map(str, places))}); download it from the CelebA page or use --split all"
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Decoding (runs in the worker processes)
+# --------------------------------------------------------------------------- #
+_ZIP: dict = {}
+
+
+def crop_box(width: int, height: int, crop) -> tuple[int, int, int, int]:
+    """Centred square box (left, top, right, bottom); crop is an int side or
+    'square'. 178x218 with 140 -> (19, 39, 159, 179)."""
+    side = min(width, height) if crop == "square" else min(int(crop), width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparency is composited onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float greyscale: scale to 8 bits
+        array = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if array.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(array * (255.0 / top), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def load_image(src: str, name: str, sizes: tuple, crop) -> list[bytes]:
+    """Decode one file, crop the centred square, resize to every size.
+    Returns one raw uint8 HxWx3 buffer per size; raises on a bad file."""
+    if src.lower().endswith(".zip"):
+        archive = _ZIP.get(src)
+        if archive is None:
+            archive = _ZIP[src] = zipfile.ZipFile(src)
+        handle = io.BytesIO(archive.read(name))
+    else:
+        handle = open(os.path.join(src, name), "rb")
+    with handle, Image.open(handle) as img:
+        width, height = img.size
+        left, top, right, bottom = crop_box(width, height, crop)
+        side = right - left
+        scale = 1.0
+        if img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
+            # DCT-domain downscale by 1/2, 1/4 or 1/8 while keeping the crop box >= the largest size
+            need = max(sizes) / side
+            result = img.draft(img.mode if img.mode == "L" else "RGB",
+                               (math.ceil(width * need), math.ceil(height * need)))
+            if result is not None:
+                scale = result[1][2] / width
+        img.load()
+        rgb = to_rgb(img)
+        # crop first, so the filter never reaches pixels outside the box; keep the sub-pixel box a draft leaves
+        box = (left * scale, top * scale, right * scale, bottom * scale)
+        outer = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
+        inner = (box[0] - outer[0], box[1] - outer[1], box[2] - outer[0], box[3] - outer[1])
+        rgb = rgb.crop(outer)
+        return [rgb.resize((s, s), Image.LANCZOS, box=inner).tobytes() for s in sizes]
+
+
+def _decode_task(task):
+    index, src, name, sizes, crop = task
+    try:
+        buffers = load_image(src, name, sizes, crop)
+        for buf, s in zip(buffers, sizes):
+            if len(buf) != s * s * 3:
+                raise ValueError("unexpected decoded size")
+        return index, buffers, None
+    except Exception as err:  # corrupt, truncated, not an image: skipped and reported, never fatal
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        return index, None, reason[:200]
+
+
+def _synthetic_task(task):
+    index, seed, sizes = task
+    img = draw_face(np.random.default_rng([seed, index]), max(256, 2 * max(sizes)))
+    return index, [img.resize((s, s), Image.LANCZOS).tobytes() for s in sizes], None
+
+
+# --------------------------------------------------------------------------- #
+# Streaming .npy writer: the array is appended image by image, never in RAM
+# --------------------------------------------------------------------------- #
+def _npy_header(shape: tuple, total: int | None = None) -> bytes:
+    """A version 1.0 .npy header for uint8 C-order data, padded to ``total``
+    bytes (so a shorter shape can later overwrite it in place)."""
+    text = "{'descr': '|u1', 'fortran_order': False, 'shape': %r, }" % (tuple(int(d) for d in shape),)
+    if total is None:
+        total = -(-(10 + len(text) + 1 + 32) // 64) * 64  # 64-byte aligned, with slack
+    pad = total - 10 - len(text) - 1
+    assert pad >= 0
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", total - 10) + text.encode("latin1") + b" " * pad + b"\n"
+
+
+class NpyStreamWriter:
+    """Append uint8 images to a .npy file; ``close()`` fixes the header to the
+    number actually written (skipped files leave no holes)."""
+
+    def __init__(self, path: str, capacity: int, size: int):
+        self.path, self.size, self.count = path, size, 0
+        self.header = _npy_header((capacity, size, size, 3))
+        self.file = open(path, "wb")
+        self.file.write(self.header)
+        self.digest = hashlib.blake2b(digest_size=16)
+
+    def append(self, buffer: bytes) -> None:
+        self.file.write(buffer)
+        self.digest.update(buffer)
+        self.count += 1
+
+    def close(self) -> str:
+        shape = (self.count, self.size, self.size, 3)
+        self.file.seek(0)
+        self.file.write(_npy_header(shape, total=len(self.header)))
+        self.file.truncate(len(self.header) + self.count * self.size * self.size * 3)
+        self.file.close()
+        self.digest.update(repr(shape).encode())
+        return self.digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- #
+# Driver
+# --------------------------------------------------------------------------- #
+def output_paths(out: Path, name: str, size: int) -> dict:
+    stem = out / f"{name}_{size}"
+    return {"npy": stem.with_suffix(".npy"), "json": stem.with_suffix(".json"),
+            "preview": out / f"{name}_{size}_preview.png"}
+
+
+def is_up_to_date(paths: dict, signature: dict) -> bool:
+    """True when the json beside an existing .npy records the same input and options."""
+    try:
+        meta = json.loads(paths["json"].read_text())
+    except (OSError, ValueError):
+        return False
+    return paths["npy"].is_file() and meta.get("signature") == signature
+
+
+def run_pool(tasks: list, worker, workers: int, writers: dict, sizes: tuple, names: list | None, desc: str) -> list:
+    """Stream ``worker(task)`` results, in order, into the writers; returns
+    [[file, reason], ...] for skipped inputs."""
+    skipped = []
+    bar = tqdm(total=len(tasks), desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5)
+    chunk = max(1, min(64, len(tasks) // (8 * max(1, workers)) or 1))
+    if workers <= 1:
+        results = map(worker, tasks)
+        pool = contextlib.nullcontext()
+    else:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("spawn" if sys.platform == "darwin" else None).Pool(workers)
+        results = pool.imap(worker, tasks, chunksize=chunk)
+    with pool, bar:
+        for index, buffers, reason in results:
+            if buffers is None:
+                skipped.append([names[index], reason])
+                bar.set_postfix(skipped=len(skipped), refresh=False)
+            else:
+                for size, buf in zip(sizes, buffers):
+                    writers[size].append(buf)
+            bar.update(1)
+    return skipped
+
+
+def write_outputs(out: Path, name: str, sizes: tuple, capacity: int, tasks: list, worker, workers: int,
+                  names: list | None, meta_for_size, desc: str) -> dict:
+    """Run the pool into temp files, then publish npy, json and preview for
+    every size. Nothing is replaced unless every size finished."""
+    start = time.time()
+    results = {}
+    with contextlib.ExitStack() as stack:
+        writers = {}
+        for size in sizes:
+            tmp = stack.enter_context(utils.atomic_path(output_paths(out, name, size)["npy"]))
+            writers[size] = NpyStreamWriter(tmp, capacity, size)
+            stack.callback(writers[size].file.close)
+        skipped = run_pool(tasks, worker, workers, writers, sizes, names, desc)
+        count = capacity - len(skipped)
+        if count == 0:
+            raise UserError(f"none of the {capacity} input files could be read (first: {skipped[0][0]}: "
+                            f"{skipped[0][1]}); nothing written")
+        fingerprints = {size: writers[size].close() for size in sizes}
+        for size in sizes:  # a stale json must never describe a new .npy
+            with contextlib.suppress(FileNotFoundError):
+                output_paths(out, name, size)["json"].unlink()
+    # the ExitStack has renamed every temp .npy into place; now the sidecars
+    seconds = time.time() - start
+    for size in sizes:
+        paths = output_paths(out, name, size)
+        preview = np.load(paths["npy"], mmap_mode="r")[:64]
+        utils.save_png(utils.image_grid(np.ascontiguousarray(preview), nrow=8), paths["preview"])
+        meta = meta_for_size(size)
+        meta.update(count=count, size=size, skipped=skipped, fingerprint=fingerprints[size],
+                    seconds=round(seconds, 2), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        utils.save_json(meta, paths["json"])
+        results[size] = paths
+    rate = capacity / max(seconds, 1e-9)
+    written = ", ".join(str(results[s]["npy"]) for s in sizes)
+    print(f"wrote {written}: {count} images, {len(skipped)} skipped, {seconds:.1f} s, {rate:.0f} images/s")
+    return results
+
+
+def parse_crop(value: str):
+    if value == "square":
+        return "square"
+    try:
+        side = int(value)
+    except ValueError:
+        side = 0
+    if side < 1:
+        raise argparse.ArgumentTypeError(f"--crop must be a positive integer or 'square', got {value!r}")
+    return side
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--src", type=Path, default=None,
+                        help="img_align_celeba folder, img_align_celeba.zip (read in place), or any folder of "
+                             f"images searched recursively ({', '.join(IMAGE_EXTENSIONS)}); default: the first of "
+                             f"{', '.join(SEARCH_PLACES)} that exists")
+    parser.add_argument("--out", type=Path, default=Path("data"), help="output folder")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="output side lengths in pixels")
+    parser.add_argument("--name", default=None,
+                        help="output name prefix; default celeba (celeba_train etc. with --split) for CelebA, "
+                             "the folder name otherwise, synthetic for --synthetic")
+    parser.add_argument("--crop", type=parse_crop, default=None, help=CROP_HELP)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N files (sorted by name)")
+    parser.add_argument("--split", choices=["all", "train", "valid", "test"], default="all",
+                        help="CelebA partition from list_eval_partition.txt beside the images")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
+    parser.add_argument("--download", action="store_true",
+                        help="download CelebA with torchvision into {out}/celeba first (needs gdown and network)")
+    parser.add_argument("--synthetic", type=int, default=None, metavar="N",
+                        help="instead of photos, draw N cartoon faces (offline demo / test data)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --synthetic")
+    return parser
+
+
+def validate(args) -> None:
+    for size in args.sizes:
+        if not 4 <= size <= 2048:
+            raise UserError(f"--sizes {size} is out of range (4 to 2048 pixels)")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    if args.synthetic is not None and args.synthetic < 1:
+        raise UserError(f"--synthetic must be at least 1, got {args.synthetic}")
+    if args.name is not None and (not args.name or any(c in args.name for c in "/\\") or args.name.startswith(".")):
+        raise UserError(f"--name {args.name!r} must be a plain file-name prefix")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} exists and is not a folder")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    validate(args)
+    sizes = tuple(dict.fromkeys(args.sizes))  # unique, order kept
+    if args.synthetic is not None:
+        return make_synthetic(args, sizes)
+
+    if args.download:
+        src = download_celeba(args.out)
+    elif args.src is not None:
+        src = args.src.expanduser()
+    else:
+        src = find_default_source()
+    if not src.exists():
+        raise UserError(f"--src {src} does not exist")
+    if src.is_file():
+        if src.suffix.lower() != ".zip":
+            raise UserError(f"--src {src} is a file but not a .zip; give a folder of images or a zip")
+        names, other = list_zip(src)
+    else:
+        names, other = list_folder(src)
+    if not names:
+        raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in --src {src}")
+    celeba = is_celeba(src)
+    if args.split != "all":
+        partition = read_partition(src)
+        wanted = SPLITS[args.split]
+        names = [n for n in names if partition.get(Path(n).name) == wanted]
+        if not names:
+            raise UserError(f"no images of --split {args.split} found in {src}")
+    if args.limit is not None:
+        names = names[: args.limit]
+    name = args.name or (("celeba" if args.split == "all" else f"celeba_{args.split}") if celeba
+                         else "".join(c if c.isalnum() or c in "-_" else "_" for c in src.resolve().name))
+    crop = args.crop if args.crop is not None else (CELEBA_CROP if celeba else "square")
+
+    signature = {"format": FORMAT_VERSION, "source": str(src.resolve()), "files": source_signature(src, names),
+                 "split": args.split, "limit": args.limit, "crop": crop, "filter": FILTER}
+    todo = tuple(s for s in sizes if args.force or not is_up_to_date(output_paths(args.out, name, s),
+                                                                      dict(signature, size=s)))
+    for size in sizes:
+        if size not in todo:
+            print(f"{output_paths(args.out, name, size)['npy']} is up to date (same input and options; --force rebuilds)")
+    if not todo:
+        return 0
+
+    def meta(size):
+        return {"source": str(src.resolve()), "count": None, "size": size,
+                "crop": {"side": crop, "box": "left=(W-N)//2, top=(H-N)//2, N=side (or min(W,H))",
+                         "celeba_178x218_box": list(crop_box(178, 218, crop))},
+                "filter": FILTER + " (PIL, box-resampled from the crop; JPEG DCT draft scaling by 1/2-1/8 first "
+                                   "when the crop stays >= the largest requested size)",
+                "split": args.split, "limit": args.limit, "ignored_non_image_files": other,
+                "signature": dict(signature, size=size)}
+
+    tasks = [(i, str(src), n, todo, crop) for i, n in enumerate(names)]
+    write_outputs(args.out, name, todo, len(names), tasks, _decode_task, min(args.workers, len(names)),
+                  names, meta, desc=f"{name} {'/'.join(map(str, todo))}px")
+    return 0
+
+
+# --------------------------------------------------------------------------- #
+# Synthetic cartoon faces
+# --------------------------------------------------------------------------- #
+SKIN = [(255, 224, 196), (241, 194, 158), (224, 172, 128), (198, 134, 94), (160, 102, 66), (112, 70, 45),
+        (84, 52, 36), (250, 210, 180)]
+HAIR = [(25, 20, 18), (60, 38, 24), (101, 67, 33), (150, 100, 50), (214, 176, 104), (240, 220, 150),
+        (165, 55, 25), (190, 190, 190), (235, 235, 235), (80, 40, 110), (40, 90, 160), (200, 60, 120)]
+HAIR_WEIGHTS = np.array([6, 6, 5, 3, 3, 2, 2, 2, 1, 0.5, 0.5, 0.5])
+IRIS = [(80, 50, 25), (120, 80, 40), (60, 110, 170), (70, 130, 90), (110, 120, 130), (40, 30, 25)]
+
+
+def _shade(color, factor: float):
+    return tuple(int(max(0, min(255, c * factor))) for c in color)
+
+
+def _mix(a, b, t: float):
+    return tuple(int(x + (y - x) * t) for x, y in zip(a, b))
+
+
+def draw_face(rng: np.random.Generator, canvas: int = 256) -> Image.Image:
+    """One cartoon face, drawn at ``canvas`` px (downscale for antialiasing).
+    Everything is a function of ``rng``."""
+    D = canvas
+    u = lambda v: v * D  # noqa: E731  (unit coordinates -> pixels)
+    r = rng.uniform
+
+    # background: a vertical two-colour gradient
+    hue = rng.integers(0, 256, 3) * r(0.4, 0.85) + r(40, 110)  # softened towards grey
+    top, bottom = np.clip(hue, 0, 255), np.clip(hue * r(0.5, 1.1) + r(-40, 40, 3), 0, 255)
+    t = np.linspace(0, 1, D, dtype=np.float32)[:, None, None]
+    bg = (top[None, None, :] * (1 - t) + bottom[None, None, :] * t).astype(np.uint8)
+    img = Image.fromarray(np.broadcast_to(bg, (D, D, 3)).copy())
+
+    layer = Image.new("RGBA", (D, D), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    skin = _mix(SKIN[rng.integers(len(SKIN))], tuple(int(c) for c in rng.integers(150, 256, 3)), r(0, 0.12))
+    hair = HAIR[rng.choice(len(HAIR), p=HAIR_WEIGHTS / HAIR_WEIGHTS.sum())]
+    hair = _shade(hair, r(0.85, 1.15))
+    shirt = tuple(int(c) for c in rng.integers(20, 240, 3))
+    cx, cy = 0.5, 0.5
+    fw, fh = r(0.2, 0.26), r(0.26, 0.32)  # half width / half height of the face
+    style = rng.choice(["short", "long", "bob", "bald", "curly", "bun", "spiky"],
+                       p=[0.24, 0.22, 0.16, 0.06, 0.12, 0.08, 0.12])
+    line = max(1, int(D / 128))
+
+    # shoulders and neck
+    d.ellipse([u(cx - 0.42), u(cy + fh + 0.08), u(cx + 0.42), u(cy + fh + 0.6)], fill=shirt)
+    d.rectangle([u(cx - fw * 0.45), u(cy + fh * 0.5), u(cx + fw * 0.45), u(cy + fh + 0.13)], fill=_shade(skin, 0.85))
+    # long hair behind the head
+    if style in ("long", "bob"):
+        length = r(0.28, 0.45) if style == "long" else r(0.05, 0.14)
+        d.rounded_rectangle([u(cx - fw - 0.055), u(cy - fh - 0.05), u(cx + fw + 0.055), u(cy + length)],
+                            radius=u(0.12), fill=hair)
+    if style == "bun":
+        d.ellipse([u(cx - 0.08), u(cy - fh - 0.13), u(cx + 0.08), u(cy - fh + 0.02)], fill=hair)
+    # ears
+    ear_y = cy + r(-0.02, 0.03)
+    for side in (-1, 1):
+        ex = cx + side * fw
+        d.ellipse([u(ex - 0.035), u(ear_y - 0.05), u(ex + 0.035), u(ear_y + 0.05)], fill=_shade(skin, 0.93))
+    # face: an ellipse, sometimes with a squarer or pointier jaw
+    box = [u(cx - fw), u(cy - fh), u(cx + fw), u(cy + fh)]
+    d.ellipse(box, fill=skin)
+    jaw = rng.choice(["oval", "square", "pointed"], p=[0.5, 0.25, 0.25])
+    if jaw == "square":
+        d.rounded_rectangle([u(cx - fw * 0.92), u(cy), u(cx + fw * 0.92), u(cy + fh * 0.92)],
+                            radius=u(fw * 0.45), fill=skin)
+    elif jaw == "pointed":
+        d.polygon([(u(cx - fw * 0.97), u(cy + 0.02)), (u(cx + fw * 0.97), u(cy + 0.02)),
+                   (u(cx + fw * 0.25), u(cy + fh * 1.05)), (u(cx - fw * 0.25), u(cy + fh * 1.05))], fill=skin)
+    # hair on top of the head
+    hx0, hx1 = u(cx - fw - 0.02), u(cx + fw + 0.02)
+    hy0 = u(cy - fh - r(0.025, 0.06))
+    fringe = cy - fh * r(0.35, 0.6)
+    if style in ("short", "long", "bob", "bun"):
+        d.chord([hx0, hy0, hx1, u(cy + fh * 0.35)], start=180, end=360, fill=hair)
+        part = rng.choice(["straight", "left", "right", "fringe"])
+        if part == "fringe":
+            d.rectangle([hx0 + u(0.02), u(cy - fh * 0.8), hx1 - u(0.02), u(fringe)], fill=hair)
+        elif part != "straight":
+            sgn = -1 if part == "left" else 1
+            d.polygon([(u(cx + sgn * fw * 0.3), u(cy - fh)), (u(cx - sgn * (fw + 0.02)), u(fringe + 0.01)),
+                       (u(cx - sgn * (fw + 0.02)), u(cy - fh * 0.6))], fill=hair)
+        if style in ("long", "bob"):  # strands framing the face
+            for side in (-1, 1):
+                x_out = cx + side * (fw + 0.045)
+                x_in = cx + side * (fw - 0.03)
+                d.polygon([(u(x_out), u(cy - fh * 0.6)), (u(x_in), u(cy - fh * 0.6)),
+                           (u(cx + side * (fw + 0.005)), u(cy + (0.1 if style == "bob" else 0.22))),
+                           (u(x_out), u(cy + (0.1 if style == "bob" else 0.25)))], fill=hair)
+    elif style == "curly":
+        for _ in range(22):
+            a = r(math.pi * 0.95, math.pi * 2.05)
+            rad = r(0.045, 0.07)
+            px, py = cx + (fw + 0.01) * math.cos(a), cy - 0.04 + (fh + 0.0) * math.sin(a)
+            d.ellipse([u(px - rad), u(py - rad), u(px + rad), u(py + rad)], fill=hair)
+        d.chord([hx0, hy0, hx1, u(cy + fh * 0.2)], start=180, end=360, fill=hair)
+    elif style == "spiky":
+        d.chord([hx0, u(cy - fh - 0.01), hx1, u(cy + fh * 0.3)], start=180, end=360, fill=hair)
+        n = int(rng.integers(5, 9))
+        for k in range(n):
+            x = cx - fw + (2 * fw) * (k + 0.5) / n
+            d.polygon([(u(x - 0.035), u(cy - fh * 0.75)), (u(x + r(-0.02, 0.02)), u(cy - fh - r(0.06, 0.11))),
+                       (u(x + 0.035), u(cy - fh * 0.75))], fill=hair)
+    elif style == "bald" and rng.random() < 0.5:  # a little hair at the sides
+        for side in (-1, 1):
+            d.chord([u(cx + side * fw - 0.04), u(cy - fh * 0.55), u(cx + side * fw + 0.04), u(cy + 0.02)],
+                    start=90 if side > 0 else 270, end=270 if side > 0 else 90, fill=hair)
+
+    # eyes, with gaze
+    eye_y = cy + r(-0.035, 0.01)
+    eye_dx = fw * r(0.38, 0.5)
+    ew, eh = r(0.04, 0.055), r(0.025, 0.04)
+    gx, gy = r(-0.45, 0.45), r(-0.3, 0.3)
+    iris = IRIS[rng.integers(len(IRIS))]
+    closed = rng.random() < 0.06
+    dark = _shade(hair, 0.6) if sum(hair) < 450 else (70, 55, 45)
+    for side in (-1, 1):
+        ex = cx + side * eye_dx
+        if closed:
+            d.arc([u(ex - ew), u(eye_y - eh), u(ex + ew), u(eye_y + eh)], 10, 170, fill=(40, 30, 30), width=2 * line)
+        else:
+            d.ellipse([u(ex - ew), u(eye_y - eh), u(ex + ew), u(eye_y + eh)], fill=(250, 250, 250),
+                      outline=(60, 45, 40), width=line)
+            ir = eh * 0.85
+            ix, iy = ex + gx * (ew - ir), eye_y + gy * (eh - ir)
+            d.ellipse([u(ix - ir), u(iy - ir), u(ix + ir), u(iy + ir)], fill=iris)
+            d.ellipse([u(ix - ir * 0.5), u(iy - ir * 0.5), u(ix + ir * 0.5), u(iy + ir * 0.5)], fill=(15, 10, 10))
+            d.ellipse([u(ix - ir * 0.55), u(iy - ir * 0.6), u(ix - ir * 0.15), u(iy - ir * 0.2)],
+                      fill=(255, 255, 255))
+        # brow: tilt from worried to angry
+        tilt = r(-0.025, 0.025)
+        by = eye_y - eh - r(0.02, 0.04)
+        bw = max(2, int(u(r(0.009, 0.018))))
+        d.line([(u(ex - side * ew * 1.1), u(by + tilt)), (u(ex + side * ew * 1.1), u(by - tilt))],
+               fill=_shade(hair, 0.8) if style != "bald" else dark, width=bw)
+    # nose
+    ny = cy + r(0.05, 0.09)
+    nose_col = _shade(skin, 0.78)
+    if rng.random() < 0.5:
+        d.line([(u(cx + r(-0.005, 0.005)), u(eye_y + 0.01)), (u(cx - 0.018), u(ny)), (u(cx + 0.012), u(ny + 0.005))],
+               fill=nose_col, width=2 * line, joint="curve")
+    else:
+        d.ellipse([u(cx - 0.03), u(ny - 0.022), u(cx + 0.03), u(ny + 0.018)], fill=_shade(skin, 0.9))
+        for side in (-1, 1):
+            d.ellipse([u(cx + side * 0.014 - 0.006), u(ny), u(cx + side * 0.014 + 0.006), u(ny + 0.01)], fill=nose_col)
+    # mouth: a parabola from smile (curve > 0) to frown (curve < 0), sometimes open
+    my = cy + fh * r(0.5, 0.62)
+    mw = fw * r(0.35, 0.55)
+    curve = r(-0.025, 0.045)
+    lips = _mix(_shade(skin, 0.7), (170, 40, 50), r(0.3, 0.8))
+    xs = np.linspace(-1, 1, 12)
+    pts = [(u(cx + x * mw), u(my + curve * (1 - x * x))) for x in xs]
+    if curve > 0.02 and rng.random() < 0.5:  # open smile with teeth
+        d.polygon(pts + [(u(cx), u(my - 0.005))], fill=(110, 20, 30))
+        d.polygon([(u(cx - mw * 0.8), u(my + curve * 0.2)), (u(cx + mw * 0.8), u(my + curve * 0.2)),
+                   (u(cx + mw * 0.5), u(my + curve * 0.55)), (u(cx - mw * 0.5), u(my + curve * 0.55))],
+                  fill=(245, 245, 240))
+    else:
+        d.line(pts, fill=lips, width=max(2, int(u(r(0.011, 0.02)))), joint="curve")
+    # blush, moustache/beard sometimes
+    if rng.random() < 0.2:
+        for side in (-1, 1):
+            bx = cx + side * fw * 0.6
+            d.ellipse([u(bx - 0.04), u(ny - 0.015), u(bx + 0.04), u(ny + 0.03)], fill=(235, 120, 120, 90))
+    if rng.random() < 0.1:
+        d.chord([u(cx - fw * 0.9), u(cy + fh * 0.05), u(cx + fw * 0.9), u(cy + fh * 1.02)], 15, 165,
+                fill=_shade(hair, 0.75) + (235,))
+        d.line(pts, fill=lips, width=max(2, int(u(0.015))), joint="curve")
+    elif rng.random() < 0.1:
+        d.line([(u(cx - mw * 0.9), u(my - 0.02)), (u(cx), u(my - 0.035)), (u(cx + mw * 0.9), u(my - 0.02))],
+               fill=hair, width=max(3, int(u(0.02))), joint="curve")
+    # glasses
+    if rng.random() < 0.25:
+        frame = tuple(int(c) for c in rng.integers(0, 120, 3))
+        sun = rng.random() < 0.3
+        gr = ew * r(1.35, 1.6)
+        for side in (-1, 1):
+            ex = cx + side * eye_dx
+            shape = d.ellipse if rng.random() < 0.5 else d.rectangle
+            shape([u(ex - gr), u(eye_y - gr * 0.8), u(ex + gr), u(eye_y + gr * 0.8)],
+                  outline=frame, width=max(2, int(u(0.011))), fill=(20, 20, 30, 235) if sun else None)
+            d.line([(u(ex + side * gr), u(eye_y - 0.01)), (u(cx + side * fw), u(eye_y - 0.02))], fill=frame,
+                   width=max(2, int(u(0.008))))
+        d.line([(u(cx - eye_dx + gr), u(eye_y)), (u(cx + eye_dx - gr), u(eye_y))], fill=frame,
+               width=max(2, int(u(0.01))))
+
+    # pose jitter: small rotation, shift and scale of the whole figure
+    angle = r(-9, 9)
+    scale = r(0.92, 1.08)
+    shift = r(-0.035, 0.035, 2) * D
+    layer = layer.rotate(angle, resample=Image.BICUBIC, center=(D / 2, D / 2),
+                         translate=(float(shift[0]), float(shift[1])))
+    if abs(scale - 1) > 1e-3:
+        side = int(round(D * scale))
+        layer = layer.resize((side, side), Image.BILINEAR)
+        off = (D - side) // 2
+        canvas_layer = Image.new("RGBA", (D, D), (0, 0, 0, 0))
+        canvas_layer.paste(layer, (off, off))
+        layer = canvas_layer
+    img.paste(layer, (0, 0), layer)
+    return img
+
+
+def make_synthetic(args, sizes: tuple) -> int:
+    name = args.name or "synthetic"
+    signature = {"format": FORMAT_VERSION, "source": "synthetic", "faces_version": 1, "n": args.synthetic,
+                 "seed": args.seed}
+    todo = tuple(s for s in sizes if args.force or not is_up_to_date(output_paths(args.out, name, s),
+                                                                      dict(signature, size=s)))
+    for size in sizes:
+        if size not in todo:
+            print(f"{output_paths(args.out, name, size)['npy']} is up to date (same input and options; --force rebuilds)")
+    if not todo:
+        return 0
+
+    def meta(size):
+        return {"source": f"synthetic cartoon faces (seed {args.seed})", "count": None, "size": size,
+                "crop": None, "filter": f"{FILTER} (drawn at {max(256, 2 * max(todo))} px, then downscaled)",
+                "seed": args.seed, "signature": dict(signature, size=size)}
+
+    tasks = [(i, args.seed, todo) for i in range(args.synthetic)]
+    write_outputs(args.out, name, todo, args.synthetic, tasks, _synthetic_task, min(args.workers, args.synthetic),
+                  None, meta, desc=f"synthetic {'/'.join(map(str, todo))}px")
+    return 0
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)

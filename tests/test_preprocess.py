@@ -1,0 +1,245 @@
+"""preprocess.py on real (tiny) JPEG / PNG files made in tmp_path."""
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import preprocess
+from utils import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+RED, GREEN, BLUE = (220, 0, 0), (0, 200, 0), (0, 0, 230)
+
+
+def celeba_like(seed: int = 0) -> Image.Image:
+    """178x218 red image; the 140 px CelebA crop box (19, 39, 159, 179) holds a
+    green left half and a blue right half."""
+    array = np.zeros((218, 178, 3), np.uint8)
+    array[:] = RED
+    array[39:179, 19:89] = GREEN
+    array[39:179, 89:159] = BLUE
+    array[5, 5 + seed] = 255  # files differ a little (outside the box)
+    return Image.fromarray(array)
+
+
+def make_celeba(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True)
+    for k in range(n):
+        celeba_like(k).save(folder / f"{k + 1:06d}.jpg", quality=95, subsampling=0)
+    return folder
+
+
+def run(*args):
+    return preprocess.main([str(a) for a in args] + ["--workers", "1"])
+
+
+def assert_crop(images: np.ndarray) -> None:
+    """Left half green, right half blue, no red border inside the output."""
+    s = images.shape[1]
+    m = max(1, s // 8)
+    left = images[:, m:-m, m : s // 2 - m].reshape(-1, 3).mean(0)
+    right = images[:, m:-m, s // 2 + m : -m].reshape(-1, 3).mean(0)
+    assert np.abs(left - GREEN).max() < 25, left
+    assert np.abs(right - BLUE).max() < 25, right
+    assert images[..., 0].max() < 100, "red from outside the crop box leaked in: the box is wrong"
+
+
+def test_crop_box_is_centred():
+    assert preprocess.crop_box(178, 218, 140) == (19, 39, 159, 179)
+    assert preprocess.crop_box(178, 218, 108) == (35, 55, 143, 163)
+    assert preprocess.crop_box(178, 218, "square") == (0, 20, 178, 198)
+    assert preprocess.crop_box(101, 50, "square") == (25, 0, 75, 50)
+    assert preprocess.crop_box(60, 80, 140) == (0, 10, 60, 70)  # smaller than N: largest centred square
+    assert "(19, 39, 159, 179)" in preprocess.build_parser().format_help().replace("\n", " ")
+
+
+@pytest.mark.parametrize("sizes", [[16], [16, 64], [150]])  # JPEG draft 1/8, 1/2, none (upscale)
+def test_celeba_folder_shapes_crop_and_range(tmp_path, sizes):
+    src = make_celeba(tmp_path / "img_align_celeba")
+    out = tmp_path / "out"
+    assert run("--src", src, "--out", out, "--sizes", *sizes) == 0
+    for s in sizes:
+        images = np.load(out / f"celeba_{s}.npy", mmap_mode="r")
+        assert images.shape == (3, s, s, 3) and images.dtype == np.uint8
+        assert_crop(np.asarray(images))
+        meta = json.loads((out / f"celeba_{s}.json").read_text())
+        assert meta["count"] == 3 and meta["size"] == s and meta["skipped"] == []
+        assert meta["crop"]["side"] == 140 and meta["filter"].startswith("lanczos")
+        assert meta["source"] == str(src.resolve()) and len(meta["fingerprint"]) >= 16
+        with Image.open(out / f"celeba_{s}_preview.png") as preview:
+            assert preview.format == "PNG" and preview.mode == "RGB"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"celeba_{s}{ext}" for s in sizes for ext in (".npy", ".json", "_preview.png"))
+
+
+def test_zip_read_in_place_matches_folder(tmp_path):
+    src = make_celeba(tmp_path / "img_align_celeba")
+    archive = tmp_path / "zipped" / "img_align_celeba.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(src.iterdir()):
+            zf.write(f, f"img_align_celeba/{f.name}")
+    run("--src", src, "--out", tmp_path / "a", "--sizes", "32")
+    run("--src", archive, "--out", tmp_path / "b", "--sizes", "32")
+    a, b = np.load(tmp_path / "a" / "celeba_32.npy"), np.load(tmp_path / "b" / "celeba_32.npy")
+    assert b.shape == (3, 32, 32, 3) and np.array_equal(a, b)
+    assert os.listdir(archive.parent) == ["img_align_celeba.zip"]  # nothing extracted
+
+
+def test_any_folder_recursive_with_mode_conversions(tmp_path):
+    src = tmp_path / "pets"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    Image.new("L", (40, 30), 77).save(src / "a_gray.png")
+    Image.new("CMYK", (30, 40), (0, 255, 255, 0)).save(src / "sub" / "b_cmyk.jpg", quality=95)
+    pal = Image.new("P", (20, 20), 1)
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    pal.save(src / "sub" / "c_palette.png")
+    Image.new("RGBA", (20, 20), (0, 0, 0, 0)).save(src / "sub" / "deeper" / "d_transparent.png")
+    Image.new("RGB", (24, 24), (5, 6, 250)).save(src / "e.bmp")
+    Image.new("RGB", (24, 24), (250, 6, 5)).save(src / "f.webp", lossless=True)
+    (src / "notes.txt").write_text("not an image, ignored")
+    run("--src", src, "--out", tmp_path / "out", "--sizes", "8")
+    images = np.load(tmp_path / "out" / "pets_8.npy")
+    meta = json.loads((tmp_path / "out" / "pets_8.json").read_text())
+    assert images.shape == (6, 8, 8, 3) and meta["crop"]["side"] == "square" and meta["skipped"] == []
+    centre = images[:, 4, 4].astype(int)  # sorted by relative path: a, e, f, sub/b, sub/c, sub/deeper/d
+    assert np.all(np.abs(centre[0] - 77) <= 1)  # grey on all three channels
+    assert np.abs(centre[1] - (5, 6, 250)).max() <= 2 and np.abs(centre[2] - (250, 6, 5)).max() <= 2
+    assert centre[3][0] > 200 and centre[3][1] < 60 and centre[3][2] < 60  # CMYK (0, 255, 255, 0) is red
+    assert np.abs(centre[4] - (10, 200, 30)).max() <= 2  # palette
+    assert np.all(centre[5] == 255)  # transparent -> white
+    assert meta["ignored_non_image_files"] == 1
+
+
+def test_corrupt_and_truncated_files_skipped_and_reported(tmp_path):
+    src = make_celeba(tmp_path / "img_align_celeba", n=3)
+    good = (src / "000001.jpg").read_bytes()
+    (src / "000004.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (src / "000005.jpg").write_text("this is not a jpeg")  # corrupt
+    out = tmp_path / "out"
+    preprocess.main(["--src", str(src), "--out", str(out), "--sizes", "16", "--workers", "2"])  # the pool path
+    images = np.load(out / "celeba_16.npy")
+    meta = json.loads((out / "celeba_16.json").read_text())
+    assert images.shape == (3, 16, 16, 3) and meta["count"] == 3
+    assert_crop(images)
+    reasons = dict(meta["skipped"])
+    assert set(reasons) == {"000004.jpg", "000005.jpg"}
+    assert "truncated" in reasons["000004.jpg"].lower()
+    assert "identify" in reasons["000005.jpg"].lower()
+
+
+def test_empty_folder_is_one_line_error_exit_2_no_output(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "preprocess.py"), "--src", str(tmp_path / "empty"),
+                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and str(tmp_path / "empty") in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_bad_inputs_raise_user_error_before_any_output(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="missing"):
+        run("--src", tmp_path / "missing", "--out", out)
+    (tmp_path / "bad.zip").write_text("not a zip")
+    with pytest.raises(UserError, match="bad.zip"):
+        run("--src", tmp_path / "bad.zip", "--out", out)
+    src = make_celeba(tmp_path / "img_align_celeba", n=1)
+    with pytest.raises(UserError, match="list_eval_partition"):
+        run("--src", src, "--out", out, "--split", "test")
+    with pytest.raises(UserError, match="--sizes"):
+        run("--src", src, "--out", out, "--sizes", "0")
+    assert not out.exists()
+    monkeypatch.chdir(tmp_path / "img_align_celeba")  # no data/ here: the default search fails with advice
+    with pytest.raises(UserError, match=r"data/celeba/img_align_celeba.*--download"):
+        run()
+
+
+def test_download_failure_gives_the_same_advice(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to establish a new connection: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CelebA", offline)
+    with pytest.raises(UserError) as err:
+        run("--download", "--out", tmp_path / "out")
+    message = str(err.value)
+    assert "\n" not in message and "gdown" in message and "img_align_celeba.zip" in message
+
+
+def test_split_uses_partition_file(tmp_path):
+    src = make_celeba(tmp_path / "celeba" / "img_align_celeba", n=3)
+    (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 2\n000003.jpg 2\n")
+    run("--src", src, "--out", tmp_path / "out", "--sizes", "8", "--split", "test")
+    meta = json.loads((tmp_path / "out" / "celeba_test_8.json").read_text())
+    assert meta["count"] == 2 and meta["split"] == "test"
+
+
+def test_idempotent_rerun_force_and_changed_options(tmp_path, capsys):
+    src = make_celeba(tmp_path / "img_align_celeba")
+    out = tmp_path / "out"
+    run("--src", src, "--out", out, "--sizes", "8")
+    stamp = (out / "celeba_8.npy").stat().st_mtime_ns, (out / "celeba_8.json").read_text()
+    capsys.readouterr()
+    run("--src", src, "--out", out, "--sizes", "8")
+    assert "up to date" in capsys.readouterr().out
+    assert ((out / "celeba_8.npy").stat().st_mtime_ns, (out / "celeba_8.json").read_text()) == stamp
+    run("--src", src, "--out", out, "--sizes", "8", "--force")
+    assert (out / "celeba_8.npy").stat().st_mtime_ns != stamp[0]
+    fingerprint = json.loads(stamp[1])["fingerprint"]
+    assert json.loads((out / "celeba_8.json").read_text())["fingerprint"] == fingerprint  # same content
+    run("--src", src, "--out", out, "--sizes", "8", "--crop", "100")  # another option: rebuilt
+    assert json.loads((out / "celeba_8.json").read_text())["crop"]["side"] == 100
+    celeba_like(9).save(src / "000009.jpg")  # new input file: rebuilt
+    run("--src", src, "--out", out, "--sizes", "8", "--crop", "100")
+    assert np.load(out / "celeba_8.npy").shape[0] == 4
+
+
+def test_failed_run_leaves_previous_output_and_no_temp_files(tmp_path, monkeypatch):
+    src = make_celeba(tmp_path / "img_align_celeba", n=4)
+    out = tmp_path / "out"
+    run("--src", src, "--out", out, "--sizes", "8", "16")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = preprocess._decode_task, []
+
+    def dies_midway(task):
+        calls.append(task)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash after two images were written")
+        return real(task)
+
+    monkeypatch.setattr(preprocess, "_decode_task", dies_midway)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run("--src", src, "--out", out, "--sizes", "8", "16", "--force")
+    assert len(calls) == 3
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # same files, same bytes, no temps
+
+
+def test_synthetic_faces_deterministic_and_varied(tmp_path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        preprocess.main(["--synthetic", "6", "--seed", str(seed), "--sizes", "32", "--out", str(tmp_path / name),
+                         "--workers", "1"])
+    a, b, c = (np.load(tmp_path / n / "synthetic_32.npy") for n in "abc")
+    assert a.shape == (6, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert min(np.abs(a[i].astype(int) - a[j]).mean() for i in range(6) for j in range(i)) > 10  # all differ
+    meta = json.loads((tmp_path / "a" / "synthetic_32.json").read_text())
+    assert meta["count"] == 6 and meta["seed"] == 1 and meta["fingerprint"]
+
+
+def test_real_celeba_sample(tmp_path, celeba_sample):
+    before = sorted(os.listdir(celeba_sample.parent))
+    run("--src", celeba_sample, "--out", tmp_path, "--sizes", "32", "--limit", "64")
+    images = np.load(tmp_path / "celeba_32.npy", mmap_mode="r")
+    assert images.shape == (64, 32, 32, 3) and images.dtype == np.uint8
+    assert 0 <= images.min() and images.max() == 255 and 60 < images.mean() < 200
+    assert sorted(os.listdir(celeba_sample.parent)) == before  # nothing written beside the shared data
