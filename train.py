@@ -551,11 +551,12 @@ def train(args, given, device, rank, world_size, stop_group) -> int:
     per_epoch = len(feeder)
     total = min(config["epochs"] * per_epoch, config["max_steps"] or sys.maxsize)
 
-    real_stats = None
-    if args.fid_every and lead:
+    real_stats = inception = None
+    if args.fid_every and lead:  # before any output: no Inception weights offline is a UserError here
         import evaluate  # only when asked: it loads Inception
 
-        real_stats = evaluate.real_statistics(str(data_path), device)
+        inception = evaluate.load_inception(device)
+        real_stats = evaluate.real_statistics(str(data_path), device, model=inception)
 
     run_config = {**config, "out": str(out), "params": str(params_path), "device": str(device),
                   "precision": precision, "compile": args.compile, "channels_last": trainer.channels_last,
@@ -645,7 +646,7 @@ def train(args, given, device, rank, world_size, stop_group) -> int:
         while step < total and interrupted is None:
             bar = tqdm(total=per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{config['epochs']}",
                        disable=not lead, dynamic_ncols=True, leave=True)
-            bar_start = bar.n
+            steps_before = step
             for real in feeder.epoch(epoch, start_batch=batch_in_epoch):
                 out_step = trainer.step(real)
                 acc += torch.stack([out_step[k] for k in METRIC_KEYS]).float()
@@ -674,12 +675,12 @@ def train(args, given, device, rank, world_size, stop_group) -> int:
                     if lead:
                         import evaluate
 
-                        model = fid_generator()
-                        was_training = model.training
-                        model.eval()
-                        fid = float(evaluate.generator_fid(model, config["nz"], real_stats, args.fid_n, device,
-                                                           seed=config["seed"]))
-                        model.train(was_training)
+                        net = fid_generator()
+                        was_training = net.training
+                        net.eval()
+                        fid = float(evaluate.generator_fid(net, config["nz"], real_stats, args.fid_n, device,
+                                                           seed=config["seed"], model=inception))
+                        net.train(was_training)
                         row = {"step": step, "epoch": round(epoch + batch_in_epoch / per_epoch, 4), "fid": fid, "fid_n": args.fid_n,
                                "fid_seed": config["seed"], "fid_model": "ema" if trainer.netG_ema else "raw"}
                         history.append(row)
@@ -695,7 +696,7 @@ def train(args, given, device, rank, world_size, stop_group) -> int:
                     interrupted = stop.signum
                     break
             bar.close()
-            if bar.n == bar_start:
+            if step == steps_before:
                 raise RuntimeError(f"the data feeder yielded no batch for epoch {epoch}")
     if interrupted is not None:
         name = signal.Signals(interrupted).name

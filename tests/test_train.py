@@ -1,0 +1,131 @@
+"""train.py: the Trainer step bench.py reuses, the CLI contract, and the run
+folder a short CPU run leaves behind (tiny nets, random 64 px data)."""
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import network
+import train
+import utils
+
+TINY = ["--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8", "--device", "cpu"]
+
+
+def make_data(tmp_path, n=32, size=64, name="faces_64.npy"):
+    rng = np.random.default_rng(0)
+    path = tmp_path / name
+    np.save(path, rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+    return path
+
+
+def run(tmp_path, *extra, data=None, out="run", params="generator.params"):
+    data = data or make_data(tmp_path)
+    argv = ["--data", str(data), *TINY, "--out", str(tmp_path / out), "--params", str(tmp_path / params), *extra]
+    return train.main(argv)
+
+
+def test_parser_keeps_the_issue_contract():
+    args = train.build_parser().parse_args([])
+    assert (args.size, args.epochs, args.batch_size, args.lr, args.beta1, args.beta2) == (64, 5, 128, 2e-4, 0.5, 0.999)
+    assert (args.nz, args.ngf, args.ndf, args.seed, args.device, args.precision) == (100, 64, 64, 0, "auto", "auto")
+    assert (args.ema, args.params, args.max_steps, args.compile, args.resume) == (0.0, "generator.params", None, False, False)
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["--size", "96"])
+
+
+def test_one_step_changes_both_nets_and_returns_device_scalars():
+    torch.manual_seed(0)
+    trainer = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16, "ema": 0.99}, "cpu")
+    before_g = [p.detach().clone() for p in trainer.netG.parameters()]
+    before_d = [p.detach().clone() for p in trainer.netD.parameters()]
+    real = torch.rand(8, 3, 64, 64) * 2 - 1
+    out = trainer.step(real)
+    assert set(out) == {"loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2"}
+    assert all(v.dim() == 0 and v.device.type == "cpu" and not v.requires_grad for v in out.values())
+    assert all(0 <= out[k].item() <= 1 for k in ("D_x", "D_G_z1", "D_G_z2"))
+    assert all(not torch.equal(a, b) for a, b in zip(before_g, trainer.netG.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(before_d, trainer.netD.parameters()))
+    # the EMA moved towards G but is not G (decay warm-up: first update weight 1 - 2/11)
+    ema_w, g_w = trainer.netG_ema.main[0].weight, trainer.netG.main[0].weight
+    assert not torch.equal(ema_w, g_w) and not torch.equal(ema_w, before_g[0])
+    torch.testing.assert_close(ema_w, before_g[0] + (g_w - before_g[0]) * (1 - 2 / 11))
+
+
+def test_trainer_state_dict_round_trips_without_wrapper_prefixes():
+    a = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu")
+    a.step(torch.rand(8, 3, 64, 64) * 2 - 1)
+    b = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu")
+    b.load_state_dict(a.state_dict())
+    assert all(torch.equal(x, y) for x, y in zip(a.netG.state_dict().values(), b.netG.state_dict().values()))
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in a.state_dict()["netG"])
+    assert b.optD.state_dict()["state"][0]["step"] == 1
+
+
+def test_short_run_writes_every_artefact(tmp_path, capsys):
+    code = run(tmp_path, "--max-steps", "6", "--log-every", "2", "--sample-every", "3", "--ema", "0.9",
+               "--num-samples", "16")
+    assert code == 0
+    out = tmp_path / "run"
+    config = json.loads((out / "config.json").read_text())
+    assert (config["size"], config["ngf"], config["precision"], config["total_steps"]) == (64, 8, "fp32", 6)
+    assert '"ngf": 8' in capsys.readouterr().out  # resolved config printed at start
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert set(rows[0]) >= {"step", "epoch", "loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2", "img_per_s"}
+    assert rows[-1]["epoch"] == 1.5  # 6 steps of 4 per epoch
+    for name in ("loss.png", "reals.png", "samples/step_000003.png", "samples/step_000006.png",
+                 "samples/step_000006_ema.png"):
+        assert (out / name).stat().st_size > 0, name
+    from PIL import Image
+
+    assert Image.open(out / "samples/step_000006.png").size == (4 * 66 + 2, 4 * 66 + 2)  # 16 images, 4 a row
+
+    ckpt = utils.torch_load(out / "checkpoint.pt")  # weights_only=True
+    assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (6, 1, 2)
+    assert set(ckpt["trainer"]) >= {"netG", "netD", "optG", "optD", "ema"}
+    assert set(ckpt["rng"]) == {"torch", "numpy", "python", "cuda"} and ckpt["fixed_noise"].shape == (16, 16, 1, 1)
+
+    raw, cfg = network.load_generator(tmp_path / "generator.params", use_ema=False)
+    ema, _ = network.load_generator(tmp_path / "generator.params")
+    assert (cfg["size"], cfg["nz"], cfg["ngf"], cfg["ndf"], cfg["step"]) == (64, 16, 8, 8, 6)
+    z = torch.randn(2, 16)
+    images = raw(z)
+    assert images.shape == (2, 3, 64, 64) and images.abs().max() <= 1
+    assert not torch.equal(images, ema(z))  # EMA weights exported beside the raw ones
+
+
+def test_run_folder_is_never_silently_overwritten(tmp_path):
+    run(tmp_path, "--max-steps", "1")
+    with pytest.raises(utils.UserError, match="--resume"):
+        run(tmp_path, "--max-steps", "1")
+
+
+def test_fid_every_logs_scores_and_keeps_the_best_generator(tmp_path, monkeypatch):
+    scores = iter([50.0, 20.0, 35.0])
+    calls = {"real": 0, "fid": []}
+
+    def real_statistics(data_path, device, **kw):
+        calls["real"] += 1
+        return {"mu": np.zeros(2), "sigma": np.eye(2), "n": 32}
+
+    def generator_fid(generator, nz, real_stats, n, device, **kw):
+        assert not generator.training and nz == 16 and n == 10 and real_stats["n"] == 32
+        calls["fid"].append(generator.main[0].weight.detach().clone())
+        return next(scores)
+
+    fake = types.SimpleNamespace(load_inception=lambda device, weights_path=None: "inception",
+                                 real_statistics=real_statistics, generator_fid=generator_fid)
+    monkeypatch.setitem(sys.modules, "evaluate", fake)
+    assert run(tmp_path, "--max-steps", "6", "--fid-every", "2", "--fid-n", "10") == 0
+    assert calls["real"] == 1 and len(calls["fid"]) == 3
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    fids = [(r["step"], r["fid"], r["fid_n"]) for r in rows if "fid" in r]
+    assert fids == [(2, 50.0, 10), (4, 20.0, 10), (6, 35.0, 10)]
+    best, cfg = network.load_generator(tmp_path / "generator_best.params")
+    assert cfg["step"] == 4
+    assert torch.equal(best.main[0].weight, calls["fid"][1])  # the weights that scored 20
+    assert utils.torch_load(tmp_path / "run/checkpoint.pt")["best_fid"] == 20.0
