@@ -181,6 +181,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def draft_factor(fmt: str, mode: str, side: int, size: int) -> int:
+    """JPEG DCT scaling factor (1, 2, 4 or 8) for one output size: the largest
+    that keeps the crop box at least ``size`` pixels. It depends on that size
+    only, so {name}_64.npy is the same whichever other sizes are made with it."""
+    if fmt != "JPEG" or mode not in ("RGB", "L", "YCbCr"):
+        return 1
+    return max(k for k in (1, 2, 4, 8) if k == 1 or side / k >= size)
+
+
 def load_image(src: str, name: str, sizes: tuple, crop) -> list[bytes]:
     """Decode one file, crop the centred square, resize to every size.
     Returns one raw uint8 HxWx3 buffer per size; raises on a bad file."""
@@ -188,29 +197,35 @@ def load_image(src: str, name: str, sizes: tuple, crop) -> list[bytes]:
         archive = _ZIP.get(src)
         if archive is None:
             archive = _ZIP[src] = zipfile.ZipFile(src)
-        handle = io.BytesIO(archive.read(name))
+        data = archive.read(name)
     else:
-        handle = open(os.path.join(src, name), "rb")
-    with handle, Image.open(handle) as img:
-        width, height = img.size
-        left, top, right, bottom = crop_box(width, height, crop)
-        side = right - left
-        scale = 1.0
-        if img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
-            # DCT-domain downscale by 1/2, 1/4 or 1/8 while keeping the crop box >= the largest size
-            need = max(sizes) / side
-            result = img.draft(img.mode if img.mode == "L" else "RGB",
-                               (math.ceil(width * need), math.ceil(height * need)))
-            if result is not None:
-                scale = result[1][2] / width
-        img.load()
-        rgb = to_rgb(img)
+        with open(os.path.join(src, name), "rb") as handle:
+            data = handle.read()
+    with Image.open(io.BytesIO(data)) as probe:
+        width, height = probe.size
+        fmt, mode = probe.format, probe.mode
+    left, top, right, bottom = crop_box(width, height, crop)
+    groups: dict[int, list] = {}
+    for s in sizes:
+        groups.setdefault(draft_factor(fmt, mode, right - left, s), []).append(s)
+    out = {}
+    for factor, group in groups.items():
+        with Image.open(io.BytesIO(data)) as img:
+            scale = 1.0
+            if factor > 1:
+                result = img.draft("L" if mode == "L" else "RGB", (max(1, width // factor), max(1, height // factor)))
+                if result is not None:
+                    scale = result[1][2] / width  # the draft reports where the original lies in the reduced image
+            img.load()
+            rgb = to_rgb(img)
         # crop first, so the filter never reaches pixels outside the box; keep the sub-pixel box a draft leaves
         box = (left * scale, top * scale, right * scale, bottom * scale)
         outer = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
         inner = (box[0] - outer[0], box[1] - outer[1], box[2] - outer[0], box[3] - outer[1])
         rgb = rgb.crop(outer)
-        return [rgb.resize((s, s), Image.LANCZOS, box=inner).tobytes() for s in sizes]
+        for s in group:
+            out[s] = rgb.resize((s, s), Image.LANCZOS, box=inner).tobytes()
+    return [out[s] for s in sizes]
 
 
 def _decode_task(task):
@@ -368,7 +383,12 @@ def parse_crop(value: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Resizing: the crop box is cut out exactly, then resized to each size with PIL's LANCZOS filter "
+               "(antialiased). JPEGs are first decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling, "
+               "'draft' mode) when the box stays at least as large as the largest requested size. Outputs per "
+               "size S: {out}/{name}_S.npy (uint8 N x S x S x 3), {name}_S.json (source, count, crop, filter, "
+               "skipped files with reasons, fingerprint), {name}_S_preview.png (8x8 grid).",
     )
     parser.add_argument("--src", type=Path, default=None,
                         help="img_align_celeba folder, img_align_celeba.zip (read in place), or any folder of "

@@ -79,6 +79,13 @@ def test_celeba_folder_shapes_crop_and_range(tmp_path, sizes):
         f"celeba_{s}{ext}" for s in sizes for ext in (".npy", ".json", "_preview.png"))
 
 
+def test_each_size_independent_of_the_others_requested(tmp_path):
+    src = make_celeba(tmp_path / "img_align_celeba")
+    run("--src", src, "--out", tmp_path / "a", "--sizes", "16")
+    run("--src", src, "--out", tmp_path / "b", "--sizes", "16", "128")
+    assert (tmp_path / "a" / "celeba_16.npy").read_bytes() == (tmp_path / "b" / "celeba_16.npy").read_bytes()
+
+
 def test_zip_read_in_place_matches_folder(tmp_path):
     src = make_celeba(tmp_path / "img_align_celeba")
     archive = tmp_path / "zipped" / "img_align_celeba.zip"
