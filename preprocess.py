@@ -243,8 +243,19 @@ def _decode_task(task):
 
 def _synthetic_task(task):
     index, seed, sizes = task
-    img = draw_face(np.random.default_rng([seed, index]), max(256, 2 * max(sizes)))
-    return index, [img.resize((s, s), Image.LANCZOS).tobytes() for s in sizes], None
+    out = {}
+    for canvas in sorted({synthetic_canvas(s) for s in sizes}):
+        img = draw_face(np.random.default_rng([seed, index]), canvas)
+        for s in sizes:
+            if synthetic_canvas(s) == canvas:  # box average when s divides the canvas, an exact antialiased reduction
+                out[s] = (img.reduce(canvas // s) if canvas % s == 0 else img.resize((s, s), Image.LANCZOS)).tobytes()
+    return index, [out[s] for s in sizes], None
+
+
+def synthetic_canvas(size: int) -> int:
+    """Drawing resolution for one output size: 256 px, or twice the size above
+    128 (so each size's faces do not depend on the other sizes requested)."""
+    return max(256, 2 * size)
 
 
 # --------------------------------------------------------------------------- #
@@ -677,26 +688,20 @@ def draw_face(rng: np.random.Generator, canvas: int = 256) -> Image.Image:
         d.line([(u(cx - eye_dx + gr), u(eye_y)), (u(cx + eye_dx - gr), u(eye_y))], fill=frame,
                width=max(2, int(u(0.01))))
 
-    # pose jitter: small rotation, shift and scale of the whole figure
-    angle = r(-9, 9)
-    scale = r(0.92, 1.08)
-    shift = r(-0.035, 0.035, 2) * D
-    layer = layer.rotate(angle, resample=Image.BICUBIC, center=(D / 2, D / 2),
-                         translate=(float(shift[0]), float(shift[1])))
-    if abs(scale - 1) > 1e-3:
-        side = int(round(D * scale))
-        layer = layer.resize((side, side), Image.BILINEAR)
-        off = (D - side) // 2
-        canvas_layer = Image.new("RGBA", (D, D), (0, 0, 0, 0))
-        canvas_layer.paste(layer, (off, off))
-        layer = canvas_layer
+    # pose jitter: small rotation, scale and shift of the whole figure, one affine resampling pass
+    angle, scale = math.radians(r(-9, 9)), r(0.92, 1.08)
+    tx, ty = r(-0.035, 0.035, 2) * D
+    c, s = math.cos(angle) / scale, math.sin(angle) / scale  # output -> input: q = M (p - centre - t) + centre
+    h = D / 2
+    matrix = (c, s, h - c * (h + tx) - s * (h + ty), -s, c, h + s * (h + tx) - c * (h + ty))
+    layer = layer.transform((D, D), Image.AFFINE, matrix, resample=Image.BILINEAR)
     img.paste(layer, (0, 0), layer)
     return img
 
 
 def make_synthetic(args, sizes: tuple) -> int:
     name = args.name or "synthetic"
-    signature = {"format": FORMAT_VERSION, "source": "synthetic", "faces_version": 1, "n": args.synthetic,
+    signature = {"format": FORMAT_VERSION, "source": "synthetic", "faces_version": 2, "n": args.synthetic,
                  "seed": args.seed}
     todo = tuple(s for s in sizes if args.force or not is_up_to_date(output_paths(args.out, name, s),
                                                                       dict(signature, size=s)))
@@ -708,7 +713,7 @@ def make_synthetic(args, sizes: tuple) -> int:
 
     def meta(size):
         return {"source": f"synthetic cartoon faces (seed {args.seed})", "count": None, "size": size,
-                "crop": None, "filter": f"{FILTER} (drawn at {max(256, 2 * max(todo))} px, then downscaled)",
+                "crop": None, "filter": f"box (PIL reduce) from a {synthetic_canvas(size)} px drawing",
                 "seed": args.seed, "signature": dict(signature, size=size)}
 
     tasks = [(i, args.seed, todo) for i in range(args.synthetic)]
