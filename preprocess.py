@@ -109,7 +109,10 @@ def source_signature(src: Path, names: list[str]) -> str:
 
 
 def is_celeba(src: Path) -> bool:
-    return "img_align_celeba" in src.name.lower()
+    """The aligned CelebA folder or zip (or the celeba folder holding it);
+    not e.g. CelebA-HQ, whose images are already cropped."""
+    name = src.name.lower()
+    return "img_align_celeba" in name or name == "celeba"
 
 
 def find_default_source() -> Path:
@@ -121,11 +124,15 @@ def find_default_source() -> Path:
 
 def download_celeba(root: Path) -> Path:
     """Fetch CelebA with torchvision into ``root/celeba/img_align_celeba``."""
+    created = [p for p in (root, root / "celeba") if not p.exists()]
     try:
         import torchvision
 
         torchvision.datasets.CelebA(root=str(root), split="all", target_type="attr", download=True)
     except Exception as err:  # offline, missing gdown, Drive quota: all one sentence for the user
+        for folder in reversed(created):  # leave no empty folders behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise UserError(f"download of CelebA failed ({type(err).__name__}: {first}); {DOWNLOAD_ADVICE}") from None
     return root / "celeba" / "img_align_celeba"

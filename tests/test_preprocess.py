@@ -181,6 +181,7 @@ def test_download_failure_gives_the_same_advice(tmp_path, monkeypatch):
         run("--download", "--out", tmp_path / "out")
     message = str(err.value)
     assert "\n" not in message and "gdown" in message and "img_align_celeba.zip" in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_split_uses_partition_file(tmp_path):
