@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Resizing: the crop box is cut out exactly, then resized to each size with PIL's LANCZOS filter "
                "(antialiased). JPEGs are first decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling, "
-               "'draft' mode) when the box stays at least as large as the largest requested size. Outputs per "
+               "'draft' mode) when the reduced box stays at least as large as that output size (chosen per size, so "
+               "each size's output does not depend on the other sizes requested). Outputs per "
                "size S: {out}/{name}_S.npy (uint8 N x S x S x 3), {name}_S.json (source, count, crop, filter, "
                "skipped files with reasons, fingerprint), {name}_S_preview.png (8x8 grid).",
     )
@@ -497,8 +498,8 @@ def main(argv=None) -> int:
         return {"source": str(src.resolve()), "count": None, "size": size,
                 "crop": {"side": crop, "box": "left=(W-N)//2, top=(H-N)//2, N=side (or min(W,H))",
                          "celeba_178x218_box": list(crop_box(178, 218, crop))},
-                "filter": FILTER + " (PIL, box-resampled from the crop; JPEG DCT draft scaling by 1/2-1/8 first "
-                                   "when the crop stays >= the largest requested size)",
+                "filter": FILTER + " (PIL, from the exact crop box; JPEGs first DCT-scaled by 1/2, 1/4 or 1/8 "
+                                   "when the reduced box stays >= this size)",
                 "split": args.split, "limit": args.limit, "ignored_non_image_files": other,
                 "signature": dict(signature, size=size)}
 
