@@ -251,3 +251,15 @@ def test_real_celeba_sample(tmp_path, celeba_sample):
     assert images.shape == (64, 32, 32, 3) and images.dtype == np.uint8
     assert 0 <= images.min() and images.max() == 255 and 60 < images.mean() < 200
     assert sorted(os.listdir(celeba_sample.parent)) == before  # nothing written beside the shared data
+
+
+def test_stream_writer_header_shrinks_in_place(tmp_path):
+    path = tmp_path / "x.npy"
+    writer = preprocess.NpyStreamWriter(str(path), capacity=10**7, size=4)  # room for 10 million, 3 written
+    images = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    for image in images:
+        writer.append(image.tobytes())
+    writer.close()
+    loaded = np.load(path, mmap_mode="r")
+    assert loaded.shape == (3, 4, 4, 3) and np.array_equal(loaded, images)
+    assert loaded.offset % 64 == 0 and path.stat().st_size == loaded.offset + images.nbytes
