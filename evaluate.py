@@ -1,0 +1,586 @@
+"""FID (and optionally KID) of a generator against real images, equal to
+``python -m pytorch_fid`` on the same images.
+
+    python evaluate.py --params runs/64px-celeba-.../generator.params        # 50k samples vs data/celeba_64.npy
+    python evaluate.py --params generator.params -n 10000 --kid --seed 1
+    python evaluate.py --real data/celeba_64.npy --fake samples/            # folders, .npy, or .npz statistics
+
+The feature extractor is pytorch-fid's FID Inception-v3 (TensorFlow 2015-12-05
+weights, 2048-d pool3 features). Images take pytorch-fid's path: uint8 ->
+float in [0, 1] -> the network (bilinear resize to 299, scale to [-1, 1]).
+Generated images are first rounded to uint8 exactly as ``save_image`` rounds
+before writing a PNG, so a generator scores what its saved samples would
+score, without the PNG round-trip.
+
+Real statistics are cached beside the data as ``<data>.fid.npz`` (keys mu,
+sigma as pytorch-fid writes them, plus what they were computed from) and
+recomputed when the data, the extractor or the image size changes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import utils
+from dataloader import data_fingerprint, load_images
+from utils import UserError
+
+FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+FEATURE_DIMS = 2048
+MIN_RELIABLE_N = 2048  # fewer samples than feature dims: singular covariance, biased FID
+KID_REAL_MAX = 5000  # real activations kept in the cache for --kid (float32, ~40 MB)
+IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}  # as pytorch-fid
+STATS_FORMAT = "dcgan-fid-stats/1"
+
+
+class SmallSampleWarning(UserWarning):
+    """FID from fewer than 2,048 samples: biased upwards and unstable."""
+
+
+# --------------------------------------------------------------------------- #
+# Pure functions: activations -> statistics -> distance
+# --------------------------------------------------------------------------- #
+def activations_to_statistics(acts, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """(n, d) activations (numpy or torch, any device) -> (mu (d,), sigma (d, d))
+    in float64, sigma unbiased as ``np.cov(acts, rowvar=False)``. Two passes in
+    float64 chunks on the activations' device (CPU for MPS, which lacks float64)."""
+    acts = torch.as_tensor(acts)
+    if acts.ndim != 2 or acts.shape[0] < 2:
+        raise ValueError(f"need (n >= 2, d) activations, got shape {tuple(acts.shape)}")
+    n, d = acts.shape
+    if n < MIN_RELIABLE_N:
+        warnings.warn(
+            f"FID from only {n} samples (< {MIN_RELIABLE_N}) is biased upwards and unstable; "
+            f"use 10,000-50,000 to compare runs or papers",
+            SmallSampleWarning,
+            stacklevel=2,
+        )
+    dev = torch.device("cpu") if acts.device.type == "mps" else acts.device
+    mu = torch.zeros(d, dtype=torch.float64, device=dev)
+    for start in range(0, n, chunk):
+        mu += acts[start : start + chunk].to(dev, torch.float64).sum(0)
+    mu /= n
+    sigma = torch.zeros(d, d, dtype=torch.float64, device=dev)
+    for start in range(0, n, chunk):
+        x = acts[start : start + chunk].to(dev, torch.float64) - mu
+        sigma.addmm_(x.T, x)
+    sigma /= n - 1
+    sigma = (sigma + sigma.T) / 2
+    return mu.cpu().numpy(), sigma.cpu().numpy()
+
+
+def _sqrtm(matrix: np.ndarray) -> np.ndarray:
+    """scipy.linalg.sqrtm without ``disp=`` (deprecated in SciPy 1.16, gone in 1.18)."""
+    from scipy import linalg
+
+    with warnings.catch_warnings():  # singular products are handled by the caller
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        result = linalg.sqrtm(matrix)
+    return result[0] if isinstance(result, tuple) else result
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2):
+    ``||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2))``.
+
+    The same computation as pytorch-fid's ``calculate_frechet_distance``
+    (Dougal Sutherland's stable version): when the matrix square root of the
+    product is not finite, or has a large imaginary part, ``eps * I`` is added
+    to both covariances and it is taken again. Small imaginary parts (numerical
+    noise) are dropped. Never returns NaN or a complex number: a result that
+    stays bad raises UserError."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise UserError(
+            f"statistics do not match: mean {mu1.shape} / {mu2.shape}, covariance {sigma1.shape} / {sigma2.shape}"
+        )
+    if not all(np.isfinite(a).all() for a in (mu1, mu2, sigma1, sigma2)):
+        raise UserError("the statistics contain NaN or inf (the features or a .npz file are broken)")
+    diff = mu1 - mu2
+
+    def trace_sqrt(s1, s2):
+        covmean = _sqrtm(s1.dot(s2))
+        if not np.isfinite(covmean).all():
+            return None
+        if np.iscomplexobj(covmean):
+            if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+                return None
+            covmean = covmean.real
+        return float(np.trace(covmean))
+
+    tr_covmean = trace_sqrt(sigma1, sigma2)
+    if tr_covmean is None:  # singular or nearly so: as pytorch-fid, regularise and retry
+        offset = np.eye(sigma1.shape[0]) * eps
+        tr_covmean = trace_sqrt(sigma1 + offset, sigma2 + offset)
+    if tr_covmean is None:
+        raise UserError(
+            "the Frechet distance is numerically undefined for these statistics (the covariance "
+            "product has no real square root even with eps * I added); use more samples"
+        )
+    fid = float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+    if not np.isfinite(fid):
+        raise UserError("the Frechet distance came out non-finite; the statistics are broken")
+    return max(fid, 0.0)  # a squared distance: tiny negatives are rounding
+
+
+def kernel_inception_distance(
+    acts1, acts2, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0, device=None
+) -> tuple[float, float]:
+    """Unbiased KID (Binkowski et al., 2018): MMD^2 with the cubic polynomial
+    kernel k(x, y) = (x.y / d + 1)^3, averaged over ``num_subsets`` random
+    subsets of ``min(subset_size, n1, n2)`` from each set -> (mean, std).
+    Float64; subsets drawn from a local RNG seeded with ``seed``."""
+    a, b = torch.as_tensor(acts1), torch.as_tensor(acts2)
+    dev = torch.device(device) if device is not None else a.device
+    if dev.type == "mps":
+        dev = torch.device("cpu")
+    a, b = a.to(dev, torch.float64), b.to(dev, torch.float64)
+    if a.ndim != 2 or a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"activations do not match: {tuple(a.shape)} vs {tuple(b.shape)}")
+    m = min(subset_size, a.shape[0], b.shape[0])
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    d = a.shape[1]
+    rng = np.random.default_rng(seed)
+    off_diag = m * (m - 1)
+    values = []
+    for _ in range(num_subsets):
+        x = a[torch.from_numpy(rng.choice(a.shape[0], m, replace=False)).to(dev)]
+        y = b[torch.from_numpy(rng.choice(b.shape[0], m, replace=False)).to(dev)]
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        mmd = (kxx.sum() - kxx.diagonal().sum()) / off_diag + (kyy.sum() - kyy.diagonal().sum()) / off_diag
+        values.append(mmd - 2 * kxy.mean())
+    values = torch.stack(values).cpu().numpy()
+    return float(values.mean()), float(values.std())
+
+
+# --------------------------------------------------------------------------- #
+# The FID Inception network (pytorch-fid), with safe offline-aware loading
+# --------------------------------------------------------------------------- #
+def hub_weights_path() -> Path:
+    """Where torch.hub (and so pytorch-fid) keeps the FID Inception weights:
+    ``$TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
+
+
+def _fetch_weights() -> Path:
+    """The hub-cached weights file, downloaded on first use like pytorch-fid
+    does; offline without it, one UserError with the URL and where to put it."""
+    from pytorch_fid.inception import FID_WEIGHTS_URL
+
+    path = hub_weights_path()
+    if path.is_file():
+        return path
+    print(f"downloading the FID Inception weights to {path}", file=sys.stderr)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(path), progress=True)
+    except OSError as err:  # URLError, HTTPError, timeouts, DNS: all OSError
+        reason = getattr(err, "reason", None) or err.strerror or err
+        raise UserError(
+            f"the FID Inception weights are not cached and cannot be downloaded ({reason}); "
+            f"download {FID_WEIGHTS_URL} and put it at {path}, or pass --inception-weights PATH"
+        ) from None
+    return path
+
+
+def load_inception(device="cpu", weights_path=None) -> torch.nn.Module:
+    """pytorch-fid's ``InceptionV3([pool3], resize_input=True, normalize_input=True,
+    use_fid_inception=True)`` in eval mode on ``device``, input float NCHW in [0, 1],
+    output ``[features (B, 2048, 1, 1)]``.
+
+    Weights: ``weights_path`` when given (offline machines), else the torch hub
+    cache, downloaded on first use. Either file is read with
+    ``torch.load(weights_only=True)`` (torch.hub itself would unpickle freely)
+    and handed to pytorch-fid's own constructor, so the network is exactly
+    pytorch-fid's. ``model.extractor_id`` names the network and a digest of its
+    weights (the statistics cache key)."""
+    from pytorch_fid import inception as fid_inception
+
+    path = Path(weights_path) if weights_path is not None else _fetch_weights()
+    state = utils.torch_load(path, what="Inception weights file")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state_dict of the FID Inception network")
+    digest = hashlib.sha1()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+
+    # pytorch-fid fetches its weights through this module-level name; point it
+    # at the file already read, only while the network is built.
+    original = fid_inception.load_state_dict_from_url
+    fid_inception.load_state_dict_from_url = lambda *args, **kwargs: state
+    try:
+        model = fid_inception.InceptionV3(
+            [fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIMS]],
+            resize_input=True,
+            normalize_input=True,
+            use_fid_inception=True,
+        )
+    except RuntimeError as err:  # load_state_dict: missing / unexpected keys or shapes
+        raise UserError(
+            f"{path} does not hold the FID Inception weights ({str(err).splitlines()[0][:160]})"
+        ) from None
+    finally:
+        fid_inception.load_state_dict_from_url = original
+    model.extractor_id = f"pytorch-fid-inception-2015-12-05/pool3-{FEATURE_DIMS}/{digest.hexdigest()[:16]}"
+    return model.eval().requires_grad_(False).to(device)
+
+
+# --------------------------------------------------------------------------- #
+# Images -> features (batched on the device)
+# --------------------------------------------------------------------------- #
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Float [-1, 1] NCHW -> uint8 NCHW on the same device, rounded exactly as
+    ``utils.to_uint8`` and ``torchvision.utils.save_image(normalize=True,
+    value_range=(-1, 1))`` round before a PNG is written."""
+    return images.detach().float().add(1).mul(127.5).add(0.5).clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def features_of(model, images_uint8: torch.Tensor, device) -> torch.Tensor:
+    """uint8 NCHW -> (B, 2048) float32 features on ``device``, through
+    pytorch-fid's input path (``ToTensor``: uint8 / 255)."""
+    x = images_uint8.to(device, non_blocking=True).float().div(255)
+    return model(x)[0].flatten(1)
+
+
+def array_features(model, images: np.ndarray, device, batch_size: int = 200, desc: str = "real") -> torch.Tensor:
+    """uint8 NHWC array (or memmap) -> (n, 2048) float32 features on ``device``."""
+    n = len(images)
+    out = torch.empty(n, FEATURE_DIMS, dtype=torch.float32, device=device)
+    pin = torch.device(device).type == "cuda"
+    for start in tqdm(range(0, n, batch_size), desc=f"features ({desc})", unit="batch", leave=False):
+        batch = torch.from_numpy(np.array(images[start : start + batch_size]))  # a writable copy
+        if pin:
+            batch = batch.pin_memory()
+        out[start : start + len(batch)] = features_of(model, batch.permute(0, 3, 1, 2), device)
+    return out
+
+
+@torch.no_grad()
+def generated_features(
+    generator, nz: int, n: int, model, device, batch_size: int = 200, seed: int = 0
+) -> torch.Tensor:
+    """Sample ``n`` images from ``generator`` (noise from a local torch.Generator
+    seeded with ``seed``, so the global RNG is untouched and the images do not
+    depend on ``batch_size``), quantise as a PNG would, -> (n, 2048) features.
+    A generator in train mode is switched to eval for this and back after."""
+    device = torch.device(device)
+    rng = torch.Generator(device=device).manual_seed(int(seed))
+    noise = torch.randn(n, nz, generator=rng, device=device)
+    out = torch.empty(n, FEATURE_DIMS, dtype=torch.float32, device=device)
+    was_training = generator.training
+    generator.eval()
+    try:
+        for start in tqdm(range(0, n, batch_size), desc="features (generated)", unit="batch", leave=False):
+            images = generator(noise[start : start + batch_size])
+            out[start : start + len(images)] = features_of(model, quantize(images), device)
+    finally:
+        generator.train(was_training)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Inputs: .npy data, image folders, .npz statistics
+# --------------------------------------------------------------------------- #
+def load_folder(path) -> np.ndarray:
+    """Every image in a folder (pytorch-fid's extensions), sorted by name ->
+    uint8 (N, H, W, 3), decoded as pytorch-fid does (PIL ``convert("RGB")``)."""
+    from PIL import Image
+
+    path = Path(path)
+    files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+    if not files:
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {path}")
+    images = None
+    for k, file in enumerate(tqdm(files, desc=f"reading {path.name}", unit="img", leave=False)):
+        try:
+            with Image.open(file) as img:
+                array = np.asarray(img.convert("RGB"))
+        except OSError as err:
+            raise UserError(f"cannot read image {file}: {err}") from None
+        if images is None:
+            images = np.empty((len(files),) + array.shape, np.uint8)
+        elif array.shape != images.shape[1:]:
+            raise UserError(f"{file} is {array.shape[1]}x{array.shape[0]}, but {files[0].name} is "
+                            f"{images.shape[2]}x{images.shape[1]}; all images in a folder must have one size")
+        images[k] = array
+    return images
+
+
+def read_statistics(path) -> dict:
+    """A statistics .npz (ours, or pytorch-fid's with keys mu and sigma)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"{path} is not a readable .npz statistics file ({err})") from None
+    if "mu" not in data or "sigma" not in data:
+        raise UserError(f"{path} has no 'mu' and 'sigma' arrays (keys: {', '.join(data) or 'none'})")
+    mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    if mu.shape != (FEATURE_DIMS,) or sigma.shape != (FEATURE_DIMS, FEATURE_DIMS):
+        raise UserError(f"{path} holds statistics of shape {mu.shape} / {sigma.shape}, not 2048-d pool3 ones")
+    stats = {"mu": mu, "sigma": sigma, "n": int(data["n"]) if "n" in data else None}
+    for key in ("fingerprint", "extractor", "format"):
+        if key in data:
+            stats[key] = str(data[key])
+    if "size" in data:
+        stats["size"] = int(data["size"])
+    if "kid_features" in data:
+        stats["kid_features"] = data["kid_features"]
+    return stats
+
+
+def write_statistics(stats: dict, path) -> None:
+    """Atomically write statistics as .npz (pytorch-fid reads mu and sigma)."""
+    arrays = {"format": np.array(STATS_FORMAT), "mu": stats["mu"], "sigma": stats["sigma"]}
+    for key in ("n", "size"):
+        if stats.get(key) is not None:
+            arrays[key] = np.array(stats[key])
+    for key in ("fingerprint", "extractor"):
+        if stats.get(key) is not None:
+            arrays[key] = np.array(str(stats[key]))
+    if stats.get("kid_features") is not None:
+        arrays["kid_features"] = np.asarray(stats["kid_features"], np.float32)
+    with utils.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def statistics_from_features(acts: torch.Tensor, seed: int = 0, **info) -> dict:
+    """Features -> {mu, sigma, n, kid_features (a random subset for --kid), **info}."""
+    mu, sigma = activations_to_statistics(acts)
+    n = acts.shape[0]
+    keep = np.sort(np.random.default_rng(seed).choice(n, min(n, KID_REAL_MAX), replace=False))
+    kid = acts[torch.from_numpy(keep).to(acts.device)].float().cpu().numpy()
+    return {"mu": mu, "sigma": sigma, "n": n, "kid_features": kid, **info}
+
+
+def cache_path_for(data_path) -> Path:
+    """data/celeba_64.npy -> data/celeba_64.fid.npz"""
+    return Path(data_path).with_suffix(".fid.npz")
+
+
+def real_statistics(
+    data_path, device="cpu", batch_size: int = 200, weights_path=None, model=None, size=None, cache: bool = True
+) -> dict:
+    """Statistics of a preprocessed .npy dataset, read from ``<data>.fid.npz``
+    when that was computed from the same data (fingerprint), extractor and
+    image size, else computed and cached there (a read-only data folder just
+    means no cache). Returns {mu, sigma, n, size, fingerprint, extractor,
+    kid_features, cached}. Pass ``model`` (``load_inception``) to reuse one."""
+    images = load_images(data_path, size)
+    key = {"fingerprint": data_fingerprint(data_path), "size": int(images.shape[1])}
+    model = model if model is not None else load_inception(device, weights_path)
+    key["extractor"] = model.extractor_id
+    cache_file = cache_path_for(data_path)
+    if cache and cache_file.is_file():
+        try:
+            stats = read_statistics(cache_file)
+        except UserError as err:
+            warnings.warn(f"ignoring unreadable statistics cache: {err}", stacklevel=2)
+            stats = {}
+        if all(stats.get(k) == v for k, v in key.items()) and stats.get("n") == len(images):
+            return {**stats, "cached": True}
+    acts = array_features(model, images, device, batch_size, desc=Path(data_path).name)
+    stats = statistics_from_features(acts, **key)
+    if cache:
+        try:
+            write_statistics(stats, cache_file)
+        except UserError as err:
+            warnings.warn(f"real statistics not cached: {err}", stacklevel=2)
+    return {**stats, "cached": False}
+
+
+def generator_fid(
+    generator, nz: int, real_stats: dict, n: int, device, batch_size: int = 200, seed: int = 0,
+    weights_path=None, model=None,
+) -> float:
+    """FID of ``n`` samples of ``generator`` against ``real_stats`` (from
+    ``real_statistics``). Works on a generator in train mode (switched to eval
+    and back) and leaves the global RNG state untouched."""
+    model = model if model is not None else load_inception(device, weights_path)
+    acts = generated_features(generator, nz, n, model, device, batch_size, seed)
+    mu, sigma = activations_to_statistics(acts)
+    return frechet_distance(mu, sigma, real_stats["mu"], real_stats["sigma"])
+
+
+def path_statistics(path, model, device, batch_size: int = 200, size=None) -> dict:
+    """Statistics of an image folder, a .npy of uint8 images (cached beside it),
+    or a .npz of statistics."""
+    path = Path(path)
+    if path.is_dir():
+        images = load_folder(path)
+        if size is not None and images.shape[1:3] != (size, size):
+            raise UserError(f"the images in {path} are {images.shape[2]}x{images.shape[1]}, not {size} px")
+        acts = array_features(model, images, device, batch_size, desc=path.name)
+        return statistics_from_features(acts, size=images.shape[1] if images.shape[1] == images.shape[2] else None)
+    if path.suffix == ".npz":
+        stats = read_statistics(path)
+        if size is not None and stats.get("size") not in (None, size):
+            raise UserError(f"{path} holds statistics of {stats['size']} px images, not {size} px")
+        return stats
+    if path.suffix == ".npy":
+        return real_statistics(path, device, batch_size, model=model, size=size)
+    if not path.exists():
+        raise UserError(f"not found: {path}")
+    raise UserError(f"{path} is not an image folder, a .npy of images, or a .npz of statistics")
+
+
+# --------------------------------------------------------------------------- #
+# Command line
+# --------------------------------------------------------------------------- #
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="FID (and KID) of a generator or of two image sets, equal to pytorch-fid's.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--params", default="generator.params", help="generator.params to evaluate")
+    parser.add_argument("--data", default="data/celeba_{size}.npy",
+                        help="real images (.npy from preprocess.py, a folder, or a statistics .npz); "
+                             "{size} is the generator's size")
+    parser.add_argument("-n", "--num-samples", type=int, default=50000, help="generated images")
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0, help="noise seed of the generated images")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--kid", action="store_true", help="also report the Kernel Inception Distance")
+    parser.add_argument("--inception-weights", default=None,
+                        help=f"FID Inception weights file ({FID_WEIGHTS_FILE}) for offline machines; "
+                             f"default: the torch hub cache, downloaded on first use")
+    parser.add_argument("--save-stats", default=None,
+                        help="write the generated (or --fake) statistics here as .npz; with --real "
+                             "alone, write the statistics of --real and stop")
+    parser.add_argument("--real", default=None, help="compare image sets instead: the reference set")
+    parser.add_argument("--fake", default=None, help="the set to score against --real")
+    parser.add_argument("--no-ema", action="store_true", help="evaluate the raw generator, not its EMA weights")
+    return parser
+
+
+def _validate(args) -> None:
+    if args.num_samples < 2:
+        raise UserError(f"-n must be at least 2 (got {args.num_samples})")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive (got {args.batch_size})")
+    if args.inception_weights is not None and not Path(args.inception_weights).is_file():
+        raise UserError(f"Inception weights file not found: {args.inception_weights}")
+    if args.fake is not None and args.real is None:
+        raise UserError("--fake needs --real (the set to compare it with)")
+    if args.real is None and args.save_stats is None and not Path(args.params).is_file():
+        raise UserError(f"params file not found: {args.params} (pass --params, or --real/--fake)")
+    for path in (args.real, args.fake):
+        if path is not None and not Path(path).exists():
+            raise UserError(f"not found: {path}")
+    if args.save_stats is not None and Path(args.save_stats).is_dir():
+        raise UserError(f"--save-stats {args.save_stats} is a folder; give a file name ending in .npz")
+
+
+def _kid_features(stats: dict, what: str):
+    if stats.get("kid_features") is None:
+        raise UserError(f"--kid needs activations, but {what} is a statistics file with only mu and sigma")
+    return stats["kid_features"]
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _validate(args)
+    with warnings.catch_warnings(record=True) as caught:  # each shown once, as one line (no source line)
+        warnings.simplefilter("always", SmallSampleWarning)
+        try:
+            return _run(args)
+        finally:
+            for message in dict.fromkeys(str(warning.message) for warning in caught):
+                print(f"warning: {message}", file=sys.stderr)
+
+
+def _run(args) -> int:
+    start = time.time()
+    device = utils.resolve_device(args.device)
+    if args.real is not None:
+        return _compare_sets(args, device, start)
+
+    from network import load_generator
+
+    if args.save_stats is not None and not Path(args.params).is_file():  # --data + --save-stats: real stats only
+        return _save_real(args, device, start)
+    generator, config = load_generator(args.params, device, use_ema=not args.no_ema)
+    size = int(config["size"])
+    data = Path(args.data.format(size=size))
+    if not data.exists():
+        raise UserError(f"real data not found: {data} (make it with `python preprocess.py --size {size}`)")
+    model = load_inception(device, args.inception_weights)
+    real = path_statistics(data, model, device, args.batch_size, size=size)
+    acts = generated_features(generator, int(config["nz"]), args.num_samples, model, device, args.batch_size, args.seed)
+    fake = statistics_from_features(acts, seed=args.seed, size=size, extractor=model.extractor_id)
+    fid = frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"])
+    kid = None
+    if args.kid:
+        kid = kernel_inception_distance(acts, _kid_features(real, str(data)), seed=args.seed, device=device)
+    if args.save_stats:
+        write_statistics(fake, args.save_stats)
+    seconds = time.time() - start
+    real_n = real.get("n")
+    print(_result_line(fid, kid, f"n={args.num_samples} generated vs {real_n or '?'} real, {size} px, "
+                                 f"seed {args.seed}, {seconds:.0f} s"))
+    record = {
+        "fid": fid, "kid_mean": kid and kid[0], "kid_std": kid and kid[1], "n": args.num_samples, "seed": args.seed,
+        "real_n": real_n, "size": size, "params": str(Path(args.params)), "ema": not args.no_ema,
+        "data": str(data), "data_fingerprint": real.get("fingerprint"), "extractor": model.extractor_id,
+        "device": str(device), "seconds": round(seconds, 1), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    utils.append_jsonl(record, Path(args.params).parent / "results.jsonl")
+    return 0
+
+
+def _result_line(fid, kid, details: str) -> str:
+    kid_text = f"  KID {kid[0]:.5f} ± {kid[1]:.5f}" if kid is not None else ""
+    return f"FID {fid:.2f}{kid_text}  ({details})"
+
+
+def _save_real(args, device, start) -> int:
+    data = Path(args.data)
+    if "{size}" in args.data:
+        raise UserError("--save-stats without --params needs an explicit --data (or --real) file")
+    model = load_inception(device, args.inception_weights)
+    stats = path_statistics(data, model, device, args.batch_size)
+    write_statistics(stats, args.save_stats)
+    print(f"saved statistics of {stats['n']} images of {data} to {args.save_stats} ({time.time() - start:.0f} s)")
+    return 0
+
+
+def _compare_sets(args, device, start) -> int:
+    model = load_inception(device, args.inception_weights)
+    real = path_statistics(args.real, model, device, args.batch_size)
+    if args.fake is None:
+        if args.save_stats is None:
+            raise UserError("--real needs --fake (or --save-stats to write its statistics)")
+        write_statistics(real, args.save_stats)
+        print(f"saved statistics of {real['n']} images of {args.real} to {args.save_stats}")
+        return 0
+    fake = path_statistics(args.fake, model, device, args.batch_size)
+    fid = frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"])
+    kid = None
+    if args.kid:
+        kid = kernel_inception_distance(_kid_features(fake, args.fake), _kid_features(real, args.real),
+                                        seed=args.seed, device=device)
+    if args.save_stats:
+        write_statistics(fake, args.save_stats)
+    print(_result_line(fid, kid, f"{fake.get('n') or '?'} in {args.fake} vs {real.get('n') or '?'} in {args.real}, "
+                                 f"{time.time() - start:.0f} s"))
+    return 0
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)

@@ -1,0 +1,323 @@
+"""evaluate.py: the distance against closed forms, KID, the statistics cache,
+input kinds, PNG-exact quantisation, the offline message, and equality with
+``python -m pytorch_fid`` -- all on pytorch-fid's real network built from a
+randomly initialised weights file in a temporary TORCH_HOME (no network)."""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import evaluate
+import utils
+from network import Generator, save_generator_params
+
+pytestmark = pytest.mark.filterwarnings("ignore::evaluate.SmallSampleWarning")
+
+
+# --------------------------------------------------------------------------- #
+# Fixtures: random FID-Inception weights in a temp TORCH_HOME, small image sets
+# --------------------------------------------------------------------------- #
+def random_fid_inception_state(seed=0):
+    """A state_dict with the FID Inception's keys and shapes (pytorch-fid's FID
+    blocks subclass torchvision's and only change forward), randomly
+    initialised with He-scaled convs so the pool3 features vary with the image."""
+    torch.manual_seed(seed)
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            torch.nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_in))
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(module.bias, 0.0, 0.1)
+    return net.state_dict()
+
+
+@pytest.fixture(scope="module")
+def torch_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("torch_home")
+    weights = home / "hub" / "checkpoints" / evaluate.FID_WEIGHTS_FILE
+    weights.parent.mkdir(parents=True)
+    torch.save(random_fid_inception_state(), weights)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="module")
+def inception(torch_home):
+    """Built by the real loading code from $TORCH_HOME/hub/checkpoints."""
+    return evaluate.load_inception("cpu")
+
+
+def smooth_images(n, size, seed, brightness=0):
+    """uint8 (n, size, size, 3): upsampled 4x4 colour noise (image-like, varied)."""
+    rng = np.random.default_rng(seed)
+    low = torch.from_numpy(rng.uniform(0, 255, (n, 3, 4, 4)).astype(np.float32))
+    up = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    return (up + brightness).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def write_folder(images, folder):
+    folder.mkdir()
+    for k, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"{k:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sets")
+    sets = {}
+    for name, seed, bright in (("a", 1, 0), ("b", 2, 40)):
+        images = smooth_images(8, 32, seed, bright)
+        np.save(root / f"{name}.npy", images)
+        sets[name] = {"images": images, "npy": root / f"{name}.npy", "folder": write_folder(images, root / name)}
+    return sets
+
+
+# --------------------------------------------------------------------------- #
+# Pure functions
+# --------------------------------------------------------------------------- #
+def test_frechet_distance_closed_forms():
+    rng = np.random.default_rng(0)
+    d = 32
+    a = rng.normal(size=(d, d))
+    sigma = a @ a.T / d + np.eye(d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    # equal covariances: the squared mean difference
+    assert evaluate.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(np.sum((mu1 - mu2) ** 2), rel=1e-6)
+    # identical statistics: zero
+    assert evaluate.frechet_distance(mu1, sigma, mu1, sigma) == pytest.approx(0.0, abs=1e-7)
+    # diagonal covariances: sum (sqrt(a) - sqrt(b))^2 + ||mu1 - mu2||^2
+    va, vb = rng.uniform(0.1, 4, d), rng.uniform(0.1, 4, d)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(va) - np.sqrt(vb)) ** 2)
+    got = evaluate.frechet_distance(mu1, np.diag(va), mu2, np.diag(vb))
+    assert isinstance(got, float) and got == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_distance_singular_and_broken_inputs():
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(5, 64)), rng.normal(size=(5, 64)) + 0.5  # rank-4 covariances in 64-d
+    stats = [evaluate.activations_to_statistics(v) for v in (x, y)]
+    fid = evaluate.frechet_distance(*stats[0], *stats[1])
+    assert isinstance(fid, float) and np.isfinite(fid) and fid > 0
+    assert fid == pytest.approx(float(np.real(calculate_frechet_distance(*stats[0], *stats[1]))), rel=1e-6)
+    zero = np.zeros((64, 64))  # all samples identical
+    assert evaluate.frechet_distance(stats[0][0], zero, stats[1][0], zero) == pytest.approx(
+        np.sum((stats[0][0] - stats[1][0]) ** 2))
+    bad = stats[1][1].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(utils.UserError, match="NaN"):
+        evaluate.frechet_distance(*stats[0], stats[1][0], bad)
+    with pytest.raises(utils.UserError, match="do not match"):
+        evaluate.frechet_distance(stats[0][0][:10], stats[0][1], *stats[1])
+
+
+def test_statistics_float64_like_numpy_and_small_sample_warning():
+    acts = np.random.default_rng(2).normal(3, 2, size=(50, 16)).astype(np.float32)
+    with pytest.warns(evaluate.SmallSampleWarning, match="biased"):
+        mu, sigma = evaluate.activations_to_statistics(torch.from_numpy(acts))
+    assert mu.dtype == sigma.dtype == np.float64
+    np.testing.assert_allclose(mu, acts.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(acts.astype(np.float64), rowvar=False), rtol=1e-10, atol=1e-12)
+
+
+def test_kid_unbiased_near_zero_for_same_distribution_and_grows_with_shift():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
+    same, same_std = evaluate.kernel_inception_distance(x, y, num_subsets=20, subset_size=100)
+    shifted, _ = evaluate.kernel_inception_distance(x, y + 1.0, num_subsets=20, subset_size=100)
+    identical, _ = evaluate.kernel_inception_distance(x, x, num_subsets=20, subset_size=100)
+    assert abs(same) < 3 * same_std + 1e-3  # unbiased: centred on 0, can go negative
+    assert shifted > 20 * abs(same) and shifted > 0.1
+    assert abs(identical) < 0.05 * shifted
+    again = evaluate.kernel_inception_distance(x, y + 1.0, num_subsets=20, subset_size=100)
+    assert again[0] == shifted  # seeded subsets: reproducible
+
+
+# --------------------------------------------------------------------------- #
+# Generated images are rounded exactly as a saved PNG
+# --------------------------------------------------------------------------- #
+def test_quantize_equals_save_image_png_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    steps = torch.arange(256, dtype=torch.float32) / 127.5 - 1  # every uint8 level, +- half steps, out of range
+    values = torch.cat([steps, steps + 1 / 255, steps - 1 / 255, torch.rand(3 * 256 * 2) * 2.4 - 1.2, torch.tanh(torch.randn(256 * 3))])
+    images = values[: 4 * 3 * 16 * 16].view(4, 3, 16, 16)
+    ours = evaluate.quantize(images)
+    assert ours.dtype == torch.uint8
+    for k, img in enumerate(images):
+        path = tmp_path / f"{k}.png"
+        torchvision.utils.save_image(img, path, normalize=True, value_range=(-1, 1))
+        back = np.asarray(Image.open(path).convert("RGB"))
+        np.testing.assert_array_equal(ours[k].permute(1, 2, 0).numpy(), back)
+    np.testing.assert_array_equal(ours.permute(0, 2, 3, 1).numpy(), utils.to_uint8(images))
+
+
+# --------------------------------------------------------------------------- #
+# Weights: the real loading code, offline message
+# --------------------------------------------------------------------------- #
+def test_offline_without_weights_gives_one_clear_line(tmp_path, monkeypatch, image_sets, capsys):
+    from pytorch_fid.inception import FID_WEIGHTS_URL
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    data = tmp_path / "real_32.npy"
+    np.save(data, image_sets["a"]["images"])
+    expected_path = tmp_path / "empty_home" / "hub" / "checkpoints" / evaluate.FID_WEIGHTS_FILE
+    with pytest.raises(utils.UserError) as err:
+        evaluate.load_inception("cpu")
+    assert FID_WEIGHTS_URL in str(err.value) and str(expected_path) in str(err.value)
+    assert "--inception-weights" in str(err.value)
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_cli(evaluate.main, ["--real", str(data), "--fake", str(image_sets["b"]["folder"]), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: the FID Inception weights are not cached") and FID_WEIGHTS_URL in lines[-1]
+    assert not expected_path.exists()
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["real_32.npy"]  # nothing written
+
+
+def test_weights_from_hub_cache_and_from_explicit_file_are_the_same_network(torch_home, inception, tmp_path, image_sets):
+    images = torch.from_numpy(image_sets["a"]["images"][:3]).permute(0, 3, 1, 2)
+    feats = evaluate.features_of(inception, images, "cpu")
+    assert feats.shape == (3, 2048) and torch.isfinite(feats).all()
+    assert feats.std(0).mean() > 1e-4  # the random network still tells images apart
+    explicit = evaluate.load_inception("cpu", weights_path=torch_home / "hub" / "checkpoints" / evaluate.FID_WEIGHTS_FILE)
+    assert explicit.extractor_id == inception.extractor_id
+    torch.testing.assert_close(evaluate.features_of(explicit, images, "cpu"), feats)
+    wrong = tmp_path / "not_inception.pth"
+    torch.save(Generator(32, ngf=4).state_dict(), wrong)
+    with pytest.raises(utils.UserError, match="does not hold the FID Inception weights"):
+        evaluate.load_inception("cpu", weights_path=wrong)
+
+
+# --------------------------------------------------------------------------- #
+# Inputs, cache, pytorch-fid equality
+# --------------------------------------------------------------------------- #
+def test_real_statistics_cache_hit_and_invalidation(inception, tmp_path, monkeypatch):
+    data = tmp_path / "tiny_32.npy"
+    np.save(data, smooth_images(4, 32, seed=5))
+    first = evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)
+    cache = tmp_path / "tiny_32.fid.npz"
+    assert not first["cached"] and cache.is_file() and first["n"] == 4 and first["size"] == 32
+    with np.load(cache) as f:  # readable by pytorch-fid: mu and sigma
+        np.testing.assert_array_equal(f["mu"], first["mu"])
+
+    real_features = evaluate.array_features
+    monkeypatch.setattr(evaluate, "array_features", lambda *a, **k: pytest.fail("cache was not used"))
+    hit = evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)
+    assert hit["cached"]
+    np.testing.assert_array_equal(hit["sigma"], first["sigma"])
+
+    monkeypatch.setattr(evaluate, "array_features", real_features)
+    np.save(data, smooth_images(4, 32, seed=6))  # the data changed: recompute
+    changed = evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)
+    assert not changed["cached"] and not np.allclose(changed["mu"], first["mu"])
+    assert evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)["cached"]
+
+
+def test_folder_npy_and_npz_inputs_give_the_same_fid(inception, image_sets, tmp_path):
+    real = evaluate.path_statistics(image_sets["a"]["npy"], inception, "cpu", batch_size=8)
+    from_folder = evaluate.path_statistics(image_sets["b"]["folder"], inception, "cpu", batch_size=3)
+    from_npy = evaluate.path_statistics(image_sets["b"]["npy"], inception, "cpu", batch_size=8)
+    evaluate.write_statistics(from_folder, tmp_path / "b_stats.npz")
+    from_npz = evaluate.path_statistics(tmp_path / "b_stats.npz", inception, "cpu")
+    fids = [evaluate.frechet_distance(s["mu"], s["sigma"], real["mu"], real["sigma"]) for s in (from_folder, from_npy, from_npz)]
+    assert fids[0] > 0
+    assert fids[1] == pytest.approx(fids[0], rel=1e-9) and fids[2] == fids[0]
+    # the same FID from the command line, which writes nothing beside a folder
+    main_stats = tmp_path / "main_b.npz"
+    assert evaluate.main(["--real", str(image_sets["a"]["npy"]), "--fake", str(image_sets["b"]["folder"]),
+                          "--device", "cpu", "--save-stats", str(main_stats)]) == 0
+    np.testing.assert_allclose(evaluate.read_statistics(main_stats)["mu"], from_folder["mu"], rtol=1e-12)
+
+
+def test_fid_equals_pytorch_fid_on_two_png_folders(torch_home, inception, image_sets):
+    """Same images, same (random) weights file: pytorch-fid's own CLI agrees."""
+    fake, real = image_sets["b"]["folder"], image_sets["a"]["folder"]
+    env = {**os.environ, "TORCH_HOME": str(torch_home)}
+    out = subprocess.run(
+        [sys.executable, "-m", "pytorch_fid", str(fake), str(real), "--device", "cpu", "--batch-size", "4",
+         "--num-workers", "0"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    reference = float(re.search(r"FID:\s+([-0-9.eE+]+)", out.stdout).group(1))
+    ours_fake = evaluate.path_statistics(fake, inception, "cpu", batch_size=8)
+    ours_real = evaluate.path_statistics(real, inception, "cpu", batch_size=8)
+    ours = evaluate.frechet_distance(ours_fake["mu"], ours_fake["sigma"], ours_real["mu"], ours_real["sigma"])
+    assert reference > 0
+    assert ours == pytest.approx(reference, rel=1e-3)
+
+
+# --------------------------------------------------------------------------- #
+# Generators: train.py's hook and the command line
+# --------------------------------------------------------------------------- #
+def test_generator_fid_is_png_exact_keeps_train_mode_and_global_rng(inception, image_sets, tmp_path):
+    real = evaluate.path_statistics(image_sets["a"]["npy"], inception, "cpu", batch_size=8)
+    torch.manual_seed(123)
+    generator = Generator(size=32, nz=16, ngf=4).train()
+    rng_before = torch.get_rng_state()
+    fid = evaluate.generator_fid(generator, 16, real, n=5, device="cpu", batch_size=2, seed=7, model=inception)
+    assert generator.training and torch.equal(torch.get_rng_state(), rng_before)
+    assert fid == evaluate.generator_fid(generator, 16, real, n=5, device="cpu", batch_size=5, seed=7, model=inception)
+    # the same images saved as PNG and scored as a folder give the same FID
+    noise = torch.randn(5, 16, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        images = generator.eval()(noise)
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for k, img in enumerate(images):
+        torchvision.utils.save_image(img, folder / f"{k}.png", normalize=True, value_range=(-1, 1))
+    saved = evaluate.path_statistics(folder, inception, "cpu", batch_size=5)
+    assert evaluate.frechet_distance(saved["mu"], saved["sigma"], real["mu"], real["sigma"]) == pytest.approx(fid, rel=1e-6)
+
+
+def test_cli_scores_params_prints_one_line_and_appends_results(torch_home, tmp_path, capsys):
+    data = tmp_path / "faces_32.npy"
+    np.save(data, smooth_images(6, 32, seed=9))
+    run = tmp_path / "run"
+    generator = Generator(size=32, nz=16, ngf=4)
+    save_generator_params(run / "generator.params", {"size": 32, "nz": 16, "ngf": 4}, generator.state_dict())
+    args = ["--params", str(run / "generator.params"), "--data", str(tmp_path / "faces_{size}.npy"), "-n", "5",
+            "--batch-size", "5", "--seed", "3", "--device", "cpu", "--kid"]
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_cli(evaluate.main, args)
+    assert exit_info.value.code == 0
+    captured = capsys.readouterr()
+    line = captured.out.strip().splitlines()[-1]
+    assert re.match(r"FID \d+\.\d\d  KID -?\d\.\d+ ± \d\.\d+  \(n=5 generated vs 6 real, 32 px, seed 3, \d+ s\)$", line), line
+    assert "biased" in captured.err and "Traceback" not in captured.err
+    record = json.loads((run / "results.jsonl").read_text().splitlines()[-1])
+    assert record["n"] == 5 and record["seed"] == 3 and record["real_n"] == 6 and record["size"] == 32
+    assert record["data_fingerprint"] and record["kid_mean"] is not None and math.isfinite(record["fid"])
+    assert (tmp_path / "faces_32.fid.npz").is_file()
+    assert evaluate.main(args[:-1]) == 0  # second run: cached real statistics, same FID for the same seed
+    again = json.loads((run / "results.jsonl").read_text().splitlines()[-1])
+    assert again["fid"] == pytest.approx(record["fid"], rel=1e-9)
+
+
+def test_cli_rejects_bad_input_before_work(tmp_path):
+    with pytest.raises(utils.UserError, match="params file not found"):
+        evaluate.main(["--params", str(tmp_path / "missing.params")])
+    with pytest.raises(utils.UserError, match="-n must be at least 2"):
+        evaluate.main(["-n", "1"])
+    with pytest.raises(utils.UserError, match="--fake needs --real"):
+        evaluate.main(["--fake", str(tmp_path)])
+    with pytest.raises(utils.UserError, match="Inception weights file not found"):
+        evaluate.main(["--inception-weights", str(tmp_path / "nope.pth")])
