@@ -20,7 +20,7 @@ and batch size, and are timed after --warmup steps; img/s counts the images
 the timed steps consumed (data loading included, as a user experiences it).
 
 Each row runs in its own fresh process (spawn), so its peak host RSS
-(getrusage ru_maxrss; worker processes reported separately) and peak GPU
+(VmHWM), the peak summed PSS of it and its workers (sampled), and peak GPU
 memory (torch.cuda.max_memory_allocated) are its own. Nothing is written
 outside a temporary folder (and --out-json); ../shared is only read.
 """
@@ -33,7 +33,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -69,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feeder-batches", type=int, default=50, help="timed batches for the feeder row")
     parser.add_argument("--eval-n", type=int, default=0,
                         help="images for the feature-extraction row (0: 256 on CPU, 4096 on a GPU)")
+    parser.add_argument("--eval-batch-size", type=int, default=200, help="feature-extraction batch")
+    parser.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
+                        help="our path's memory format (auto: what train.py does, i.e. Trainer's default)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                         help="our path's precision (auto: bf16 on CUDA, fp32 elsewhere); classic is always fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile our training step")
@@ -87,26 +89,93 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- #
 # Running one measurement in a fresh process
 # --------------------------------------------------------------------------- #
-def peak_rss_mb() -> dict:
-    """This process's peak RSS and the largest peak among its finished child
-    processes (DataLoader / preprocess workers), in MiB (Linux: KiB units)."""
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20
-    return {
-        "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1),
-        "worker_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1),
-    }
+def _proc_kib(path: str, field: str):
+    """A 'Field:   123 kB' value from a /proc file, or None."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _descendants(pid: int) -> list:
+    """pid's child processes, recursively (Linux /proc/<pid>/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                kids = [int(k) for k in children.read_text().split()]
+                found += kids
+                todo += kids
+    return found
+
+
+class MemoryWatch:
+    """Peak memory of this process and of the processes it starts.
+
+    rss_mb: this process's own peak RSS (VmHWM: the kernel's high-water mark
+    for this address space, so a fresh process measures only its own work).
+    tree_pss_mb: peak of the summed PSS (proportional set size: shared pages
+    split between the processes sharing them, so forked DataLoader / pool
+    workers are not double-counted) of this process and all its descendants,
+    sampled every ``interval`` seconds by a thread (short spikes can be missed).
+    Linux only; elsewhere both are None (getrusage would fold in the parent's
+    pre-exec memory and that of unrelated helper processes)."""
+
+    def __init__(self, interval: float = 0.2):
+        import threading
+
+        self.interval, self.tree_peak_kib = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.available = Path("/proc/self/smaps_rollup").exists()
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        total = 0
+        for pid in [me] + _descendants(me):
+            total += _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss") or 0
+        self.tree_peak_kib = max(self.tree_peak_kib, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self):
+        if self.available:
+            self._sample()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.available:
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+    def result(self) -> dict:
+        own = _proc_kib("/proc/self/status", "VmHWM") if self.available else None
+        return {
+            "rss_mb": None if own is None else round(own / 1024, 1),
+            "tree_pss_mb": round(self.tree_peak_kib / 1024, 1) if self.available else None,
+        }
 
 
 def _child(conn, fn, kwargs) -> None:
     try:
-        result = fn(**kwargs)
-        result.update(peak_rss_mb())
+        with MemoryWatch() as watch:
+            result = fn(**kwargs)
+        result.update(watch.result())
         import torch
 
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             result["gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         conn.send(result)
-    except BaseException as err:  # reported as an unavailable row, never a crash of the whole bench
+    except BaseException as err:  # reported as a failed row, never a crash of the whole bench
         conn.send({"status": "failed", "reason": f"{type(err).__name__}: {str(err).strip()[:300]}",
                    "traceback": traceback.format_exc()})
     finally:
@@ -249,7 +318,7 @@ def measure_classic(image_root: str, size: int, device: str, batch_size: int, st
 
 
 def measure_ours(npy: str, size: int, device: str, batch_size: int, steps: int, warmup: int,
-                 precision: str, compile: bool, small: bool, profile: bool) -> dict:
+                 precision: str, compile: bool, channels_last: str, small: bool, profile: bool) -> dict:
     """train.Trainer's real step fed by dataloader.DeviceFeeder."""
     try:
         import dataloader
@@ -262,7 +331,8 @@ def measure_ours(npy: str, size: int, device: str, batch_size: int, steps: int, 
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     config = {**net_config(size, small), "batch_size": batch_size}
-    trainer = train.Trainer(config, device, precision=precision, compile=compile)
+    memory_format = {"auto": None, "on": True, "off": False}[channels_last]
+    trainer = train.Trainer(config, device, precision=precision, compile=compile, channels_last=memory_format)
     channels_last = bool(getattr(trainer, "channels_last", False))
     feeder = dataloader.DeviceFeeder(npy, batch_size=batch_size, device=device, seed=0,
                                      channels_last=channels_last)
@@ -356,41 +426,37 @@ def random_fid_weights(path: Path) -> None:
     utils.torch_save(net.state_dict(), path)
 
 
-def measure_evaluate(npy: str, device: str, n: int, tmp: str) -> dict:
+def measure_evaluate(npy: str, device: str, n: int, batch_size: int, tmp: str) -> dict:
+    """evaluate.py's feature extraction alone: load_inception once, warm up,
+    then time array_features (uint8 -> device -> 299 px Inception pool3)."""
     try:
         import evaluate
     except ImportError as err:
         return unavailable(f"evaluate.py not importable yet ({err})")
-    if not hasattr(evaluate, "real_statistics"):
-        return unavailable("evaluate.real_statistics is missing")
-    device = utils.resolve_device(device)
+    if not (hasattr(evaluate, "load_inception") and hasattr(evaluate, "array_features")):
+        return unavailable("evaluate.load_inception / evaluate.array_features are missing")
     import torch
 
+    device = utils.resolve_device(device)
     hub = Path(torch.hub.get_dir()) / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
     if hub.is_file():
         weights, kind = hub, "FID Inception (hub cache)"
     else:
-        weights, kind = Path(tmp) / "random_inception.pth", "random init (no FID weights offline; speed only)"
+        weights, kind = Path(tmp) / "random_inception.pth", "random init (FID weights offline; speed only)"
         if not weights.is_file():
             random_fid_weights(weights)
+    model = evaluate.load_inception(device, weights_path=weights)
     images = np.load(npy, mmap_mode="r")
     n = min(n, len(images))
-    subset = Path(tmp) / f"eval_subset_{n}.npy"
-    with utils.atomic_path(subset) as tmp_file:
-        np.save(tmp_file, np.ascontiguousarray(images[:n]))
-    # warm the model load and kernels on a small first call, then time a fresh (uncached) file
-    warm = Path(tmp) / "eval_warm.npy"
-    with utils.atomic_path(warm) as tmp_file:
-        np.save(tmp_file, np.ascontiguousarray(images[: min(n, 16)]))
-    evaluate.real_statistics(warm, device, weights_path=weights)
+    batch_size = min(batch_size, n)
+    evaluate.array_features(model, images[:batch_size], device, batch_size=batch_size, desc="warm-up")
     sync(device)
     start = time.perf_counter()
-    stats = evaluate.real_statistics(subset, device, weights_path=weights)
+    feats = evaluate.array_features(model, images[:n], device, batch_size=batch_size, desc="timed")
     sync(device)
     seconds = time.perf_counter() - start
-    return {"status": "ok", "img_s": n / seconds, "seconds": seconds, "images": n, "weights": kind,
-            "n_stats": int(stats.get("n", n)) if isinstance(stats, dict) else n,
-            "note": "real_statistics() on a fresh file: Inception load + features + mean/cov"}
+    return {"status": "ok", "img_s": n / seconds, "seconds": seconds, "images": n, "batch": batch_size,
+            "weights": kind, "features": list(feats.shape)}
 
 
 # --------------------------------------------------------------------------- #
@@ -494,7 +560,7 @@ def fmt(value, digits=1) -> str:
 
 
 def table(results: dict) -> str:
-    lines = [f"{'row':<24}{'speed':>22}{'peak RSS MiB':>14}{'workers MiB':>13}{'GPU MiB':>10}  note",
+    lines = [f"{'row':<24}{'speed':>22}{'peak RSS MiB':>14}{'+workers MiB':>13}{'GPU MiB':>10}  note",
              "-" * 100]
     for name, row in results["rows"].items():
         if row.get("status") != "ok":
@@ -504,8 +570,9 @@ def table(results: dict) -> str:
             speed = f"{fmt(row['batches_s'])} batch/s"
         else:
             speed = f"{fmt(row['img_s'])} img/s"
-        note = {k: row[k] for k in ("precision", "compile", "images", "weights", "skipped") if k in row}
-        lines.append(f"{name:<24}{speed:>22}{fmt(row.get('rss_mb'), 0):>14}{fmt(row.get('worker_rss_mb'), 0):>13}"
+        note = {k: row[k] for k in ("precision", "compile", "channels_last", "images", "weights", "skipped")
+                if k in row}
+        lines.append(f"{name:<24}{speed:>22}{fmt(row.get('rss_mb'), 0):>14}{fmt(row.get('tree_pss_mb'), 0):>13}"
                      f"{fmt(row.get('gpu_mb'), 0):>10}  {json.dumps(note) if note else ''}")
     for size, ratio in results["ratio"].items():
         lines.append(f"{'ratio ours/classic ' + size:<24}{fmt(ratio, 2) + 'x':>22}")
@@ -519,7 +586,7 @@ def main(argv=None) -> int:
     bad = [s for s in args.sizes if s not in SIZES]
     if bad:
         raise utils.UserError(f"--sizes {bad[0]} is not supported; choose from {', '.join(map(str, SIZES))}")
-    for flag in ("batch_size", "steps", "feeder_batches", "synthetic"):
+    for flag in ("batch_size", "steps", "feeder_batches", "synthetic", "eval_batch_size"):
         if getattr(args, flag) < 1:
             raise utils.UserError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
     for flag in ("warmup", "workers", "limit", "eval_n"):
@@ -571,13 +638,14 @@ def main(argv=None) -> int:
                 rows[f"train ours {size}"] = isolated(
                     measure_ours, npy=str(npys[size]), size=size, device=str(device), batch_size=args.batch_size,
                     steps=args.steps, warmup=args.warmup, precision=args.precision, compile=args.compile,
-                    small=args.small, profile=args.profile)
+                    channels_last=args.channels_last, small=args.small, profile=args.profile)
             ours, classic = rows.get(f"train ours {size}", {}), rows.get(f"train classic {size}", {})
             if ours.get("status") == "ok" and classic.get("status") == "ok":
                 results["ratio"][str(size)] = ours["img_s"] / classic["img_s"]
         if "evaluate" not in args.skip:
-            rows[f"evaluate features {sizes[0]}"] = isolated(measure_evaluate, npy=str(npys[sizes[0]]),
-                                                             device=str(device), n=eval_n, tmp=str(tmp))
+            rows[f"evaluate features {sizes[0]}"] = isolated(
+                measure_evaluate, npy=str(npys[sizes[0]]), device=str(device), n=eval_n,
+                batch_size=args.eval_batch_size, tmp=str(tmp))
     results["seconds"] = round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1)
     print(table(results))
     print(json.dumps(results))

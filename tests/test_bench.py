@@ -12,7 +12,7 @@ def test_smoke_run_prints_one_json_line_with_positive_figures(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--data", str(tmp_path / "no-such-folder"), "--synthetic", "160", "--sizes", "64", "--small",
                 "--steps", "3", "--warmup", "1", "--batch-size", "32", "--workers", "1", "--feeder-batches", "3",
-                "--eval-n", "4", "--device", "cpu", "--out-json", str(out)])
+                "--eval-n", "2", "--eval-batch-size", "2", "--device", "cpu", "--out-json", str(out)])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 1
     result = json.loads(lines[0])
@@ -23,7 +23,7 @@ def test_smoke_run_prints_one_json_line_with_positive_figures(tmp_path, capsys):
     assert {"preprocess", "feeder 64", "train classic 64", "train ours 64", "evaluate features 64"} <= set(rows)
     for name, row in rows.items():
         assert row["status"] in ("ok", "unavailable", "failed"), name
-        assert row["rss_mb"] > 0, name
+        assert row["rss_mb"] > 0 and row["tree_pss_mb"] >= row["rss_mb"] * 0.2, name
         if row["status"] == "ok":
             assert row["img_s"] > 0, name
         else:
