@@ -1,0 +1,335 @@
+"""Issue 7: exact resume, signals, SIGKILL, NaN stop, full disk, the bad-input
+table, and a 2-process Gloo run through torchrun. CPU, tiny nets, seconds."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import network
+import train
+import utils
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on 2 shared cores OpenMP threads spinning against
+    other jobs make tiny convs several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_data(tmp_path, n=32, size=64, name="faces_64.npy", dtype=np.uint8, shape=None):
+    path = tmp_path / name
+    array = np.random.default_rng(0).integers(0, 256, shape or (n, size, size, 3)).astype(dtype)
+    np.save(path, array)
+    return path
+
+
+def argv(tmp_path, data, *extra, out="run", params="generator.params"):
+    return ["--data", str(data), *TINY, "--out", str(tmp_path / out), "--params", str(tmp_path / params), *extra]
+
+
+def tensors_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def cli(args, cwd, **kw):
+    """Run train.py as a user does; PYTHONPATH only so it finds the repo from tmp_path."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+# --------------------------------------------------------------------------- #
+# Exact resume
+# --------------------------------------------------------------------------- #
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    """--max-steps 10 in one go == --max-steps 5, then --resume --max-steps 10.
+    Bit-identical on CPU (torch.equal, no tolerance): the checkpoint restores
+    weights, BN buffers, both Adam states, the EMA and its warm-up count, the
+    torch/numpy/python RNGs, and the data order (epoch + batch, mid-epoch here)."""
+    data = make_data(tmp_path)
+    common = ["--ema", "0.9", "--flip", "--log-every", "3", "--sample-every", "4"]
+    assert train.main(argv(tmp_path, data, *common, "--max-steps", "10", out="a", params="a.params")) == 0
+    assert train.main(argv(tmp_path, data, *common, "--max-steps", "5", out="b", params="b.params")) == 0
+    # resume repeats no architecture flag: it comes from the checkpoint
+    resumed = ["--resume", "--out", str(tmp_path / "b"), "--params", str(tmp_path / "b.params"), "--max-steps", "10",
+               "--device", "cpu"]
+    assert train.main(resumed) == 0
+    a, b = utils.torch_load(tmp_path / "a.params"), utils.torch_load(tmp_path / "b.params")
+    assert tensors_equal(a["generator"], b["generator"]) and tensors_equal(a["generator_ema"], b["generator_ema"])
+    ca, cb = utils.torch_load(tmp_path / "a/checkpoint.pt"), utils.torch_load(tmp_path / "b/checkpoint.pt")
+    assert tensors_equal(ca["trainer"]["netD"], cb["trainer"]["netD"])
+    assert torch.equal(ca["trainer"]["optD"]["state"][0]["exp_avg_sq"], cb["trainer"]["optD"]["state"][0]["exp_avg_sq"])
+    assert (cb["step"], cb["epoch"], cb["batch_in_epoch"]) == (10, 2, 2)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 10
+
+
+# --------------------------------------------------------------------------- #
+# Signals, SIGKILL, NaN, full disk
+# --------------------------------------------------------------------------- #
+def signal_on_step(monkeypatch, signum, at):
+    original, calls = train.Trainer.step, {"n": 0}
+
+    def step(self, real):
+        out = original(self, real)
+        calls["n"] += 1
+        if calls["n"] == at:
+            os.kill(os.getpid(), signum)  # arrives mid-run, like a Ctrl-C
+        return out
+
+    monkeypatch.setattr(train.Trainer, "step", step)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_finishes_the_step_saves_and_exits(tmp_path, monkeypatch, capsys, signum, code):
+    signal_on_step(monkeypatch, signum, at=3)
+    data = make_data(tmp_path)
+    assert train.main(argv(tmp_path, data, "--max-steps", "50")) == code
+    err = capsys.readouterr().err
+    assert "checkpoint saved to" in err and "--resume" in err
+    assert utils.torch_load(tmp_path / "run/checkpoint.pt")["step"] == 3
+    assert network.load_generator(tmp_path / "generator.params")[1]["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is not None  # handlers restored, pytest still interruptible
+    # and it continues from there
+    monkeypatch.undo()
+    assert train.main(["--resume", "--out", str(tmp_path / "run"), "--max-steps", "5",
+                       "--params", str(tmp_path / "generator.params")]) == 0
+    assert utils.torch_load(tmp_path / "run/checkpoint.pt")["step"] == 5
+
+
+def wait_for(predicate, proc, limit=120):
+    start = time.monotonic()
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - start < limit, "training never got there"
+        time.sleep(0.2)
+
+
+def test_real_ctrl_c_and_sigkill_leave_loadable_files(tmp_path):
+    data = make_data(tmp_path)
+    # Ctrl-C on a real process: one clear message, exit 130, no traceback
+    proc = cli(argv(tmp_path, data, "--max-steps", "100000", "--log-every", "1"), cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "run/metrics.jsonl").is_file(), proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "checkpoint saved to" in err
+    step = utils.torch_load(tmp_path / "run/checkpoint.pt")["step"]
+    assert step >= 1
+
+    # SIGKILL while it writes a checkpoint every step: the files on disk still load
+    proc = cli(["--resume", "--out", str(tmp_path / "run"), "--max-steps", "100000", "--checkpoint-every", "1",
+                "--params", str(tmp_path / "generator.params")], cwd=tmp_path)
+    wait_for(lambda: utils.torch_load(tmp_path / "run/checkpoint.pt")["step"] >= step + 3, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    ckpt = utils.torch_load(tmp_path / "run/checkpoint.pt")
+    G, config = network.load_generator(tmp_path / "generator.params")
+    assert ckpt["step"] >= step + 3 and config["ngf"] == 8
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original, calls = train.Trainer.step, {"n": 0}
+
+    def step(self, real):
+        out = original(self, real)
+        calls["n"] += 1
+        if calls["n"] == 5:  # D's weights blow up after step 5 -> step 6 has NaN losses
+            with torch.no_grad():
+                self.netD.main[0].weight.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(train.Trainer, "step", step)
+    data = make_data(tmp_path)
+    with pytest.raises(utils.UserError, match=r"NaN/inf by step 6.*last good checkpoint.*--lr"):
+        train.main(argv(tmp_path, data, "--max-steps", "20", "--log-every", "2", "--checkpoint-every", "4"))
+    ckpt = utils.torch_load(tmp_path / "run/checkpoint.pt")
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["trainer"]["netD"].values() if v.is_floating_point())
+    G, config = network.load_generator(tmp_path / "generator.params")
+    assert config["step"] == 4 and all(torch.isfinite(p).all() for p in G.parameters())
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    data = make_data(tmp_path)
+    train.main(argv(tmp_path, data, "--max-steps", "2"))
+    before = (tmp_path / "run/checkpoint.pt").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(utils.UserError, match="disk full.*intact"):
+        train.main(["--resume", "--out", str(tmp_path / "run"), "--max-steps", "4",
+                    "--params", str(tmp_path / "generator.params")])
+    assert (tmp_path / "run/checkpoint.pt").read_bytes() == before
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+# --------------------------------------------------------------------------- #
+# Bad-input table: one line, non-zero exit, nothing half-written
+# --------------------------------------------------------------------------- #
+BAD_DATA = {
+    "missing": (None, "not found"),
+    "empty": (b"", "empty"),
+    "wrong ndim": ((32, 64, 64), "shape"),
+    "four channels": ((32, 64, 64, 4), "shape"),
+    "float dtype": ("float32", "dtype"),
+    "size 32 for --size 64": ((32, 32, 32, 3), "size 64"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_bad_data_file_is_one_line_and_writes_nothing(tmp_path, case):
+    spec, message = BAD_DATA[case]
+    data = tmp_path / "data.npy"
+    if spec == b"":
+        data.write_bytes(b"")
+    elif isinstance(spec, tuple):
+        make_data(tmp_path, name="data.npy", shape=spec)
+    elif spec == "float32":
+        make_data(tmp_path, name="data.npy", dtype=np.float32)
+    with pytest.raises(utils.UserError, match=message) as err:
+        train.main(argv(tmp_path, data, "--max-steps", "1"))
+    assert "\n" not in str(err.value) and "data.npy" in str(err.value)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "generator.params").exists()
+
+
+def test_batch_larger_than_data_and_unwritable_out(tmp_path):
+    data = make_data(tmp_path)
+    with pytest.raises(utils.UserError, match=r"--batch-size 64 is larger than the data set \(32 images"):
+        train.main(argv(tmp_path, data, "--max-steps", "1") + ["--batch-size", "64"])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(utils.UserError, match="afile is a file"):
+        train.main(argv(tmp_path, data, "--max-steps", "1", out="afile/run"))
+    with pytest.raises(utils.UserError, match="afile is a file"):
+        train.main(argv(tmp_path, data, "--max-steps", "1", params="afile/g.params"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "faces_64.npy"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_gpu(tmp_path):
+    with pytest.raises(utils.UserError, match="no CUDA GPU"):
+        train.main(argv(tmp_path, make_data(tmp_path), "--max-steps", "1") + ["--device", "cuda"])
+
+
+def test_resume_refuses_other_size_architecture_truncated_or_foreign_files(tmp_path):
+    data = make_data(tmp_path)
+    train.main(argv(tmp_path, data, "--max-steps", "1"))
+    resume = ["--resume", "--out", str(tmp_path / "run"), "--params", str(tmp_path / "g2.params")]
+    ckpt = tmp_path / "run/checkpoint.pt"
+    before = ckpt.read_bytes()
+    with pytest.raises(utils.UserError, match=r"--size 128 does not match the checkpoint .*size 64"):
+        train.main(resume + ["--size", "128"])
+    with pytest.raises(utils.UserError, match=r"--ngf 16 does not match .*ngf 8"):
+        train.main(resume + ["--ngf", "16"])
+    data32 = make_data(tmp_path, name="small.npy", size=32)
+    with pytest.raises(utils.UserError, match="small.npy.*size 64"):
+        train.main(resume + ["--data", str(data32)])
+    # a checkpoint whose weights are for another architecture than its config says
+    blob = utils.torch_load(ckpt)
+    blob["config"]["ngf"] = 16
+    utils.torch_save(blob, tmp_path / "other/checkpoint.pt")
+    with pytest.raises(utils.UserError, match="does not match a 64 px DCGAN with ngf 16"):
+        train.main(["--resume", "--out", str(tmp_path / "other"), "--params", str(tmp_path / "g2.params")])
+    # a generator.params is not a checkpoint
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p/checkpoint.pt").write_bytes((tmp_path / "generator.params").read_bytes())
+    with pytest.raises(utils.UserError, match="not a train.py checkpoint"):
+        train.main(["--resume", "--out", str(tmp_path / "p")])
+    # truncated checkpoint and truncated params
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t/checkpoint.pt").write_bytes(before[: len(before) // 2])
+    with pytest.raises(utils.UserError, match="truncated or corrupt"):
+        train.main(["--resume", "--out", str(tmp_path / "t")])
+    params = (tmp_path / "generator.params").read_bytes()
+    (tmp_path / "cut.params").write_bytes(params[: len(params) // 2])
+    with pytest.raises(utils.UserError, match="truncated or corrupt"):
+        network.load_generator(tmp_path / "cut.params")
+    with pytest.raises(utils.UserError, match="no checkpoint.pt in"):
+        train.main(["--resume", "--out", str(tmp_path / "nowhere")])
+    assert ckpt.read_bytes() == before and not (tmp_path / "g2.params").exists()
+
+
+class CodeOnLoad:
+    """Unpickling this calls open(marker, "w"): a stand-in for any code a
+    shared checkpoint could run under a plain torch.load."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_that_would_run_code_is_refused_everywhere(tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = {"format": "dcgan-generator-params/1", "config": {"size": 64}, "generator": CodeOnLoad(marker)}
+    params = tmp_path / "evil.params"
+    torch.save(evil, params)
+    (tmp_path / "run").mkdir()
+    torch.save({**evil, "format": train.CHECKPOINT_FORMAT}, tmp_path / "run/checkpoint.pt")
+    calls = [lambda: network.load_generator(params),
+             lambda: train.main(["--resume", "--out", str(tmp_path / "run"), "--device", "cpu"])]
+    generator = pytest.importorskip("generator")
+    calls.append(lambda: generator.main(["--params", str(params), "-n", "1", "--out", str(tmp_path / "s")]))
+    for call in calls:
+        with pytest.raises(utils.UserError, match="refusing to load .*could run code"):
+            call()
+    assert not marker.exists() and not (tmp_path / "s").exists()
+
+
+def test_generator_n_zero_is_refused():
+    generator = pytest.importorskip("generator")
+    with pytest.raises(utils.UserError, match="-n must be at least 1"):
+        generator.main(["-n", "0"])
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    data = make_data(tmp_path)
+    for args, needle in [(["--data", str(tmp_path / "nope.npy"), "--device", "cpu"], "nope.npy"),
+                         (argv(tmp_path, data) + ["--batch-size", "1000"], "larger than the data set")]:
+        proc = cli(args, cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in err
+        assert err.strip().count("\n") == 0 and err.startswith("error: ") and needle in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- #
+# DDP: 2 processes, Gloo, CPU
+# --------------------------------------------------------------------------- #
+def test_torchrun_two_processes_on_cpu_then_resume_on_one(tmp_path):
+    data = make_data(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "train.py"), *argv(tmp_path, data, "--max-steps", "3", "--log-every", "1")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((tmp_path / "run/config.json").read_text())
+    assert config["world_size"] == 2 and config["batch_size"] == 8
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone writes
+    ckpt = utils.torch_load(tmp_path / "run/checkpoint.pt")
+    assert ckpt["step"] == 3 and not any(k.startswith("module.") for k in ckpt["trainer"]["netG"])
+    G, cfg = network.load_generator(tmp_path / "generator.params")
+    assert cfg["ngf"] == 8 and G(torch.randn(2, 16)).shape == (2, 3, 64, 64)
+    # the unwrapped checkpoint resumes on a single process
+    assert train.main(["--resume", "--out", str(tmp_path / "run"), "--max-steps", "4", "--device", "cpu",
+                       "--params", str(tmp_path / "generator.params")]) == 0
+    assert utils.torch_load(tmp_path / "run/checkpoint.pt")["step"] == 4
