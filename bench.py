@@ -51,7 +51,7 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=utils.HelpFormatter
     )
     parser.add_argument("--data", default=str(DEFAULT_DATA),
                         help="image folder in ImageFolder layout (a parent with class subfolders); "
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images of --data (0: all)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="image sizes to train at")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128, help="batch size of every training row")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per path and size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (workers start, caches fill)")
     parser.add_argument("--workers", type=int, default=2, help="classic DataLoader workers (the tutorial uses 2)")
@@ -317,6 +317,14 @@ def measure_classic(image_root: str, size: int, device: str, batch_size: int, st
             "loss_g_last": history[-1][1]}
 
 
+def endless(feeder):
+    """The feeder's batches, epoch after epoch, for as many steps as a row times."""
+    epoch = 0
+    while True:
+        yield from feeder.epoch(epoch)
+        epoch += 1
+
+
 def measure_ours(npy: str, size: int, device: str, batch_size: int, steps: int, warmup: int,
                  precision: str, compile: bool, channels_last: str, small: bool, profile: bool) -> dict:
     """train.Trainer's real step fed by dataloader.DeviceFeeder."""
@@ -339,13 +347,7 @@ def measure_ours(npy: str, size: int, device: str, batch_size: int, steps: int, 
     if len(feeder) < 1:
         return unavailable(f"{feeder.num_images} images are fewer than one batch of {batch_size}")
 
-    def batches():
-        epoch = 0
-        while True:
-            yield from feeder.epoch(epoch)
-            epoch += 1
-
-    stream = batches()
+    stream = endless(feeder)
     out = None
     for _ in range(warmup):
         out = trainer.step(next(stream))
@@ -376,13 +378,7 @@ def measure_feeder(npy: str, device: str, batch_size: int, batches: int) -> dict
     if len(feeder) < 1:
         return unavailable(f"{feeder.num_images} images are fewer than one batch of {batch_size}")
 
-    def stream():
-        epoch = 0
-        while True:
-            yield from feeder.epoch(epoch)
-            epoch += 1
-
-    it = stream()
+    it = endless(feeder)
     next(it)  # warm-up
     sync(device)
     start = time.perf_counter()

@@ -446,14 +446,14 @@ def path_statistics(path, model, device, batch_size: int = 200, size=None) -> di
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="FID (and KID) of a generator or of two image sets, equal to pytorch-fid's.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=utils.HelpFormatter,
     )
     parser.add_argument("--params", default="generator.params", help="generator.params to evaluate")
     parser.add_argument("--data", default="data/celeba_{size}.npy",
                         help="real images (.npy from preprocess.py, a folder, or a statistics .npz); "
                              "{size} is the generator's size")
     parser.add_argument("-n", "--num-samples", type=int, default=50000, help="generated images")
-    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=200, help="images per generator + Inception forward pass")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the generated images")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--kid", action="store_true", help="also report the Kernel Inception Distance")

@@ -30,7 +30,7 @@ GRID_MAX = 64  # grid.png shows the first 64 images; every image still gets its 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=utils.HelpFormatter
     )
     parser.add_argument("-n", "--num", type=int, default=64, help="number of images to write")
     parser.add_argument("--params", default="generator.params", help="generator.params or a bare state_dict")

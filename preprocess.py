@@ -401,7 +401,7 @@ def parse_crop(value: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0], formatter_class=utils.HelpFormatter,
         epilog="Resizing: the crop box is cut out exactly, then resized to each size with PIL's LANCZOS filter "
                "(antialiased). JPEGs are first decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling, "
                "'draft' mode) when the reduced box stays at least as large as that output size (chosen per size, so "
@@ -486,11 +486,7 @@ def main(argv=None) -> int:
 
     signature = {"format": FORMAT_VERSION, "source": str(src.resolve()), "files": source_signature(src, names),
                  "split": args.split, "limit": args.limit, "crop": crop, "filter": FILTER}
-    todo = tuple(s for s in sizes if args.force or not is_up_to_date(output_paths(args.out, name, s),
-                                                                      dict(signature, size=s)))
-    for size in sizes:
-        if size not in todo:
-            print(f"{output_paths(args.out, name, size)['npy']} is up to date (same input and options; --force rebuilds)")
+    todo = sizes_to_build(args, name, sizes, signature)
     if not todo:
         return 0
 
@@ -707,15 +703,22 @@ def draw_face(rng: np.random.Generator, canvas: int = 256) -> Image.Image:
     return img
 
 
-def make_synthetic(args, sizes: tuple) -> int:
-    name = args.name or "synthetic"
-    signature = {"format": FORMAT_VERSION, "source": "synthetic", "faces_version": 2, "n": args.synthetic,
-                 "seed": args.seed}
+def sizes_to_build(args, name: str, sizes: tuple, signature: dict) -> tuple:
+    """The sizes whose outputs are missing or were made from other input or
+    options (all of them with --force); says which are already up to date."""
     todo = tuple(s for s in sizes if args.force or not is_up_to_date(output_paths(args.out, name, s),
                                                                       dict(signature, size=s)))
     for size in sizes:
         if size not in todo:
             print(f"{output_paths(args.out, name, size)['npy']} is up to date (same input and options; --force rebuilds)")
+    return todo
+
+
+def make_synthetic(args, sizes: tuple) -> int:
+    name = args.name or "synthetic"
+    signature = {"format": FORMAT_VERSION, "source": "synthetic", "faces_version": 2, "n": args.synthetic,
+                 "seed": args.seed}
+    todo = sizes_to_build(args, name, sizes, signature)
     if not todo:
         return 0
 

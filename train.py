@@ -202,7 +202,7 @@ class Trainer:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train the DCGAN on a preprocessed uint8 image array (see preprocess.py).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=utils.HelpFormatter,
     )
     p.add_argument("--size", type=int, default=64, choices=(64, 128), help="image size in pixels")
     p.add_argument("--data", default=None, help="image array from preprocess.py (default: data/celeba_{size}.npy)")

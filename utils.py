@@ -7,6 +7,7 @@ exits 130.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import json
@@ -22,6 +23,16 @@ import numpy as np
 
 class UserError(Exception):
     """A problem with the user's input or environment, reported as one line."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each default once: options whose help already says
+    what the default is (a computed one, left as None) get no "(default: None)"."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def run_cli(main, argv=None) -> None:

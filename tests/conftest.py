@@ -19,3 +19,15 @@ def celeba_sample():
     if not path.is_dir():
         pytest.skip("needs ../shared/data/celeba_sample (not part of a user's clone)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny nets: on 2 shared cores, OpenMP
+    threads spinning against other jobs make tiny convs several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
