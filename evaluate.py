@@ -536,7 +536,7 @@ def _run(args) -> int:
                                  f"seed {args.seed}, {seconds:.0f} s"))
     record = {
         "fid": fid, "kid_mean": kid and kid[0], "kid_std": kid and kid[1], "n": args.num_samples, "seed": args.seed,
-        "real_n": real_n, "size": size, "params": str(Path(args.params)), "ema": not args.no_ema,
+        "real_n": real_n, "size": size, "params": str(Path(args.params)), "weights": config["weights"],
         "data": str(data), "data_fingerprint": real.get("fingerprint"), "extractor": model.extractor_id,
         "device": str(device), "seconds": round(seconds, 1), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -124,8 +124,8 @@ def main(argv=None) -> int:
         raise utils.UserError(f"--out {out} exists and is not a folder")
     device = utils.resolve_device(args.device)
     generator, config = load_generator(args.params, device, use_ema=not args.no_ema)
-    weights = "raw" if args.no_ema else "EMA (when the file has them)"
-    print(f"{args.params}: {config['size']} px, nz {config['nz']}, ngf {config['ngf']}; {weights} weights; "
+    print(f"{args.params}: {config['size']} px, nz {config['nz']}, ngf {config['ngf']}; "
+          f"{'EMA' if config['weights'] == 'ema' else 'raw'} weights; "
           f"device {device}; seeds {args.seed}..{args.seed + args.num - 1}")
 
     write_samples(generator, config["nz"], args.num, out, args.seed, device, args.batch_size)

@@ -168,14 +168,17 @@ def strip_prefixes(state: dict) -> dict:
 
 def load_generator(path, device="cpu", use_ema: bool = True) -> tuple[Generator, dict]:
     """Load generator.params (ours, or a bare state_dict as the classic DCGAN
-    code saves it) -> (Generator in eval mode on ``device``, config)."""
+    code saves it) -> (Generator in eval mode on ``device``, config); config["weights"]
+    says which were loaded: "ema" (the default when the file has them) or "raw"."""
     blob = torch_load(path, what="params file")
     if isinstance(blob, dict) and blob.get("format") == PARAMS_FORMAT:
         config = {**DEFAULT_CONFIG, **blob["config"]}
-        state = blob["generator_ema"] if use_ema and blob.get("generator_ema") is not None else blob["generator"]
+        ema = use_ema and blob.get("generator_ema") is not None
+        state = blob["generator_ema"] if ema else blob["generator"]
+        config["weights"] = "ema" if ema else "raw"
     elif isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
         state = strip_prefixes(blob)
-        config = {**DEFAULT_CONFIG, **infer_config(state)}
+        config = {**DEFAULT_CONFIG, **infer_config(state), "weights": "raw"}
     else:
         raise UserError(f"{path} is not a generator.params file nor a generator state_dict")
     generator = build_generator(config)

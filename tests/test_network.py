@@ -57,10 +57,12 @@ def test_params_roundtrip_prefers_ema(tmp_path):
     config = {"size": 64, "nz": 100, "ngf": 8, "ndf": 8, "nc": 3}
     save_generator_params(tmp_path / "p", config, g.state_dict(), ema.state_dict())
     z = torch.randn(2, 100)
-    loaded, _ = load_generator(tmp_path / "p")
-    assert torch.equal(loaded(z), ema.eval()(z))
-    raw, _ = load_generator(tmp_path / "p", use_ema=False)
-    assert torch.equal(raw(z), g.eval()(z))
+    loaded, info = load_generator(tmp_path / "p")
+    assert torch.equal(loaded(z), ema.eval()(z)) and info["weights"] == "ema"
+    raw, info = load_generator(tmp_path / "p", use_ema=False)
+    assert torch.equal(raw(z), g.eval()(z)) and info["weights"] == "raw"
+    save_generator_params(tmp_path / "no_ema", config, g.state_dict())  # a run without --ema
+    assert load_generator(tmp_path / "no_ema")[1]["weights"] == "raw"
 
 
 def test_mismatched_and_truncated_params_are_one_line_errors(tmp_path):
