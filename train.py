@@ -69,7 +69,8 @@ class Trainer:
             raise UserError(f"unknown precision {precision!r} (use fp32 or bf16)")
         self.precision = precision
         cuda = device.type == "cuda"
-        self.channels_last = cuda if channels_last is None else bool(channels_last)
+        # channels_last: faster convs on CUDA (tensor cores) and on CPU (oneDNN), see BENCHMARKS.md
+        self.channels_last = device.type in ("cuda", "cpu") if channels_last is None else bool(channels_last)
         if cuda:
             torch.backends.cudnn.benchmark = True
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-every", type=int, default=0, help="steps between FID evaluations (0 = off)")
     p.add_argument("--fid-n", type=int, default=5000, help="generated images per FID evaluation")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
-                   help="channels_last memory format (auto = on for CUDA)")
+                   help="channels_last memory format (auto = on for CUDA and CPU, where it is faster)")
     return p
 
 
