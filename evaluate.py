@@ -242,11 +242,7 @@ def load_inception(device="cpu", weights_path=None) -> torch.nn.Module:
 # --------------------------------------------------------------------------- #
 # Images -> features (batched on the device)
 # --------------------------------------------------------------------------- #
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Float [-1, 1] NCHW -> uint8 NCHW on the same device, rounded exactly as
-    ``utils.to_uint8`` and ``torchvision.utils.save_image(normalize=True,
-    value_range=(-1, 1))`` round before a PNG is written."""
-    return images.detach().float().add(1).mul(127.5).add(0.5).clamp(0, 255).to(torch.uint8)
+quantize = utils.quantize  # generated images take the PNG's rounding, without the PNG
 
 
 @torch.no_grad()

@@ -171,11 +171,17 @@ def resolve_device(name: str = "auto"):
 # --------------------------------------------------------------------------- #
 # Images
 # --------------------------------------------------------------------------- #
+def quantize(images):
+    """Float images in [-1, 1] (torch, NCHW) -> uint8 NCHW on the same device,
+    rounded exactly as ``torchvision.utils.save_image`` rounds before writing a PNG."""
+    import torch
+
+    return images.detach().float().add(1).mul(127.5).add(0.5).clamp(0, 255).to(torch.uint8)
+
+
 def to_uint8(images):
-    """Float images in [-1, 1] (torch, NCHW) -> uint8 NHWC numpy, rounded
-    exactly as ``torchvision.utils.save_image`` rounds before writing a PNG."""
-    x = images.detach().float().add(1).mul(127.5).add(0.5).clamp(0, 255)
-    return x.to("cpu", dtype=__import__("torch").uint8).permute(0, 2, 3, 1).numpy()
+    """Float images in [-1, 1] (torch, NCHW) -> uint8 NHWC numpy (``quantize``d)."""
+    return quantize(images).cpu().permute(0, 2, 3, 1).numpy()
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
