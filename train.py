@@ -4,11 +4,16 @@
     python train.py --size 128 --ema 0.999 --compile          # CelebA 128 px on a GPU (bf16, fused Adam)
     python train.py --resume --out runs/128px-celeba-20260101-120000 --max-steps 20000
     torchrun --nproc_per_node 4 train.py --size 128           # DDP; --batch-size stays the global batch
+    python train.py --data data/flowers_64.npy --recipe best  # small folder: DiffAugment, TTUR, EMA (README "Better faces")
 
 The classic algorithm: D takes one Adam step on a real batch (label 1) and on
 G's batch detached (label 0); then G takes one Adam step on the same fake batch
 with label 1 (the non-saturating loss). D returns logits; the loss is
-BCEWithLogits. A run folder (``--out``) holds config.json, checkpoint.pt (full
+BCEWithLogits. Beyond that classic recipe (the default), --augment, --loss
+hinge, --sn, --lr-g/--lr-d, --r1 and --ema-bn-recompute change the step or D
+(see build_parser and README "Better faces"); --recipe best sets the
+combination chosen on the quality benchmark (RECIPES, provisional until
+measured). A run folder (``--out``) holds config.json, checkpoint.pt (full
 resume state), metrics.jsonl, loss.png, reals.png and samples/step_NNNNNN.png;
 ``--params`` (default generator.params) is the small export generator.py and
 evaluate.py read.
@@ -521,7 +526,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
     ax1.plot(steps, [r["loss_D"] for r in rows], label="loss D")
     ax1.plot(steps, [r["loss_G"] for r in rows], label="loss G")
-    ax1.set_ylabel("BCE loss")
+    ax1.set_ylabel("loss")
     ax1.legend()
     ax2.plot(steps, [r["D_x"] for r in rows], label="D(x)")
     ax2.plot(steps, [r["D_G_z1"] for r in rows], label="D(G(z)) before D step")
