@@ -90,24 +90,39 @@ class Discriminator(nn.Module):
         Conv+BN+LReLU   -> (ndf*8) x 4 x 4
         Conv            -> 1 x 1 x 1 logit
     size 128 adds one block, ending at (ndf*16) x 4 x 4.
+
+    ``sn=True`` (train.py --sn): spectral normalisation on every conv and NO
+    BatchNorm, as in SNGAN's discriminator. BN after an SN conv divides by the
+    batch's standard deviation and so undoes the Lipschitz bound SN sets; it
+    also couples the images of a batch, which R1's per-image gradient and
+    augmented/fake batches do not want. Each conv then gets a bias (BN's shift
+    is gone). Same widths and shapes: Conv+LReLU at every level.
     """
 
-    def __init__(self, size: int = 64, ndf: int = 64, nc: int = 3):
+    def __init__(self, size: int = 64, ndf: int = 64, nc: int = 3, sn: bool = False):
         super().__init__()
-        self.size = size
+        self.size, self.sn = size, sn
         levels = num_levels(size)
         widths = [ndf * 2**i for i in range(levels)]  # size/2 ... 4x4
-        layers: list[nn.Module] = [nn.Conv2d(nc, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+
+        def conv(in_ch, out_ch, stride, pad):
+            return nn.Conv2d(in_ch, out_ch, 4, stride, pad, bias=sn)
+
+        layers: list[nn.Module] = [conv(nc, widths[0], 2, 1), nn.LeakyReLU(0.2, True)]
         for in_ch, out_ch in zip(widths[:-1], widths[1:]):
             # (in_ch) x r x r -> (out_ch) x r/2 x r/2
-            layers += [
-                nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(out_ch),
-                nn.LeakyReLU(0.2, True),
-            ]
-        layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)]  # 1 x 1 x 1
+            norm = [] if sn else [nn.BatchNorm2d(out_ch)]
+            layers += [conv(in_ch, out_ch, 2, 1), *norm, nn.LeakyReLU(0.2, True)]
+        layers += [conv(widths[-1], 1, 1, 0)]  # 1 x 1 x 1
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
+        if sn:  # after init: SN rescales the N(0, 0.02) weights to spectral norm 1
+            from torch.nn.utils.parametrizations import spectral_norm
+
+            for module in self.main:
+                if isinstance(module, nn.Conv2d):
+                    nn.init.zeros_(module.bias)
+                    spectral_norm(module)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.main(images).view(-1)
@@ -120,8 +135,34 @@ def build_generator(config: dict) -> Generator:
 
 
 def build_discriminator(config: dict) -> Discriminator:
+    """Discriminator from a config dict (keys size, ndf, nc, sn; others ignored)."""
     c = {**DEFAULT_CONFIG, **config}
-    return Discriminator(size=c["size"], ndf=c["ndf"], nc=c["nc"])
+    return Discriminator(size=c["size"], ndf=c["ndf"], nc=c["nc"], sn=bool(c.get("sn", False)))
+
+
+@torch.no_grad()
+def recompute_bn_stats(generator: nn.Module, n: int = 512, batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """Re-estimate ``generator``'s BatchNorm running statistics in place: reset
+    them, run it in train mode on ``n`` latents in batches of ``batch_size``
+    with momentum None (the plain average of the batch statistics), then
+    return it in eval mode. The latents come from a private torch.Generator
+    seeded with ``seed``: the global RNG is not touched, and the result is a
+    function of the weights alone. For an EMA of G, whose lerped running stats
+    do not belong to the averaged weights."""
+    device = next(generator.parameters()).device
+    rng = torch.Generator(device=device).manual_seed(seed)
+    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    generator.train()
+    for start in range(0, n, batch_size):
+        z = torch.randn(min(batch_size, n - start), generator.nz, device=device, generator=rng)
+        generator(z)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return generator.eval()
 
 
 # --------------------------------------------------------------------------- #

@@ -4,11 +4,16 @@
     python train.py --size 128 --ema 0.999 --compile          # CelebA 128 px on a GPU (bf16, fused Adam)
     python train.py --resume --out runs/128px-celeba-20260101-120000 --max-steps 20000
     torchrun --nproc_per_node 4 train.py --size 128           # DDP; --batch-size stays the global batch
+    python train.py --data data/flowers_64.npy --recipe best  # small folder: DiffAugment, TTUR, EMA (README "Better faces")
 
 The classic algorithm: D takes one Adam step on a real batch (label 1) and on
 G's batch detached (label 0); then G takes one Adam step on the same fake batch
 with label 1 (the non-saturating loss). D returns logits; the loss is
-BCEWithLogits. A run folder (``--out``) holds config.json, checkpoint.pt (full
+BCEWithLogits. Beyond that classic recipe (the default), --augment, --loss
+hinge, --sn, --lr-g/--lr-d, --r1 and --ema-bn-recompute change the step or D
+(see build_parser and README "Better faces"); --recipe best sets the
+combination chosen on the quality benchmark (RECIPES, provisional until
+measured). A run folder (``--out``) holds config.json, checkpoint.pt (full
 resume state), metrics.jsonl, loss.png, reals.png and samples/step_NNNNNN.png;
 ``--params`` (default generator.params) is the small export generator.py and
 evaluate.py read.
@@ -37,13 +42,33 @@ import numpy as np
 import torch
 from torch import nn
 
+import augment
+import losses
 import utils
-from network import DEFAULT_CONFIG, build_discriminator, build_generator, save_generator_params, strip_prefixes
+from network import (DEFAULT_CONFIG, build_discriminator, build_generator, recompute_bn_stats, save_generator_params,
+                     strip_prefixes)
 from utils import UserError
 
 CHECKPOINT_FORMAT = "dcgan-train-checkpoint/1"
 CHECKPOINT_NAME = "checkpoint.pt"
-ARCH_KEYS = ("size", "nz", "ngf", "ndf", "nc")
+ARCH_KEYS = ("size", "nz", "ngf", "ndf", "nc", "sn")  # --sn changes D's layers (no BN, SN parametrization)
+
+# What Trainer uses when a config leaves a key out: today's classic recipe.
+TRAINER_DEFAULTS = {"lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "ema": 0.0, "lr_g": None, "lr_d": None,
+                    "loss": "bce", "sn": False, "augment": "none", "r1": 0.0, "r1_every": 16,
+                    "ema_bn_recompute": False}
+
+# --recipe NAME sets these keys unless the same option is typed on the command
+# line. "classic" is today's DCGAN (it changes nothing). "best" is the
+# combination to beat the classic recipe on small folders; the lead fixes it
+# from the quality benchmark (README "Better faces"): until then it is the
+# cheap, low-risk set (DiffAugment, EMA with BN statistics recomputed, TTUR).
+RECIPES = {
+    "classic": {"loss": "bce", "sn": False, "augment": "none", "r1": 0.0, "lr_g": None, "lr_d": None,
+                "ema": 0.0, "ema_bn_recompute": False},
+    "best": {"loss": "bce", "sn": False, "augment": augment.DEFAULT_POLICY, "r1": 0.0, "lr_g": 1e-4, "lr_d": 4e-4,
+             "ema": 0.999, "ema_bn_recompute": True},
+}
 METRIC_KEYS = ("loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2")
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -52,9 +77,11 @@ SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 # One training step, reusable by bench.py
 # --------------------------------------------------------------------------- #
 class Trainer:
-    """G, D, their Adam optimizers, an optional EMA of G, and the classic step.
+    """G, D, their Adam optimizers, an optional EMA of G, and the step.
 
-    ``config`` needs size, nz, ngf, ndf (nc) and may set lr, beta1, beta2, ema.
+    ``config`` needs size, nz, ngf, ndf (nc) and may set lr, beta1, beta2, ema
+    and the options of TRAINER_DEFAULTS (lr_g, lr_d, loss, sn, augment, r1,
+    r1_every, ema_bn_recompute); left out, each is the classic recipe's.
     ``.step(real)`` returns 0-dim device tensors and never synchronises with
     the host, so on a GPU the CPU runs ahead; read the numbers when logging.
     ``.netG`` / ``.netD`` are the plain modules (what gets saved); the step runs
@@ -63,7 +90,13 @@ class Trainer:
 
     def __init__(self, config: dict, device="cpu", precision: str = "fp32", compile: bool = False,
                  channels_last: bool | None = None, world_size: int = 1, rank: int = 0):
-        self.config = {**DEFAULT_CONFIG, "lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "ema": 0.0, **config}
+        self.config = {**DEFAULT_CONFIG, **TRAINER_DEFAULTS, **config}
+        if self.config["loss"] not in losses.LOSSES:
+            raise UserError(f"unknown --loss {self.config['loss']!r} (use {' or '.join(losses.LOSSES)})")
+        self.augment_policy = augment.parse_policy(self.config["augment"])
+        self.loss = self.config["loss"]
+        self.r1_gamma, self.r1_every = float(self.config["r1"] or 0.0), int(self.config["r1_every"])
+        self.steps = 0  # steps taken (for the lazy R1 schedule); saved in state_dict
         self.device = device = torch.device(device)
         if precision not in ("fp32", "bf16"):
             raise UserError(f"unknown precision {precision!r} (use fp32 or bf16)")
@@ -76,17 +109,18 @@ class Trainer:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.netG = build_generator(self.config).to(device, memory_format=memory_format)
         self.netD = build_discriminator(self.config).to(device, memory_format=memory_format)
-        lr, betas = self.config["lr"], (self.config["beta1"], self.config["beta2"])
+        betas = (self.config["beta1"], self.config["beta2"])
         fused = True if cuda else None  # fused Adam: one kernel for all parameters
-        self.optG = torch.optim.Adam(self.netG.parameters(), lr=lr, betas=betas, fused=fused)
-        self.optD = torch.optim.Adam(self.netD.parameters(), lr=lr, betas=betas, fused=fused)
-        self.criterion = nn.BCEWithLogitsLoss()
+        self.optG = torch.optim.Adam(self.netG.parameters(), lr=self.lr_g, betas=betas, fused=fused)
+        self.optD = torch.optim.Adam(self.netD.parameters(), lr=self.lr_d, betas=betas, fused=fused)
 
         self.ema_decay = float(self.config.get("ema") or 0.0)
         self.ema_updates = 0
         self.netG_ema = None
         if self.ema_decay > 0:
             self._make_ema()
+
+        self._sampling_ema = None  # (ema_updates, BN-recomputed copy of netG_ema)
 
         self.G, self.D = self.netG, self.netD
         if world_size > 1:
@@ -101,6 +135,14 @@ class Trainer:
             self.D = DDP(self.netD, device_ids=ids)
         if compile:
             self.G, self.D = torch.compile(self.G), torch.compile(self.D)
+
+    @property
+    def lr_g(self) -> float:
+        return float(self.config["lr_g"] or self.config["lr"])
+
+    @property
+    def lr_d(self) -> float:
+        return float(self.config["lr_d"] or self.config["lr"])
 
     # -- EMA ---------------------------------------------------------------- #
     def _make_ema(self) -> None:
@@ -123,38 +165,66 @@ class Trainer:
         for e, m in self._ema_other:
             e.copy_(m)
 
+    def sampling_ema(self) -> nn.Module | None:
+        """The EMA generator to sample, score or export (None without --ema).
+        With ema_bn_recompute: a copy whose BatchNorm statistics are re-estimated
+        for the EMA weights (network.recompute_bn_stats), cached until the EMA
+        moves. The lerped running stats of G do not belong to the averaged
+        weights, which greys out early EMA samples. Touches neither the
+        training state nor any RNG, so exact resume is unaffected."""
+        if self.netG_ema is None or not self.config["ema_bn_recompute"]:
+            return self.netG_ema
+        if self._sampling_ema is None or self._sampling_ema[0] != self.ema_updates:
+            copy_ = copy.deepcopy(self.netG_ema)
+            recompute_bn_stats(copy_, seed=self.config.get("seed", 0))
+            self._sampling_ema = (self.ema_updates, copy_)
+        return self._sampling_ema[1]
+
     # -- the step ------------------------------------------------------------ #
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        """--augment: DiffAugment on every batch D sees (reals and fakes alike)."""
+        return augment.diff_augment(images, self.config["augment"]) if self.augment_policy else images
 
     def step(self, real: torch.Tensor) -> dict:
         """One D step then one G step on ``real`` (B, 3, S, S) in [-1, 1]."""
         b = real.shape[0]
         z = torch.randn(b, self.config["nz"], 1, 1, device=self.device)
 
-        # D: maximise log D(x) + log(1 - D(G(z)))
+        # D: maximise log D(x) + log(1 - D(G(z))) (bce), or minimise the hinge
         self.optD.zero_grad(set_to_none=True)
+        if self.r1_gamma > 0 and self.steps % self.r1_every == 0:
+            # lazy R1 (StyleGAN2): every r1_every steps, scaled by r1_every so the
+            # average strength is gamma. fp32 outside autocast, through the plain
+            # netD (compiled graphs have no double backward); under DDP its
+            # gradient is all-reduced with the real-batch gradient below.
+            penalty = losses.r1_penalty(self.netD, real, self._augment if self.augment_policy else None)
+            (penalty * (0.5 * self.r1_gamma * self.r1_every)).backward()
         with self._autocast():
-            out_real = self.D(real).float()
-            loss_real = self.criterion(out_real, torch.ones_like(out_real))
+            out_real = self.D(self._augment(real)).float()
+            loss_real = losses.d_loss_real(self.loss, out_real)
         loss_real.backward()
         with self._autocast():
             fake = self.G(z)
-            out_fake = self.D(fake.detach()).float()
-            loss_fake = self.criterion(out_fake, torch.zeros_like(out_fake))
+            out_fake = self.D(self._augment(fake.detach())).float()
+            loss_fake = losses.d_loss_fake(self.loss, out_fake)
         loss_fake.backward()
         self.optD.step()
 
-        # G: maximise log D(G(z)) on the same fake batch (non-saturating)
+        # G: maximise log D(G(z)) on the same fake batch (non-saturating), or -D(G(z))
         self.optG.zero_grad(set_to_none=True)
         with self._autocast():
-            out_gen = self.D(fake).float()
-            loss_g = self.criterion(out_gen, torch.ones_like(out_gen))
+            out_gen = self.D(self._augment(fake)).float()
+            loss_g = losses.g_loss(self.loss, out_gen)
         loss_g.backward()
         self.optG.step()
         if self.netG_ema is not None:
             self.update_ema()
+        self.steps += 1
 
+        # sigmoid(logit) is the classic D(x); for hinge it is a monitor of the same logits
         return {
             "loss_D": (loss_real + loss_fake).detach(),
             "loss_G": loss_g.detach(),
@@ -174,6 +244,7 @@ class Trainer:
             "optD": self.optD.state_dict(),
             "ema": None if self.netG_ema is None else self.netG_ema.state_dict(),
             "ema_updates": self.ema_updates,
+            "steps": self.steps,
         }
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
@@ -182,6 +253,12 @@ class Trainer:
             self.netD.load_state_dict(strip_prefixes(state["netD"]))
             self.optG.load_state_dict(state["optG"])
             self.optD.load_state_dict(state["optD"])
+            # the configured rates and betas win over the saved ones (--lr-g/--lr-d typed on --resume)
+            for opt, lr in ((self.optG, self.lr_g), (self.optD, self.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"], group["betas"] = lr, (self.config["beta1"], self.config["beta2"])
+            self.steps = int(state.get("steps", 0))
+            self._sampling_ema = None
             if self.netG_ema is not None:
                 if state.get("ema") is not None:
                     self.netG_ema.load_state_dict(strip_prefixes(state["ema"]))
@@ -193,7 +270,8 @@ class Trainer:
             detail = (lines[1] if len(lines) > 1 else lines[0] if lines else repr(err)).strip()
             raise UserError(
                 f"{source} does not match a {self.config['size']} px DCGAN with ngf {self.config['ngf']}, "
-                f"ndf {self.config['ndf']}, nz {self.config['nz']}: {detail[:200]}"
+                f"ndf {self.config['ndf']}, nz {self.config['nz']}{', sn' if self.config['sn'] else ''}: "
+                f"{detail[:200]}"
             ) from None
 
 
@@ -238,6 +316,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-n", type=int, default=5000, help="generated images per FID evaluation")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                    help="channels_last memory format (auto = on for CUDA and CPU, where it is faster)")
+
+    g = p.add_argument_group("beyond the classic recipe (README 'Better faces'); a typed flag beats --recipe")
+    g.add_argument("--recipe", default="classic", choices=tuple(RECIPES),
+                   help="classic = the DCGAN paper's recipe (today's numbers, bit for bit); best = "
+                        + ", ".join(f"{k} {v}" for k, v in RECIPES["best"].items() if v != RECIPES["classic"][k]))
+    g.add_argument("--augment", nargs="?", const=augment.DEFAULT_POLICY, default="none", metavar="POLICY",
+                   help=f"DiffAugment every image D sees, real and fake; bare --augment = {augment.DEFAULT_POLICY} "
+                        f"(Zhao et al.'s choice for small data sets), or a comma list of "
+                        f"{', '.join(augment.OPS)}; none = off")
+    g.add_argument("--loss", default="bce", choices=losses.LOSSES,
+                   help="bce = classic non-saturating; hinge = SNGAN/BigGAN's relu(1 -+ D) for D, -D(G(z)) for G")
+    g.add_argument("--sn", action=argparse.BooleanOptionalAction, default=False,
+                   help="spectral normalisation on every D conv; D then has no BatchNorm (as in SNGAN). "
+                        "Changes D: fixed for a run")
+    g.add_argument("--lr-g", type=float, default=None, help="G's Adam learning rate (default: --lr); TTUR: lr-d > lr-g")
+    g.add_argument("--lr-d", type=float, default=None, help="D's Adam learning rate (default: --lr)")
+    g.add_argument("--r1", type=float, default=0.0, metavar="GAMMA",
+                   help="R1 penalty GAMMA/2 * E||grad D(x)||^2 on reals (e.g. 0.1-10; 0 = off)")
+    g.add_argument("--r1-every", type=int, default=16, metavar="K",
+                   help="lazy R1: apply it every K steps, scaled by K (StyleGAN2's 16: ~1/16 of its cost)")
+    g.add_argument("--ema-bn-recompute", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --ema: re-estimate the EMA generator's BatchNorm statistics (512 fresh latents) "
+                        "before each sample grid, FID and export; training is unchanged")
     return p
 
 
@@ -263,10 +364,15 @@ def validate_args(args) -> None:
          "--log-every, --sample-every and --checkpoint-every must be at least 1"),
         (args.num_samples >= 1, f"--num-samples must be at least 1, got {args.num_samples}"),
         (args.fid_every >= 0 and args.fid_n >= 2, "--fid-every must be >= 0 and --fid-n >= 2"),
+        (all(lr is None or (lr > 0 and math.isfinite(lr)) for lr in (args.lr_g, args.lr_d)),
+         f"--lr-g/--lr-d must be positive numbers, got {args.lr_g}, {args.lr_d}"),
+        (args.r1 >= 0 and math.isfinite(args.r1), f"--r1 must be >= 0 (0 = off), got {args.r1}"),
+        (args.r1_every >= 1, f"--r1-every must be at least 1, got {args.r1_every}"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    augment.parse_policy(args.augment)  # unknown op names: one line
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -362,27 +468,46 @@ def newest_run(root: Path = Path("runs")) -> Path:
 
 def resolve_config(args, given: set[str], checkpoint: dict | None, ckpt_path: Path | None) -> dict:
     """The run's configuration: command line, or on --resume the checkpoint's
-    config with the options typed now on top. Architecture changes are refused."""
+    config with the options typed now on top. Architecture changes are refused.
+    --recipe fills the options it names that are not typed (on --resume only
+    when --recipe is typed again). lr_g / lr_d left unset follow lr."""
     config = {
         "size": args.size, "nz": args.nz, "ngf": args.ngf, "ndf": args.ndf, "nc": 3,
         "data": args.data or f"data/celeba_{args.size}.npy",
         "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
         "lr": args.lr, "beta1": args.beta1, "beta2": args.beta2, "seed": args.seed, "ema": args.ema,
-        "flip": args.flip,
+        "flip": args.flip, "recipe": args.recipe, "loss": args.loss, "sn": args.sn, "augment": args.augment,
+        "r1": args.r1, "r1_every": args.r1_every, "lr_g": args.lr_g, "lr_d": args.lr_d,
+        "ema_bn_recompute": args.ema_bn_recompute,
     }
+    given = set(given)
+    if checkpoint is None or "recipe" in given:
+        for key, value in RECIPES[args.recipe].items():
+            if key not in given:
+                config[key] = value
+                given.add(key)
+
+    def follow_lr(c: dict) -> dict:
+        return {**c, "lr_g": c["lr_g"] or c["lr"], "lr_d": c["lr_d"] or c["lr"]}
+
     if checkpoint is None:
-        return config
+        return follow_lr(config)
     old = dict(checkpoint["config"])
+    for key in ("lr_g", "lr_d"):  # a rate that followed --lr keeps following a new --lr
+        if old.get(key) == old.get("lr"):
+            old[key] = None
     for key in ARCH_KEYS:
-        if key in given and config[key] != old.get(key):
+        was = old.get(key, TRAINER_DEFAULTS.get(key))
+        if key in given and config[key] != was:
+            typed = {True: f"--{key}", False: f"--no-{key}"}.get(config[key], f"--{key} {config[key]}")
             raise UserError(
-                f"--{key} {config[key]} does not match the checkpoint {ckpt_path} ({key} {old.get(key)}); "
-                f"drop --{key} or start a new run with another --out"
+                f"{typed} does not match the checkpoint {ckpt_path} ({key} {was}); "
+                f"drop it{' (and --recipe)' if 'recipe' in given else ''} or start a new run with another --out"
             )
     for key in config:
         if key in given:
             old[key] = config[key]
-    return {**config, **old}
+    return follow_lr({**config, **old})
 
 
 # --------------------------------------------------------------------------- #
@@ -401,7 +526,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
     ax1.plot(steps, [r["loss_D"] for r in rows], label="loss D")
     ax1.plot(steps, [r["loss_G"] for r in rows], label="loss G")
-    ax1.set_ylabel("BCE loss")
+    ax1.set_ylabel("loss")
     ax1.legend()
     ax2.plot(steps, [r["D_x"] for r in rows], label="D(x)")
     ax2.plot(steps, [r["D_G_z1"] for r in rows], label="D(G(z)) before D step")
@@ -597,10 +722,11 @@ def train(args, given, device, rank, world_size, stop_group) -> int:
         export_params(params_path, state)
 
     def export_params(path: Path, state: dict) -> None:
-        save_generator_params(path, {**config, "step": step}, state["netG"], state["ema"])
+        ema = trainer.sampling_ema()  # state["ema"], or its BN-recomputed copy
+        save_generator_params(path, {**config, "step": step}, state["netG"], None if ema is None else ema.state_dict())
 
     def fid_generator():
-        return trainer.netG_ema if trainer.netG_ema is not None else trainer.netG
+        return trainer.sampling_ema() if trainer.netG_ema is not None else trainer.netG
 
     # ---- loop -------------------------------------------------------------- #
     from tqdm import tqdm
@@ -671,7 +797,7 @@ def train(args, given, device, rank, world_size, stop_group) -> int:
                 if lead and (step % args.sample_every == 0 or last):
                     sample_grid(trainer.netG, fixed_noise, out / "samples" / f"step_{step:06d}.png")
                     if trainer.netG_ema is not None:
-                        sample_grid(trainer.netG_ema, fixed_noise, out / "samples" / f"step_{step:06d}_ema.png")
+                        sample_grid(trainer.sampling_ema(), fixed_noise, out / "samples" / f"step_{step:06d}_ema.png")
                 if args.fid_every and (step % args.fid_every == 0 or last):
                     if lead:
                         import evaluate

@@ -1,0 +1,433 @@
+"""Issue 12: the options beyond the classic recipe (DiffAugment, hinge, spectral
+norm, TTUR, lazy R1, EMA BatchNorm recompute, --recipe). Each changes what it
+should, round-trips through checkpoint and generator.params, resumes exactly,
+and the classic recipe stays bit-identical to the step as it was before them.
+CPU, tiny nets, seconds."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import augment
+import losses
+import network
+import train
+import utils
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8", "--device", "cpu"]
+TINY_CONFIG = {"ngf": 8, "ndf": 8, "nz": 16}
+ALL_OPTIONS = ["--augment", "--loss", "hinge", "--sn", "--lr-g", "1e-4", "--lr-d", "4e-4", "--r1", "1.0",
+               "--r1-every", "3", "--ema", "0.9", "--ema-bn-recompute"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def make_data(tmp_path, n=32, size=64):
+    path = tmp_path / f"faces_{size}.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+    return path
+
+
+def argv(tmp_path, data, *extra, out="run", params="generator.params"):
+    return ["--data", str(data), *TINY, "--out", str(tmp_path / out), "--params", str(tmp_path / params), *extra]
+
+
+def tensors_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def images(b=4, size=16, seed=0):
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+# --------------------------------------------------------------------------- #
+# The classic step and nets as they were before issue 12 (frozen copies)
+# --------------------------------------------------------------------------- #
+def classic_step(self, real):
+    """train.Trainer.step before issue 12, verbatim but for the name."""
+    criterion = nn.BCEWithLogitsLoss()
+    b = real.shape[0]
+    z = torch.randn(b, self.config["nz"], 1, 1, device=self.device)
+    self.optD.zero_grad(set_to_none=True)
+    with self._autocast():
+        out_real = self.D(real).float()
+        loss_real = criterion(out_real, torch.ones_like(out_real))
+    loss_real.backward()
+    with self._autocast():
+        fake = self.G(z)
+        out_fake = self.D(fake.detach()).float()
+        loss_fake = criterion(out_fake, torch.zeros_like(out_fake))
+    loss_fake.backward()
+    self.optD.step()
+    self.optG.zero_grad(set_to_none=True)
+    with self._autocast():
+        out_gen = self.D(fake).float()
+        loss_g = criterion(out_gen, torch.ones_like(out_gen))
+    loss_g.backward()
+    self.optG.step()
+    if self.netG_ema is not None:
+        self.update_ema()
+    return {"loss_D": (loss_real + loss_fake).detach(), "loss_G": loss_g.detach(),
+            "D_x": torch.sigmoid(out_real.detach()).mean(), "D_G_z1": torch.sigmoid(out_fake.detach()).mean(),
+            "D_G_z2": torch.sigmoid(out_gen.detach()).mean()}
+
+
+def classic_discriminator(size=64, ndf=8, nc=3):
+    """network.Discriminator's layer stack before --sn existed."""
+    levels = network.num_levels(size)
+    widths = [ndf * 2**i for i in range(levels)]
+    layers = [nn.Conv2d(nc, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+    for i, o in zip(widths[:-1], widths[1:]):
+        layers += [nn.Conv2d(i, o, 4, 2, 1, bias=False), nn.BatchNorm2d(o), nn.LeakyReLU(0.2, True)]
+    layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)]
+    d = nn.Sequential(*layers)
+    d.apply(network.init_weights)
+    return d
+
+
+def test_classic_trainer_is_bit_identical_to_the_frozen_classic_step_and_nets():
+    """Trainer with every option at its default == G, D, Adam and step as
+    they were: same weights, BN buffers, Adam moments and EMA, bit for bit,
+    and the same RNG position afterwards (no extra draws)."""
+    real = torch.rand(3, 8, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    torch.manual_seed(0)
+    new = train.Trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
+    for batch in real:
+        new.step(batch)
+    rng_new = torch.get_rng_state()
+
+    torch.manual_seed(0)
+    ref = train.Trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
+    torch.manual_seed(0)  # rebuild the nets the way they were built before issue 12
+    g = network.Generator(64, nz=16, ngf=8).to(memory_format=torch.channels_last)
+    d = classic_discriminator().to(memory_format=torch.channels_last)
+    ref.netD.main = d
+    ref.netG.load_state_dict(g.state_dict())
+    ref.netG_ema.load_state_dict(g.state_dict())
+    ref.optD = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    for batch in real:
+        classic_step(ref, batch)
+    assert torch.equal(rng_new, torch.get_rng_state())
+    assert tensors_equal(new.netG.state_dict(), ref.netG.state_dict())
+    assert tensors_equal(new.netD.state_dict(), ref.netD.state_dict())
+    assert tensors_equal(new.netG_ema.state_dict(), ref.netG_ema.state_dict())
+    assert torch.equal(new.optD.state_dict()["state"][0]["exp_avg_sq"], ref.optD.state_dict()["state"][0]["exp_avg_sq"])
+
+
+def test_recipe_classic_run_is_bit_identical_to_the_default_and_the_frozen_step(tmp_path, monkeypatch):
+    data = make_data(tmp_path)
+    common = ["--max-steps", "5", "--ema", "0.9", "--flip"]
+    assert train.main(argv(tmp_path, data, *common, out="default", params="default.params")) == 0
+    assert train.main(argv(tmp_path, data, *common, "--recipe", "classic", out="classic", params="classic.params")) == 0
+    monkeypatch.setattr(train.Trainer, "step", classic_step)
+    assert train.main(argv(tmp_path, data, *common, out="frozen", params="frozen.params")) == 0
+    blobs = [utils.torch_load(tmp_path / f"{name}.params") for name in ("default", "classic", "frozen")]
+    for blob in blobs[1:]:
+        assert tensors_equal(blob["generator"], blobs[0]["generator"])
+        assert tensors_equal(blob["generator_ema"], blobs[0]["generator_ema"])  # no BN recompute in classic
+    ckpts = [utils.torch_load(tmp_path / name / "checkpoint.pt") for name in ("default", "classic", "frozen")]
+    assert all(tensors_equal(c["trainer"]["netD"], ckpts[0]["trainer"]["netD"]) for c in ckpts[1:])
+    config = ckpts[1]["config"]
+    assert (config["recipe"], config["loss"], config["sn"], config["augment"], config["r1"]) == \
+        ("classic", "bce", False, "none", 0.0)
+    assert config["lr_g"] == config["lr_d"] == 2e-4 and config["ema_bn_recompute"] is False
+
+
+# --------------------------------------------------------------------------- #
+# DiffAugment
+# --------------------------------------------------------------------------- #
+def test_augment_is_differentiable_per_image_and_keeps_shape_and_format():
+    x = images(4, 16).double().requires_grad_(True)
+
+    def seeded(t):
+        torch.manual_seed(3)  # the same random parameters on every gradcheck call
+        return augment.diff_augment(t, augment.DEFAULT_POLICY)
+
+    assert torch.autograd.gradcheck(seeded, (x[:2],), eps=1e-6, atol=1e-5)
+    same = images(1, 16).expand(6, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(0)
+    out = augment.diff_augment(same)
+    assert out.shape == same.shape and out.dtype == same.dtype
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert len({out[i].sum().item() for i in range(6)}) == 6  # each image its own parameters
+    assert augment.diff_augment(x, "none") is x
+    with pytest.raises(utils.UserError, match="unknown --augment op 'blur'"):
+        augment.parse_policy("color,blur")
+
+
+def test_translation_shifts_with_zero_fill_and_cutout_zeroes_one_square():
+    x = images(8, 16) + 3  # no zeros in the input: zeros come from the ops
+    torch.manual_seed(0)
+    moved = augment.translation(x)
+    for i in range(8):  # each image is its input shifted by at most 2 px (16 / 8), zero filled
+        matches = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                shifted = torch.zeros_like(x[i])
+                src = x[i][:, max(0, -dy):16 - max(0, dy), max(0, -dx):16 - max(0, dx)]
+                shifted[:, max(0, dy):16 - max(0, -dy), max(0, dx):16 - max(0, -dx)] = src
+                matches.append(torch.equal(moved[i], shifted))
+        assert sum(matches) == 1, i
+    cut = augment.cutout(x)
+    for i in range(8):
+        zero = (cut[i] == 0).all(dim=0)
+        rows, cols = zero.any(dim=1).nonzero().view(-1), zero.any(dim=0).nonzero().view(-1)
+        assert 0 < zero.sum() <= 64 and zero.sum() == len(rows) * len(cols)  # one (clipped) 8x8 square
+        assert torch.equal(cut[i][:, ~zero], x[i][:, ~zero])
+
+
+def test_augment_is_applied_to_every_batch_d_sees_real_and_fake(monkeypatch):
+    calls, seen = [], []
+    original = augment.diff_augment
+
+    def recorder(x, policy):
+        out = original(x, policy)
+        calls.append((x.detach().clone(), x.requires_grad, policy, out))
+        return out
+
+    monkeypatch.setattr(augment, "diff_augment", recorder)
+    torch.manual_seed(0)
+    trainer = train.Trainer({**TINY_CONFIG, "augment": "translation,cutout"}, "cpu")
+    trainer.netD.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    real = torch.rand(8, 3, 64, 64) * 2 - 1
+    trainer.step(real)
+    assert len(calls) == len(seen) == 3  # D step: real, fake; G step: fake
+    assert all(s is c[3] for s, c in zip(seen, calls))  # D saw exactly the augmented batches
+    assert all(c[2] == "translation,cutout" for c in calls)
+    assert torch.equal(calls[0][0], real)
+    assert torch.equal(calls[1][0], calls[2][0]) and not calls[1][1] and calls[2][1]  # same fakes; G's keeps grad
+    assert not torch.equal(calls[1][3], calls[2][3])  # fresh random parameters on each call
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.netG.parameters())
+
+
+# --------------------------------------------------------------------------- #
+# Losses, R1, spectral norm, TTUR
+# --------------------------------------------------------------------------- #
+def test_hinge_and_bce_values_on_known_logits():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.5])
+    loss_real, loss_fake = losses.d_loss("hinge", real, fake)
+    assert loss_real.item() == pytest.approx((0 + 0.5 + 2.0) / 3)
+    assert loss_fake.item() == pytest.approx((0 + 1.0 + 2.5) / 3)
+    assert losses.g_loss("hinge", fake).item() == pytest.approx(0.5 / 3)
+    bce = nn.BCEWithLogitsLoss()
+    assert torch.equal(losses.d_loss_real("bce", real), bce(real, torch.ones(3)))
+    assert torch.equal(losses.d_loss_fake("bce", fake), bce(fake, torch.zeros(3)))
+    assert losses.g_loss("bce", fake).item() == pytest.approx(torch.nn.functional.softplus(-fake).mean().item())
+
+
+def test_r1_on_closed_forms_and_in_fp32_under_bf16_autocast():
+    x = images(5, 8)
+    # D(x) = 1/2 ||x||^2 -> grad x -> E||x||^2
+    quad = lambda t: 0.5 * t.square().sum(dim=(1, 2, 3))  # noqa: E731
+    torch.testing.assert_close(losses.r1_penalty(quad, x), x.square().sum(dim=(1, 2, 3)).mean())
+    # a linear D (one conv over the whole image) -> grad w -> ||w||^2 for every image
+    lin = nn.Conv2d(3, 1, 8, bias=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        penalty = losses.r1_penalty(lin, x.to(memory_format=torch.channels_last))
+    assert penalty.dtype == torch.float32
+    torch.testing.assert_close(penalty, lin.weight.square().sum(), rtol=1e-6, atol=0)
+    penalty.backward()  # create_graph: the penalty trains D
+    torch.testing.assert_close(lin.weight.grad, 2 * lin.weight)
+
+
+def test_r1_is_lazy_every_k_steps_scaled_by_k_and_changes_d(monkeypatch):
+    calls = []
+    original = losses.r1_penalty
+    monkeypatch.setattr(losses, "r1_penalty", lambda *a, **k: calls.append(1) or original(*a, **k))
+    reals = torch.rand(5, 8, 3, 64, 64) * 2 - 1
+    torch.manual_seed(0)
+    a = train.Trainer({**TINY_CONFIG, "r1": 10.0, "r1_every": 2}, "cpu")
+    torch.manual_seed(0)
+    b = train.Trainer(TINY_CONFIG, "cpu")
+    steps_with_r1 = []
+    for i, real in enumerate(reals):
+        before = len(calls)
+        a.step(real)
+        b.step(real)
+        steps_with_r1.append(len(calls) > before)
+        if i == 0:  # the penalty moved D on its first step
+            assert not tensors_equal(a.netD.state_dict(), b.netD.state_dict())
+    assert steps_with_r1 == [True, False, True, False, True] and a.steps == 5
+    assert a.state_dict()["steps"] == 5
+
+
+def test_spectral_norm_bounds_every_d_conv_and_drops_batchnorm():
+    torch.manual_seed(0)
+    d = network.build_discriminator({"size": 64, "ndf": 8, "sn": True})
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in d.modules())
+    convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 5 and all(torch.nn.utils.parametrize.is_parametrized(c, "weight") for c in convs)
+    with torch.no_grad():
+        for c in convs:  # make the raw weights large: SN must still bound them
+            c.parametrizations.weight.original.mul_(50)
+    for _ in range(20):  # power iterations run in train-mode forwards
+        d(torch.randn(4, 3, 64, 64))
+    for c in convs:
+        raw = torch.linalg.matrix_norm(c.parametrizations.weight.original.flatten(1), ord=2)
+        sigma = torch.linalg.matrix_norm(c.weight.flatten(1), ord=2)
+        assert raw > 5 and sigma.item() == pytest.approx(1.0, abs=0.02)
+    plain = network.build_discriminator({"size": 64, "ndf": 8})
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules()) == 3  # classic D unchanged
+    assert d(torch.randn(2, 3, 64, 64)).shape == (2,)
+    assert network.build_discriminator({"size": 128, "ndf": 4, "sn": True})(torch.randn(2, 3, 128, 128)).shape == (2,)
+
+
+def test_ttur_rates_reach_the_optimizers_and_default_to_lr():
+    t = train.Trainer({**TINY_CONFIG, "lr_g": 1e-4, "lr_d": 4e-4}, "cpu")
+    assert t.optG.param_groups[0]["lr"] == 1e-4 and t.optD.param_groups[0]["lr"] == 4e-4
+    t = train.Trainer({**TINY_CONFIG, "lr": 3e-4}, "cpu")
+    assert t.optG.param_groups[0]["lr"] == t.optD.param_groups[0]["lr"] == 3e-4
+    args = train.build_parser().parse_args(["--lr", "1e-3", "--lr-d", "5e-3"])
+    config = train.resolve_config(args, train.explicit_args(["--lr", "1e-3", "--lr-d", "5e-3"]), None, None)
+    assert (config["lr_g"], config["lr_d"]) == (1e-3, 5e-3)
+
+
+# --------------------------------------------------------------------------- #
+# EMA BatchNorm recompute
+# --------------------------------------------------------------------------- #
+def test_recompute_bn_stats_averages_batch_stats_and_touches_no_rng_nor_training_state():
+    torch.manual_seed(0)
+    trainer = train.Trainer({**TINY_CONFIG, "ema": 0.9, "ema_bn_recompute": True}, "cpu")
+    for _ in range(2):
+        trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
+    ema_before = {k: v.clone() for k, v in trainer.netG_ema.state_dict().items()}
+    g_before = {k: v.clone() for k, v in trainer.netG.state_dict().items()}
+    rng = torch.get_rng_state()
+    calibrated = trainer.sampling_ema()
+    assert torch.equal(rng, torch.get_rng_state())
+    assert tensors_equal(trainer.netG_ema.state_dict(), ema_before) and tensors_equal(trainer.netG.state_dict(), g_before)
+    assert calibrated is not trainer.netG_ema and not calibrated.training and trainer.sampling_ema() is calibrated
+    # first BN's running mean == mean of the first conv's output over the same 512 latents
+    gen = torch.Generator().manual_seed(0)  # config seed 0
+    z = torch.cat([torch.randn(64, 16, generator=gen) for _ in range(8)])
+    with torch.no_grad():
+        pre_bn = trainer.netG_ema.main[0](z.view(512, 16, 1, 1))
+    torch.testing.assert_close(calibrated.main[1].running_mean, pre_bn.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(calibrated.main[1].running_mean, ema_before["main.1.running_mean"])
+    same_weights = {k: v for k, v in calibrated.state_dict().items() if "running" not in k and "batches" not in k}
+    assert all(torch.equal(v, ema_before[k]) for k, v in same_weights.items())
+    trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
+    assert trainer.sampling_ema() is not calibrated  # recomputed once the EMA moved
+    off = train.Trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
+    assert off.sampling_ema() is off.netG_ema  # off by default: exports stay as they were
+
+
+# --------------------------------------------------------------------------- #
+# Config, checkpoint, generator.params, exact resume
+# --------------------------------------------------------------------------- #
+def test_every_option_round_trips_and_resumes_bit_identically(tmp_path):
+    """8 steps in one go == 4 steps, then --resume to 8 with no option typed
+    again; R1 runs on steps 0, 3, 6 (across the resume), SN's power-iteration
+    vectors, the EMA and the augmentation's RNG draws all continue exactly,
+    and BN recompute at the extra save (step 4) changes nothing."""
+    data = make_data(tmp_path)
+    assert train.main(argv(tmp_path, data, *ALL_OPTIONS, "--max-steps", "8", out="a", params="a.params")) == 0
+    assert train.main(argv(tmp_path, data, *ALL_OPTIONS, "--max-steps", "4", out="b", params="b.params")) == 0
+    assert train.main(["--resume", "--out", str(tmp_path / "b"), "--params", str(tmp_path / "b.params"),
+                       "--max-steps", "8", "--device", "cpu"]) == 0
+    expected = {"augment": augment.DEFAULT_POLICY, "loss": "hinge", "sn": True, "lr_g": 1e-4, "lr_d": 4e-4,
+                "r1": 1.0, "r1_every": 3, "ema": 0.9, "ema_bn_recompute": True, "recipe": "classic"}
+    a, b = utils.torch_load(tmp_path / "a.params"), utils.torch_load(tmp_path / "b.params")
+    ca, cb = utils.torch_load(tmp_path / "a/checkpoint.pt"), utils.torch_load(tmp_path / "b/checkpoint.pt")
+    for config in (json.loads((tmp_path / "b/config.json").read_text()), cb["config"], b["config"]):
+        assert {k: config[k] for k in expected} == expected
+    assert tensors_equal(a["generator"], b["generator"]) and tensors_equal(a["generator_ema"], b["generator_ema"])
+    assert tensors_equal(ca["trainer"]["netD"], cb["trainer"]["netD"])
+    assert tensors_equal(ca["trainer"]["ema"], cb["trainer"]["ema"]) and cb["trainer"]["steps"] == 8
+    assert any("parametrizations.weight.original" in k for k in cb["trainer"]["netD"])
+    assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
+    # the export holds the BN-recomputed EMA; the checkpoint the training EMA
+    assert not torch.equal(b["generator_ema"]["main.1.running_var"], cb["trainer"]["ema"]["main.1.running_var"])
+    G, config = network.load_generator(tmp_path / "b.params")
+    assert config["weights"] == "ema" and config["sn"] is True and G(torch.randn(2, 16)).shape == (2, 3, 64, 64)
+    trainer = train.Trainer(cb["config"], "cpu")  # the checkpoint config rebuilds the right nets
+    trainer.load_state_dict(cb["trainer"])
+    assert (trainer.optG.param_groups[0]["lr"], trainer.optD.param_groups[0]["lr"]) == (1e-4, 4e-4)
+
+
+def test_resume_refuses_an_sn_change_and_takes_typed_rates(tmp_path):
+    data = make_data(tmp_path)
+    assert train.main(argv(tmp_path, data, "--max-steps", "1")) == 0
+    resume = ["--resume", "--out", str(tmp_path / "run"), "--params", str(tmp_path / "generator.params")]
+    with pytest.raises(utils.UserError, match=r"--sn does not match the checkpoint .*\(sn False\)"):
+        train.main(resume + ["--sn"])
+    assert train.main(resume + ["--max-steps", "2", "--lr", "1e-3", "--lr-d", "5e-3"]) == 0
+    ckpt = utils.torch_load(tmp_path / "run/checkpoint.pt")
+    assert (ckpt["config"]["lr_g"], ckpt["config"]["lr_d"]) == (1e-3, 5e-3)  # lr_g followed the new --lr
+    assert ckpt["trainer"]["optG"]["param_groups"][0]["lr"] == 1e-3
+    assert ckpt["trainer"]["optD"]["param_groups"][0]["lr"] == 5e-3
+    assert train.main(resume + ["--max-steps", "3", "--recipe", "best"]) == 0  # same D (no --sn): allowed
+    config = utils.torch_load(tmp_path / "run/checkpoint.pt")["config"]
+    assert (config["recipe"], config["augment"], config["ema"]) == ("best", augment.DEFAULT_POLICY, 0.999)
+
+
+def test_recipe_best_sets_its_options_and_typed_flags_win(tmp_path):
+    args = ["--recipe", "best", "--lr-d", "2e-4", "--no-ema-bn-recompute"]
+    config = train.resolve_config(train.build_parser().parse_args(args), train.explicit_args(args), None, None)
+    best = train.RECIPES["best"]
+    assert config["lr_d"] == 2e-4 and config["ema_bn_recompute"] is False
+    assert all(config[k] == v for k, v in best.items() if k not in ("lr_d", "ema_bn_recompute"))
+    data = make_data(tmp_path)
+    assert train.main(argv(tmp_path, data, "--recipe", "best", "--max-steps", "2")) == 0
+    config = json.loads((tmp_path / "run/config.json").read_text())
+    assert all(config[k] == v for k, v in best.items()) and config["recipe"] == "best"
+    assert (tmp_path / "run/samples/step_000002_ema.png").is_file()
+    with pytest.raises(utils.UserError, match="--r1 must be >= 0"):
+        train.main(argv(tmp_path, data, "--r1", "-1"))
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["--loss", "wasserstein"])
+
+
+# --------------------------------------------------------------------------- #
+# bf16 and DDP with every option
+# --------------------------------------------------------------------------- #
+def test_every_option_runs_under_bf16_autocast():
+    torch.manual_seed(0)
+    config = {**TINY_CONFIG, "augment": augment.DEFAULT_POLICY, "loss": "hinge", "sn": True, "r1": 1.0,
+              "r1_every": 1, "ema": 0.9, "ema_bn_recompute": True}
+    trainer = train.Trainer(config, "cpu", precision="bf16")
+    for _ in range(2):
+        out = trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
+    assert all(torch.isfinite(v) for v in out.values())
+    assert all(p.dtype == torch.float32 for p in trainer.netD.parameters())
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist
+    sys.path.insert(0, sys.argv[1])
+    import train
+    torch.set_num_threads(1)
+    device, rank, world, _ = train.setup_distributed("cpu")
+    torch.manual_seed(0)  # same init on both ranks (DDP would broadcast rank 0's anyway)
+    config = {"ngf": 8, "ndf": 8, "nz": 16, "augment": "color,translation,cutout", "loss": "hinge", "sn": True,
+              "r1": 10.0, "r1_every": 1, "lr_g": 1e-4, "lr_d": 4e-4}
+    trainer = train.Trainer(config, device, world_size=world, rank=rank)
+    torch.manual_seed(100 + rank)  # each rank its own reals, noise and augmentation
+    for _ in range(3):
+        trainer.step(torch.rand(4, 3, 64, 64) * 2 - 1)
+    params = torch.cat([p.detach().flatten() for p in trainer.netD.parameters()]
+                       + [p.detach().flatten() for p in trainer.netG.parameters()])
+    gathered = [torch.zeros_like(params) for _ in range(world)]
+    dist.all_gather(gathered, params)
+    dist.destroy_process_group()
+    sys.exit(0 if torch.equal(gathered[0], gathered[1]) else 3)
+""")
+
+
+def test_ddp_keeps_ranks_identical_with_every_option_including_r1(tmp_path):
+    """Two Gloo processes, different data per rank: G and D (incl. the lazy R1
+    gradient, taken through the unwrapped D) stay identical on both ranks."""
+    script = tmp_path / "ddp_options.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(ROOT)], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
