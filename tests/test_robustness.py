@@ -136,7 +136,12 @@ def test_real_ctrl_c_and_sigkill_leave_loadable_files(tmp_path):
     assert ckpt["step"] >= step + 3 and config["ngf"] == 8
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every, nan_step", [(2, 6), (3, 6), (100, 8)])
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, log_every,
+                                                                          nan_step):
+    """The losses are read one log interval late (issue 13.2), but every save
+    reads them first: the NaN interval closed at step 6 (not yet read) or the
+    one the save at step 8 closes itself stops the run before that save."""
     original, calls = train.Trainer.step, {"n": 0}
 
     def step(self, real):
@@ -149,8 +154,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
     monkeypatch.setattr(train.Trainer, "step", step)
     data = make_data(tmp_path)
-    with pytest.raises(utils.UserError, match=r"NaN/inf by step 6.*last good checkpoint.*--lr"):
-        train.main(argv(tmp_path, data, "--max-steps", "20", "--log-every", "2", "--checkpoint-every", "4"))
+    with pytest.raises(utils.UserError, match=rf"NaN/inf by step {nan_step}.*last good checkpoint.*--lr"):
+        train.main(argv(tmp_path, data, "--max-steps", "20", "--log-every", str(log_every),
+                        "--checkpoint-every", "4"))
     ckpt = utils.torch_load(tmp_path / "run/checkpoint.pt")
     assert ckpt["step"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["trainer"]["netD"].values() if v.is_floating_point())
