@@ -101,8 +101,10 @@ class Trainer:
             # mixed), per-rank batches of 32+ give stable statistics, and SyncBN
             # would add a collective to every BN layer of all three forwards per step.
             ids = [device.index] if cuda else None
-            self.G = DDP(self.netG, device_ids=ids)
-            self.D = DDP(self.netD, device_ids=ids)
+            # broadcast_buffers=False: train-mode BN uses batch statistics, rank 0 saves and samples with its
+            # own running stats, so broadcasting them before each of the four forwards changed nothing rank 0 keeps
+            self.G = DDP(self.netG, device_ids=ids, broadcast_buffers=False)
+            self.D = DDP(self.netD, device_ids=ids, broadcast_buffers=False)
         if compile:
             self.G, self.D = torch.compile(self.G), torch.compile(self.D)
 
@@ -131,17 +133,29 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
+    def _unreduced(self, module):
+        """DDP's no_sync for ``module`` (gradients stay local), else nothing."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        inner = getattr(module, "_orig_mod", module)  # under torch.compile
+        return inner.no_sync() if isinstance(inner, DDP) else contextlib.nullcontext()
+
     def step(self, real: torch.Tensor) -> dict:
         """One D step then one G step on ``real`` (B, 3, S, S) in [-1, 1]."""
         b = real.shape[0]
         z = torch.randn(b, self.config["nz"], 1, 1, device=self.device)
+        # D's input in the dtype and layout of G's fakes (a no-op for fp32 feeder batches): under
+        # --compile D then builds two graphs (input without / with grad) instead of four
+        real = real.to(torch.bfloat16 if self.precision == "bf16" else real.dtype,
+                       memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
         # D: maximise log D(x) + log(1 - D(G(z)))
         self.optD.zero_grad(set_to_none=True)
-        with self._autocast():
-            out_real = self.D(real).float()
-            loss_real = self.criterion(out_real, torch.ones_like(out_real))
-        loss_real.backward()
+        with self._unreduced(self.D):  # DDP: the real half's gradients are reduced with the fake half's
+            with self._autocast():
+                out_real = self.D(real).float()
+                loss_real = self.criterion(out_real, torch.ones_like(out_real))
+            loss_real.backward()
         with self._autocast():
             fake = self.G(z)
             out_fake = self.D(fake.detach()).float()
@@ -151,10 +165,11 @@ class Trainer:
 
         # G: maximise log D(G(z)) on the same fake batch (non-saturating)
         self.optG.zero_grad(set_to_none=True)
-        with self._autocast():
-            out_gen = self.D(fake).float()
-            loss_g = self.criterion(out_gen, torch.ones_like(out_gen))
-        loss_g.backward()
+        with self._unreduced(self.D):  # DDP: D's gradients from G's loss are discarded, so never reduced
+            with self._autocast():
+                out_gen = self.D(fake).float()
+                loss_g = self.criterion(out_gen, torch.ones_like(out_gen))
+            loss_g.backward()
         self.optG.step()
         if self.netG_ema is not None:
             self.update_ema()

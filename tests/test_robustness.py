@@ -313,13 +313,21 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 # --------------------------------------------------------------------------- #
 # DDP: 2 processes, Gloo, CPU
 # --------------------------------------------------------------------------- #
+def torchrun(script, *args, cwd):
+    """``torchrun --standalone --nproc_per_node 2 script args`` (Gloo on CPU), finished."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_torchrun_two_processes_on_cpu_then_resume_on_one(tmp_path):
     data = make_data(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "train.py"), *argv(tmp_path, data, "--max-steps", "3", "--log-every", "1")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun(ROOT / "train.py", *argv(tmp_path, data, "--max-steps", "3", "--log-every", "1"), cwd=tmp_path)
+    assert "4 images per process (8 over 2)" in proc.stderr  # BatchNorm warning (issue 13.6), said once
+    assert proc.stderr.count("images per process") == 1
     config = json.loads((tmp_path / "run/config.json").read_text())
     assert config["world_size"] == 2 and config["batch_size"] == 8
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
@@ -332,3 +340,23 @@ def test_torchrun_two_processes_on_cpu_then_resume_on_one(tmp_path):
     assert train.main(["--resume", "--out", str(tmp_path / "run"), "--max-steps", "4", "--device", "cpu",
                        "--params", str(tmp_path / "generator.params")]) == 0
     assert utils.torch_load(tmp_path / "run/checkpoint.pt")["step"] == 4
+
+
+def test_ddp_step_reduces_d_once_and_matches_the_previous_step(tmp_path):
+    """Issue 13.3: no_sync on the real half and on G's pass through D, no
+    buffer broadcasts: D's gradients are reduced once per step instead of
+    three times, and the weights after 3 steps equal the old step's."""
+    torchrun(ROOT / "tests" / "ddp_step_worker.py", str(tmp_path), cwd=tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for rank, result in enumerate(ranks):
+        buckets = len(set(result["reduced"]["now"]))
+        assert len(result["reduced"]["now"]) == 3 * buckets and len(result["reduced"]["before"]) == 9 * buckets
+        for net in ("G", "D"):
+            now, before = result["now"][net], result["before"][net]
+            for key, value in now.items():
+                if rank == 0 or key.endswith(("weight", "bias")):  # rank 1's BN running stats are its own now
+                    torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0, msg=f"rank {rank} {net} {key}")
+    for net in ("G", "D"):  # and the ranks agree on every weight
+        for key, value in ranks[0]["now"][net].items():
+            if key.endswith(("weight", "bias")):
+                assert torch.equal(value, ranks[1]["now"][net][key])

@@ -217,3 +217,34 @@ def test_metrics_are_read_one_interval_late():
     assert rows == [{"step": 2, "epoch": 0.5, **{k: float(i) for i, k in enumerate(train.METRIC_KEYS)},
                      "img_per_s": 10.0}]
     assert metrics.read() == []
+
+
+def test_bf16_compile_builds_two_graphs_for_d(monkeypatch):
+    """Issue 13.9: with the real batch cast to bf16, D sees one input dtype:
+    one graph for inputs without grad (real, detached fake) and one for G's
+    pass (fake with grad), not four. Counted with a backend that only counts
+    (no C compiler needed) and runs the traced graph eagerly."""
+    import torch._dynamo
+
+    graphs = []
+    real_compile = torch.compile
+
+    def counting_compile(module):
+        count = []
+        graphs.append(count)
+
+        def backend(gm, example_inputs):
+            count.append(1)
+            return gm.forward
+
+        return real_compile(module, backend=backend)
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    trainer = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu", precision="bf16", compile=True)
+    for _ in range(3):
+        out = trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
+    assert all(torch.isfinite(v) for v in out.values())
+    g_graphs, d_graphs = map(len, graphs)
+    assert (g_graphs, d_graphs) == (1, 2)
+    torch._dynamo.reset()
