@@ -55,6 +55,11 @@ MIN_BN_BATCH = 32  # per-process batch below which per-rank BatchNorm statistics
 # --------------------------------------------------------------------------- #
 # One training step, reusable by bench.py
 # --------------------------------------------------------------------------- #
+def default_channels_last(device) -> bool:
+    """channels_last: faster convs on CUDA (tensor cores) and on CPU (oneDNN), see BENCHMARKS.md."""
+    return torch.device(device).type in ("cuda", "cpu")
+
+
 class Trainer:
     """G, D, their Adam optimizers, an optional EMA of G, and the classic step.
 
@@ -73,8 +78,7 @@ class Trainer:
             raise UserError(f"unknown precision {precision!r} (use fp32 or bf16)")
         self.precision = precision
         cuda = device.type == "cuda"
-        # channels_last: faster convs on CUDA (tensor cores) and on CPU (oneDNN), see BENCHMARKS.md
-        self.channels_last = device.type in ("cuda", "cpu") if channels_last is None else bool(channels_last)
+        self.channels_last = default_channels_last(device) if channels_last is None else bool(channels_last)
         if cuda:
             torch.backends.cudnn.benchmark = True
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -266,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from --out's checkpoint (default: the newest run in runs/)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips of the real images")
-    p.add_argument("--log-every", type=int, default=50, help="steps between metrics lines / loss.png / NaN checks")
+    p.add_argument("--log-every", type=int, default=50, help="steps between metrics lines and NaN checks (read one interval late; loss.png is "
+                        "redrawn at each checkpoint)")
     p.add_argument("--sample-every", type=int, default=500, help="steps between samples/step_NNNNNN.png grids")
     p.add_argument("--checkpoint-every", type=int, default=1000,
                    help="steps between checkpoint.pt + --params saves (always saved at the end)")
