@@ -172,8 +172,9 @@ def _child(conn, fn, kwargs) -> None:
         result.update(watch.result())
         import torch
 
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            result["gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        device = torch.device(kwargs.get("device") or "cpu")
+        if device.type == "cuda" and torch.cuda.is_initialized():  # the benchmarked GPU, not the current one
+            result["gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         conn.send(result)
     except BaseException as err:  # reported as a failed row, never a crash of the whole bench
         conn.send({"status": "failed", "reason": f"{type(err).__name__}: {str(err).strip()[:300]}",
@@ -366,14 +367,18 @@ def measure_ours(npy: str, size: int, device: str, batch_size: int, steps: int, 
             "precision": precision, "compile": compile, "channels_last": channels_last, "loss_g_last": loss_g}
 
 
-def measure_feeder(npy: str, device: str, batch_size: int, batches: int) -> dict:
+def measure_feeder(npy: str, device: str, batch_size: int, batches: int, channels_last: str = "auto") -> dict:
+    """DeviceFeeder batches in the memory format the training rows use."""
     try:
         import dataloader
+        import train
     except ImportError as err:
-        return unavailable(f"dataloader.py not importable yet ({err})")
+        return unavailable(f"dataloader.py / train.py not importable yet ({err})")
     device = utils.resolve_device(device)
+    channels_last = {"auto": train.default_channels_last(device), "on": True, "off": False}[channels_last]
     start_setup = time.perf_counter()
-    feeder = dataloader.DeviceFeeder(npy, batch_size=batch_size, device=device, seed=0, flip=True)
+    feeder = dataloader.DeviceFeeder(npy, batch_size=batch_size, device=device, seed=0, flip=True,
+                                     channels_last=channels_last)
     setup = time.perf_counter() - start_setup
     if len(feeder) < 1:
         return unavailable(f"{feeder.num_images} images are fewer than one batch of {batch_size}")
@@ -388,7 +393,8 @@ def measure_feeder(npy: str, device: str, batch_size: int, batches: int) -> dict
     sync(device)
     seconds = time.perf_counter() - start
     return {"status": "ok", "batches_s": batches / seconds, "img_s": batches * batch_size / seconds,
-            "setup_s": setup, "batch_shape": list(last.shape), "dtype": str(last.dtype)}
+            "setup_s": setup, "batch_shape": list(last.shape), "dtype": str(last.dtype),
+            "channels_last": channels_last}
 
 
 def measure_preprocess(src: str, out: str, sizes: list, limit: int = 0) -> dict:
@@ -622,7 +628,8 @@ def main(argv=None) -> int:
         for size in sizes:
             if "feeder" not in args.skip:
                 rows[f"feeder {size}"] = isolated(measure_feeder, npy=str(npys[size]), device=str(device),
-                                                  batch_size=args.batch_size, batches=args.feeder_batches)
+                                                  batch_size=args.batch_size, batches=args.feeder_batches,
+                                                  channels_last=args.channels_last)
             if "classic" not in args.skip:
                 print(f"classic {size} px ...", flush=True)
                 rows[f"train classic {size}"] = isolated(

@@ -227,11 +227,15 @@ class DeviceFeeder:
             yield self._finish(batch, None if flips is None else flips[lo:hi])
 
     def _pinned_batches(self, perm_cpu, flips, start_batch):
-        # two pinned staging buffers: gather batch k+1 on the host while batch k copies
+        # two pinned staging buffers: gather batch k+1 on the host while batch k copies. On CUDA the
+        # copies run on a side stream of the feeder's own GPU (so they overlap compute, and the event
+        # guarding each buffer is recorded behind its copy, whichever GPU is current); compute waits for it.
+        cuda = self.device.type == "cuda"
         if self._buffers is None:
             shape = (self.local_batch, self.size, self.size, 3)
             self._buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
             self._events = [None, None]
+            self._copy_stream = torch.cuda.Stream(self.device) if cuda else None
         for k, b in enumerate(range(start_batch, len(self))):
             lo, hi = self._rank_slice(b)
             slot = k % 2
@@ -239,8 +243,14 @@ class DeviceFeeder:
                 self._events[slot].synchronize()  # the copy out of this buffer has finished
             staging = self._buffers[slot][: hi - lo]
             torch.index_select(self.data, 0, perm_cpu[lo:hi], out=staging)
-            batch = staging.to(self.device, non_blocking=True)
-            if self.device.type == "cuda":
-                self._events[slot] = torch.cuda.Event()
-                self._events[slot].record()
+            if cuda:
+                compute = torch.cuda.current_stream(self.device)
+                with torch.cuda.stream(self._copy_stream):
+                    batch = staging.to(self.device, non_blocking=True)
+                    self._events[slot] = torch.cuda.Event()
+                    self._events[slot].record(self._copy_stream)
+                compute.wait_stream(self._copy_stream)
+                batch.record_stream(compute)  # its memory is not reused before compute has read it
+            else:
+                batch = staging.to(self.device)
             yield self._finish(batch, None if flips is None else flips[lo:hi])

@@ -14,11 +14,14 @@ score, without the PNG round-trip.
 
 Real statistics are cached beside the data as ``<data>.fid.npz`` (keys mu,
 sigma as pytorch-fid writes them, plus what they were computed from) and
-recomputed when the data, the extractor or the image size changes.
+recomputed when the data, the extractor, the image size or the numerics
+(device type; Inception runs in full fp32 everywhere, no TF32, deterministic
+cuDNN) change: a CPU cache is not reused for a GPU score.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -356,12 +359,44 @@ WEIGHTS_LABELS = {
 quantize = utils.quantize  # generated images take the PNG's rounding, without the PNG
 
 
+def numerics_id(device) -> str:
+    """What the features' numbers depend on besides the extractor (a cache key):
+    the device type; ``full_fp32`` makes the precision the same on all of them."""
+    kind = torch.device(device).type
+    return f"{kind}/fp32" + ("-no-tf32-deterministic" if kind == "cuda" else "")
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """Inception in true fp32 on CUDA: no TF32 in cuDNN convolutions or matmuls
+    (on by default for convs, and 10-bit mantissas move FID), deterministic
+    cuDNN algorithms; the previous settings come back afterwards."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    new_api = hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision")
+    before = ((cudnn.conv.fp32_precision, matmul.fp32_precision) if new_api else
+              (cudnn.allow_tf32, matmul.allow_tf32)) + (cudnn.deterministic, cudnn.benchmark)
+    if new_api:
+        cudnn.conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
+    else:
+        cudnn.allow_tf32, matmul.allow_tf32 = False, False
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        if new_api:
+            cudnn.conv.fp32_precision, matmul.fp32_precision = before[:2]
+        else:
+            cudnn.allow_tf32, matmul.allow_tf32 = before[:2]
+        cudnn.deterministic, cudnn.benchmark = before[2:]
+
+
 @torch.no_grad()
 def features_of(model, images_uint8: torch.Tensor, device) -> torch.Tensor:
     """uint8 NCHW -> (B, 2048) float32 features on ``device``, through
-    pytorch-fid's input path (``ToTensor``: uint8 / 255)."""
+    pytorch-fid's input path (``ToTensor``: uint8 / 255), in ``full_fp32``."""
     x = images_uint8.to(device, non_blocking=True).float().div(255)
-    return model(x)[0].flatten(1)
+    with full_fp32():
+        return model(x)[0].flatten(1)
 
 
 def array_features(model, images: np.ndarray, device, batch_size: int = 200, desc: str = "real") -> torch.Tensor:
@@ -442,7 +477,7 @@ def read_statistics(path) -> dict:
     if mu.shape != (FEATURE_DIMS,) or sigma.shape != (FEATURE_DIMS, FEATURE_DIMS):
         raise UserError(f"{path} holds statistics of shape {mu.shape} / {sigma.shape}, not 2048-d pool3 ones")
     stats = {"mu": mu, "sigma": sigma, "n": int(data["n"]) if "n" in data else None}
-    for key in ("fingerprint", "extractor", "format"):
+    for key in ("fingerprint", "extractor", "numerics", "format"):
         if key in data:
             stats[key] = str(data[key])
     if "size" in data:
@@ -458,7 +493,7 @@ def write_statistics(stats: dict, path) -> None:
     for key in ("n", "size"):
         if stats.get(key) is not None:
             arrays[key] = np.array(stats[key])
-    for key in ("fingerprint", "extractor"):
+    for key in ("fingerprint", "extractor", "numerics"):
         if stats.get(key) is not None:
             arrays[key] = np.array(str(stats[key]))
     if stats.get("kid_features") is not None:
@@ -485,12 +520,12 @@ def real_statistics(
     data_path, device="cpu", batch_size: int = 200, weights_path=None, model=None, size=None, cache: bool = True
 ) -> dict:
     """Statistics of a preprocessed .npy dataset, read from ``<data>.fid.npz``
-    when that was computed from the same data (fingerprint), extractor and
-    image size, else computed and cached there (a read-only data folder just
-    means no cache). Returns {mu, sigma, n, size, fingerprint, extractor,
-    kid_features, cached}. Pass ``model`` (``load_inception``) to reuse one."""
+    when that was computed from the same data (fingerprint), extractor, image
+    size and numerics (``numerics_id``: a CPU cache is not a GPU one), else
+    computed and cached there (a read-only data folder just means no cache).
+    Returns {mu, sigma, n, size, fingerprint, extractor, numerics, kid_features, cached}. Pass ``model`` (``load_inception``) to reuse one."""
     images = load_images(data_path, size)
-    key = {"fingerprint": data_fingerprint(data_path), "size": int(images.shape[1])}
+    key = {"fingerprint": data_fingerprint(data_path), "size": int(images.shape[1]), "numerics": numerics_id(device)}
     model = model if model is not None else load_inception(device, weights_path)
     key["extractor"] = model.extractor_id
     cache_file = cache_path_for(data_path)

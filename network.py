@@ -196,13 +196,16 @@ def infer_config(state: dict) -> dict:
     }
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
+
+
 def strip_prefixes(state: dict) -> dict:
-    """Remove DDP ('module.') and torch.compile ('_orig_mod.') key prefixes."""
+    """Remove DDP ('module.') and torch.compile ('_orig_mod.') key prefixes in
+    any order and nesting: ``torch.compile(DDP(m))`` saves '_orig_mod.module.'."""
     out = {}
     for key, value in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
         out[key] = value
     return out
 

@@ -27,6 +27,7 @@ loadable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -35,6 +36,7 @@ import random
 import signal
 import sys
 import time
+import types
 from datetime import datetime
 from pathlib import Path
 
@@ -71,11 +73,18 @@ RECIPES = {
 }
 METRIC_KEYS = ("loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2")
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+DEFAULT_EPOCHS = 5  # when neither --epochs nor --max-steps is given
+MIN_BN_BATCH = 32  # per-process batch below which per-rank BatchNorm statistics get noisy
 
 
 # --------------------------------------------------------------------------- #
 # One training step, reusable by bench.py
 # --------------------------------------------------------------------------- #
+def default_channels_last(device) -> bool:
+    """channels_last: faster convs on CUDA (tensor cores) and on CPU (oneDNN), see BENCHMARKS.md."""
+    return torch.device(device).type in ("cuda", "cpu")
+
+
 class Trainer:
     """G, D, their Adam optimizers, an optional EMA of G, and the step.
 
@@ -102,8 +111,7 @@ class Trainer:
             raise UserError(f"unknown precision {precision!r} (use fp32 or bf16)")
         self.precision = precision
         cuda = device.type == "cuda"
-        # channels_last: faster convs on CUDA (tensor cores) and on CPU (oneDNN), see BENCHMARKS.md
-        self.channels_last = device.type in ("cuda", "cpu") if channels_last is None else bool(channels_last)
+        self.channels_last = default_channels_last(device) if channels_last is None else bool(channels_last)
         if cuda:
             torch.backends.cudnn.benchmark = True
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -131,8 +139,10 @@ class Trainer:
             # mixed), per-rank batches of 32+ give stable statistics, and SyncBN
             # would add a collective to every BN layer of all three forwards per step.
             ids = [device.index] if cuda else None
-            self.G = DDP(self.netG, device_ids=ids)
-            self.D = DDP(self.netD, device_ids=ids)
+            # broadcast_buffers=False: train-mode BN uses batch statistics, rank 0 saves and samples with its
+            # own running stats, so broadcasting them before each of the four forwards changed nothing rank 0 keeps
+            self.G = DDP(self.netG, device_ids=ids, broadcast_buffers=False)
+            self.D = DDP(self.netD, device_ids=ids, broadcast_buffers=False)
         if compile:
             self.G, self.D = torch.compile(self.G), torch.compile(self.D)
 
@@ -188,24 +198,36 @@ class Trainer:
         """--augment: DiffAugment on every batch D sees (reals and fakes alike)."""
         return augment.diff_augment(images, self.config["augment"]) if self.augment_policy else images
 
+    def _unreduced(self, module):
+        """DDP's no_sync for ``module`` (gradients stay local), else nothing."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        inner = getattr(module, "_orig_mod", module)  # under torch.compile
+        return inner.no_sync() if isinstance(inner, DDP) else contextlib.nullcontext()
+
     def step(self, real: torch.Tensor) -> dict:
         """One D step then one G step on ``real`` (B, 3, S, S) in [-1, 1]."""
         b = real.shape[0]
         z = torch.randn(b, self.config["nz"], 1, 1, device=self.device)
+        # D's input in the dtype and layout of G's fakes (a no-op for fp32 feeder batches): under
+        # --compile D then builds two graphs (input without / with grad) instead of four
+        real = real.to(torch.bfloat16 if self.precision == "bf16" else real.dtype,
+                       memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
         # D: maximise log D(x) + log(1 - D(G(z))) (bce), or minimise the hinge
         self.optD.zero_grad(set_to_none=True)
         if self.r1_gamma > 0 and self.steps % self.r1_every == 0:
             # lazy R1 (StyleGAN2): every r1_every steps, scaled by r1_every so the
             # average strength is gamma. fp32 outside autocast, through the plain
-            # netD (compiled graphs have no double backward); under DDP its
-            # gradient is all-reduced with the real-batch gradient below.
+            # netD (compiled graphs have no double backward); under DDP its local
+            # gradient is all-reduced with the fake half's below.
             penalty = losses.r1_penalty(self.netD, real, self._augment if self.augment_policy else None)
             (penalty * (0.5 * self.r1_gamma * self.r1_every)).backward()
-        with self._autocast():
-            out_real = self.D(self._augment(real)).float()
-            loss_real = losses.d_loss_real(self.loss, out_real)
-        loss_real.backward()
+        with self._unreduced(self.D):  # DDP: the real half's gradients are reduced with the fake half's
+            with self._autocast():
+                out_real = self.D(self._augment(real)).float()
+                loss_real = losses.d_loss_real(self.loss, out_real)
+            loss_real.backward()
         with self._autocast():
             fake = self.G(z)
             out_fake = self.D(self._augment(fake.detach())).float()
@@ -215,10 +237,11 @@ class Trainer:
 
         # G: maximise log D(G(z)) on the same fake batch (non-saturating), or -D(G(z))
         self.optG.zero_grad(set_to_none=True)
-        with self._autocast():
-            out_gen = self.D(self._augment(fake)).float()
-            loss_g = losses.g_loss(self.loss, out_gen)
-        loss_g.backward()
+        with self._unreduced(self.D):  # DDP: D's gradients from G's loss are discarded, so never reduced
+            with self._autocast():
+                out_gen = self.D(self._augment(fake)).float()
+                loss_g = losses.g_loss(self.loss, out_gen)
+            loss_g.backward()
         self.optG.step()
         if self.netG_ema is not None:
             self.update_ema()
@@ -259,6 +282,8 @@ class Trainer:
                     group["lr"], group["betas"] = lr, (self.config["beta1"], self.config["beta2"])
             self.steps = int(state.get("steps", 0))
             self._sampling_ema = None
+            match_param_layout(self.optG)
+            match_param_layout(self.optD)
             if self.netG_ema is not None:
                 if state.get("ema") is not None:
                     self.netG_ema.load_state_dict(strip_prefixes(state["ema"]))
@@ -275,6 +300,20 @@ class Trainer:
             ) from None
 
 
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every state tensor of a parameter's shape (Adam's moments) that
+    parameter's strides. ``Optimizer.load_state_dict`` keeps the saved strides,
+    so a checkpoint from another memory format (``--channels-last off``, MPS,
+    older runs) would hand channels_last params NCHW moments, which CUDA's
+    fused Adam refuses."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 # --------------------------------------------------------------------------- #
 # Command line
 # --------------------------------------------------------------------------- #
@@ -285,9 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--size", type=int, default=64, choices=(64, 128), help="image size in pixels")
     p.add_argument("--data", default=None, help="image array from preprocess.py (default: data/celeba_{size}.npy)")
-    p.add_argument("--epochs", type=int, default=5, help="epochs to train (total, across resumes)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                   help="epochs to train (total, across resumes); not applied when only --max-steps is given")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many TOTAL steps (counted across resumes); overrides --epochs when smaller")
+                   help="stop after this many TOTAL steps (counted across resumes); decides the length alone "
+                        "unless --epochs is also given, then the smaller wins")
     p.add_argument("--batch-size", type=int, default=128, help="GLOBAL batch size (split across DDP ranks)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate for G and D")
     p.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
@@ -307,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from --out's checkpoint (default: the newest run in runs/)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips of the real images")
-    p.add_argument("--log-every", type=int, default=50, help="steps between metrics lines / loss.png / NaN checks")
+    p.add_argument("--log-every", type=int, default=50, help="steps between metrics lines and NaN checks (read one interval late; loss.png is "
+                        "redrawn at each checkpoint)")
     p.add_argument("--sample-every", type=int, default=500, help="steps between samples/step_NNNNNN.png grids")
     p.add_argument("--checkpoint-every", type=int, default=1000,
                    help="steps between checkpoint.pt + --params saves (always saved at the end)")
@@ -315,7 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-every", type=int, default=0, help="steps between FID evaluations (0 = off)")
     p.add_argument("--fid-n", type=int, default=5000, help="generated images per FID evaluation")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
-                   help="channels_last memory format (auto = on for CUDA and CPU, where it is faster)")
+                   help="channels_last memory format (auto = on for CUDA and CPU, where it is faster); "
+                        "kept on --resume unless given")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (cuDNN benchmark off): on a GPU a resumed run then matches an "
+                        "uninterrupted one, as it always does on CPU; slower")
 
     g = p.add_argument_group("beyond the classic recipe (README 'Better faces'); a typed flag beats --recipe")
     g.add_argument("--recipe", default="classic", choices=tuple(RECIPES),
@@ -389,34 +435,44 @@ def check_writable(folder: Path, what: str) -> None:
 # --------------------------------------------------------------------------- #
 # Distributed setup
 # --------------------------------------------------------------------------- #
+WAIT_TIMEOUT_HOURS = 6  # ranks waiting for rank 0's Inception work (real statistics of a big data set)
+
+
 def setup_distributed(device_name: str):
-    """-> (device, rank, world_size, stop_group). Under torchrun (WORLD_SIZE > 1)
-    joins the process group from the environment: NCCL on CUDA, Gloo on CPU.
-    Multi-node works the same way through torchrun's --nnodes/--rdzv-* flags."""
+    """-> (device, rank, world_size, stop_group, wait_group). Under torchrun
+    (WORLD_SIZE > 1) joins the process group from the environment: NCCL on
+    CUDA, Gloo on CPU. Multi-node works the same way through torchrun's
+    --nnodes/--rdzv-* flags. A CUDA device always gets its index and becomes
+    the current device, so streams, events and pinned copies use that GPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = utils.resolve_device(device_name)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+        torch.cuda.set_device(device)
     if world_size <= 1:
-        return utils.resolve_device(device_name), 0, 1, None
+        return device, 0, 1, None, None
+    import datetime as dt
+
     import torch.distributed as dist
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = utils.resolve_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     # a CPU (Gloo) group for the per-step "stop?" vote, so it never syncs the GPU stream
     stop_group = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
-    return device, dist.get_rank(), dist.get_world_size(), stop_group
+    # and one with a long timeout for waiting on rank 0's FID work (NCCL's watchdog stops a run after 10 min)
+    wait_group = dist.new_group(backend="gloo", timeout=dt.timedelta(hours=WAIT_TIMEOUT_HOURS))
+    return device, dist.get_rank(), dist.get_world_size(), stop_group, wait_group
 
 
-def broadcast_object(obj, world_size: int):
+def broadcast_object(obj, world_size: int, group=None):
     if world_size <= 1:
         return obj
     import torch.distributed as dist
 
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
 
 
@@ -474,9 +530,13 @@ def resolve_config(args, given: set[str], checkpoint: dict | None, ckpt_path: Pa
     config = {
         "size": args.size, "nz": args.nz, "ngf": args.ngf, "ndf": args.ndf, "nc": 3,
         "data": args.data or f"data/celeba_{args.size}.npy",
-        "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
-        "lr": args.lr, "beta1": args.beta1, "beta2": args.beta2, "seed": args.seed, "ema": args.ema,
-        "flip": args.flip, "recipe": args.recipe, "loss": args.loss, "sn": args.sn, "augment": args.augment,
+        # epochs None: not typed, so --max-steps alone decides (or DEFAULT_EPOCHS without it); see total_steps
+        "epochs": args.epochs if "epochs" in given else None, "max_steps": args.max_steps,
+        "batch_size": args.batch_size, "lr": args.lr, "beta1": args.beta1, "beta2": args.beta2, "seed": args.seed,
+        "ema": args.ema, "flip": args.flip,
+        "channels_last": {"auto": None, "on": True, "off": False}[args.channels_last],  # the run's value once resolved
+        "deterministic": args.deterministic,
+        "recipe": args.recipe, "loss": args.loss, "sn": args.sn, "augment": args.augment,
         "r1": args.r1, "r1_every": args.r1_every, "lr_g": args.lr_g, "lr_d": args.lr_d,
         "ema_bn_recompute": args.ema_bn_recompute,
     }
@@ -508,6 +568,19 @@ def resolve_config(args, given: set[str], checkpoint: dict | None, ckpt_path: Pa
         if key in given:
             old[key] = config[key]
     return follow_lr({**config, **old})
+
+
+def total_steps(config: dict, per_epoch: int) -> tuple[int, str | None]:
+    """-> (steps to train in total, across resumes; a note when --epochs and
+    --max-steps both bound it). --max-steps alone decides; neither: DEFAULT_EPOCHS."""
+    epochs, max_steps = config["epochs"], config["max_steps"]
+    if epochs is None:
+        return (max_steps, None) if max_steps else (DEFAULT_EPOCHS * per_epoch, None)
+    if max_steps is None or max_steps == epochs * per_epoch:
+        return epochs * per_epoch, None
+    total = min(epochs * per_epoch, max_steps)
+    return total, (f"--epochs {epochs} ({epochs * per_epoch} steps of {per_epoch}) and --max-steps {max_steps} "
+                   f"both given: training stops at step {total}, the smaller")
 
 
 # --------------------------------------------------------------------------- #
@@ -582,15 +655,69 @@ class StopFlag:
 
 
 # --------------------------------------------------------------------------- #
+# Metrics: read one log interval late
+# --------------------------------------------------------------------------- #
+class Metrics:
+    """The step's losses summed on the device, read one log interval late.
+
+    ``close()`` ends an interval: its means are all-reduced across ranks and
+    copied to pinned host memory without blocking, an event behind the copy.
+    ``read()`` returns the closed intervals' rows, waiting for their copies;
+    on a plain log step it runs one interval later, when the copy has long
+    finished, so logging never stalls the GPU. Steps that read the device
+    anyway (save, samples, FID) read at once, and a save always reads first:
+    the NaN check comes before every save."""
+
+    def __init__(self, device: torch.device, world_size: int):
+        self.device, self.world_size = device, world_size
+        self.sums = torch.zeros(len(METRIC_KEYS), device=device)
+        self.steps = 0
+        self.pending: list[tuple[dict, float, torch.Tensor, object]] = []  # (step/epoch, img/s, host means, event)
+
+    def add(self, out: dict) -> None:
+        self.sums += torch.stack([out[k] for k in METRIC_KEYS]).float()
+        self.steps += 1
+
+    def close(self, head: dict, img_per_s: float) -> None:
+        if self.steps == 0:
+            return
+        means = self.sums / self.steps
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(means)  # NCCL on GPU: enqueued, not waited for
+            means /= self.world_size
+        cuda = self.device.type == "cuda"
+        host = torch.empty(means.shape, dtype=means.dtype, pin_memory=cuda)
+        host.copy_(means, non_blocking=cuda)
+        event = None
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self.pending.append((head, img_per_s, host, event))
+        self.sums.zero_()
+        self.steps = 0
+
+    def read(self) -> list[dict]:
+        rows = []
+        for head, img_per_s, host, event in self.pending:
+            if event is not None:
+                event.synchronize()
+            rows.append({**head, **dict(zip(METRIC_KEYS, host.tolist())), "img_per_s": img_per_s})
+        self.pending.clear()
+        return rows
+
+
+# --------------------------------------------------------------------------- #
 # main
 # --------------------------------------------------------------------------- #
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     given = explicit_args(argv if argv is not None else sys.argv[1:])
     validate_args(args)
-    device, rank, world_size, stop_group = setup_distributed(args.device)
+    device, rank, world_size, stop_group, wait_group = setup_distributed(args.device)
     try:
-        return train(args, given, device, rank, world_size, stop_group)
+        return train(args, given, device, rank, world_size, stop_group, wait_group)
     finally:
         if world_size > 1:
             import torch.distributed as dist
@@ -599,13 +726,12 @@ def main(argv=None) -> int:
                 dist.destroy_process_group()
 
 
-def train(args, given, device, rank, world_size, stop_group) -> int:
+def prepare(args, given, rank: int, world_size: int) -> types.SimpleNamespace:
+    """Check every input before anything is written: the checkpoint, the
+    resolved config, the data, the batch split, the output folders."""
     import dataloader
 
-    lead = rank == 0
-    say = print if lead else (lambda *a, **k: None)
-
-    # ---- validate everything before writing anything -------------------- #
+    say = print if rank == 0 else (lambda *a, **k: None)
     checkpoint, ckpt_path = None, None
     if args.resume:
         out = Path(args.out) if args.out else newest_run()
@@ -616,7 +742,7 @@ def train(args, given, device, rank, world_size, stop_group) -> int:
     config = resolve_config(args, given, checkpoint, ckpt_path)
     data_path = Path(config["data"])
     if not data_path.is_file():
-        raise UserError(f"data file not found: {data_path} (make it with: python preprocess.py --size {config['size']})")
+        raise UserError(f"data file not found: {data_path} (make it with: python preprocess.py --sizes {config['size']})")
     if data_path.stat().st_size == 0:
         raise UserError(f"data file {data_path} is empty (0 bytes); run preprocess.py again")
     images = dataloader.load_images(data_path, size=config["size"])
@@ -627,8 +753,6 @@ def train(args, given, device, rank, world_size, stop_group) -> int:
         )
     if config["batch_size"] % world_size:
         raise UserError(f"--batch-size {config['batch_size']} is not divisible by the {world_size} processes")
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
     fingerprint = dataloader.data_fingerprint(data_path)
     if checkpoint is not None and checkpoint.get("data_fingerprint") not in (None, fingerprint):
         say(f"warning: {data_path} differs from the data this run started on; the data order will not "
@@ -643,146 +767,272 @@ def train(args, given, device, rank, world_size, stop_group) -> int:
         stamp = broadcast_object(datetime.now().strftime("%Y%m%d-%H%M%S"), world_size)
         out = Path("runs") / f"{config['size']}px-{data_path.stem.rsplit('_', 1)[0]}-{stamp}"
     params_path = Path(args.params)
-    best_path = params_path.with_name("generator_best.params")
     check_writable(out, "run folder")
     check_writable(params_path.parent if str(params_path.parent) else Path("."), "params folder")
     if not args.resume and (out / CHECKPOINT_NAME).exists():
         raise UserError(f"{out} already holds a {CHECKPOINT_NAME}; pass --resume to continue it, "
                         f"or choose another --out")
+    return types.SimpleNamespace(checkpoint=checkpoint, ckpt_path=ckpt_path, config=config, data_path=data_path,
+                                 images=images, out=out, params_path=params_path)
 
-    seed_everything(config["seed"] + rank)  # weights init; DDP then copies rank 0's weights to all ranks
-    trainer = Trainer(config, device, precision=precision, compile=args.compile,
-                      channels_last=channels_last, world_size=world_size, rank=rank)
-    step, epoch, batch_in_epoch, best_fid = 0, 0, 0, None
-    if checkpoint is not None:
-        trainer.load_state_dict(checkpoint["trainer"], source=str(ckpt_path))
-        step, epoch, batch_in_epoch = checkpoint["step"], checkpoint["epoch"], checkpoint["batch_in_epoch"]
-        old_batch = checkpoint["config"]["batch_size"]
-        if old_batch != config["batch_size"]:  # keep the position in the epoch, in images
-            batch_in_epoch = batch_in_epoch * old_batch // config["batch_size"]
-        best_fid = checkpoint.get("best_fid")
-        fixed_noise = checkpoint["fixed_noise"]
-        if world_size == 1:
-            set_rng_state(checkpoint["rng"], device)
-        else:  # each rank draws its own noise; exact resume is a single-process promise
-            seed_everything(config["seed"] + 1_000_003 * rank + step)
-        del checkpoint
-    else:
-        gen = torch.Generator().manual_seed(config["seed"])
-        fixed_noise = torch.randn(args.num_samples, config["nz"], 1, 1, generator=gen)
 
-    feeder = dataloader.DeviceFeeder(images, batch_size=config["batch_size"], device=device, seed=config["seed"],
-                                     flip=config["flip"], channels_last=trainer.channels_last, rank=rank,
-                                     world_size=world_size)
-    per_epoch = len(feeder)
-    total = min(config["epochs"] * per_epoch, config["max_steps"] or sys.maxsize)
+def small_batch_warning(batch_size: int, world_size: int) -> str | None:
+    """Each process's BatchNorm normalises its own share of the batch; below
+    MIN_BN_BATCH images those statistics are noisy (the classic DCGAN used 128)."""
+    local = batch_size // world_size
+    if world_size == 1 or local >= MIN_BN_BATCH:
+        return None
+    return (f"warning: {local} images per process ({batch_size} over {world_size}) for BatchNorm statistics, "
+            f"which each process takes from its own share; use --batch-size {MIN_BN_BATCH * world_size} or more")
 
-    real_stats = inception = None
-    if args.fid_every and lead:  # before any output: no Inception weights offline is a UserError here
+
+def fid_reference(args, data_path: Path, device, lead: bool, world_size: int, wait_group):
+    """-> (Inception, real statistics) on rank 0 for --fid-every, else (None, None).
+    Made before any DDP module exists: the other ranks wait on a Gloo barrier
+    with a long timeout, not inside NCCL collectives (10-minute watchdog)."""
+    inception = real_stats = None
+    if args.fid_every and lead:  # no Inception weights offline is a UserError here, before any output
         import evaluate  # only when asked: it loads Inception
 
         inception = evaluate.load_inception(device)
         real_stats = evaluate.real_statistics(str(data_path), device, model=inception)
+    if args.fid_every and world_size > 1:
+        import torch.distributed as dist
 
-    run_config = {**config, "out": str(out), "params": str(params_path), "device": str(device),
-                  "precision": precision, "compile": args.compile, "channels_last": trainer.channels_last,
-                  "world_size": world_size, "steps_per_epoch": per_epoch, "total_steps": total,
-                  "log_every": args.log_every, "sample_every": args.sample_every,
-                  "checkpoint_every": args.checkpoint_every, "fid_every": args.fid_every, "fid_n": args.fid_n,
-                  "num_images": n_images}
-    say(("resuming" if args.resume else "training") + " with " + json.dumps(run_config, indent=2))
+        dist.barrier(group=wait_group)
+    return inception, real_stats
 
-    # ---- run folder ------------------------------------------------------- #
-    metrics_path = out / "metrics.jsonl"
-    history: list[dict] = []
-    if lead:
-        utils.save_json(run_config, out / "config.json")
-        if args.resume and metrics_path.exists():  # drop lines logged after the checkpoint
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool):
+    """--deterministic: deterministic algorithms (warn where an op has none),
+    cuDNN benchmark off; the previous settings come back afterwards."""
+    if not enabled:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              cudnn.benchmark, cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        cudnn.benchmark, cudnn.deterministic = before[2], before[3]
+
+
+class Run:
+    """One training run's state, shared by the phases the step loop calls:
+    ``log`` (metrics, NaN check), ``sample``, ``fid`` and ``save``."""
+
+    def __init__(self, args, prep, trainer: Trainer, device, rank: int, world_size: int, wait_group,
+                 inception=None, real_stats=None):
+        import dataloader
+
+        self.args, self.config, self.trainer, self.device = args, prep.config, trainer, device
+        self.lead, self.world_size, self.wait_group = rank == 0, world_size, wait_group
+        self.out, self.params_path = prep.out, prep.params_path
+        self.best_path = prep.params_path.with_name("generator_best.params")
+        self.inception, self.real_stats = inception, real_stats
+        self.step, self.epoch, self.batch_in_epoch, self.best_fid = 0, 0, 0, None
+        config, checkpoint = self.config, prep.checkpoint
+        if checkpoint is not None:
+            trainer.load_state_dict(checkpoint["trainer"], source=str(prep.ckpt_path))
+            self.step, self.epoch, self.batch_in_epoch = (checkpoint["step"], checkpoint["epoch"],
+                                                          checkpoint["batch_in_epoch"])
+            old_batch = checkpoint["config"]["batch_size"]
+            if old_batch != config["batch_size"]:  # keep the position in the epoch, in images
+                self.batch_in_epoch = self.batch_in_epoch * old_batch // config["batch_size"]
+            self.best_fid = checkpoint.get("best_fid")
+            self.fixed_noise = checkpoint["fixed_noise"]
+            if world_size == 1:
+                set_rng_state(checkpoint["rng"], device)
+            else:  # each rank draws its own noise; exact resume is a single-process promise
+                seed_everything(config["seed"] + 1_000_003 * rank + self.step)
+        else:
+            gen = torch.Generator().manual_seed(config["seed"])
+            self.fixed_noise = torch.randn(args.num_samples, config["nz"], 1, 1, generator=gen)
+        self.feeder = dataloader.DeviceFeeder(prep.images, batch_size=config["batch_size"], device=device,
+                                              seed=config["seed"], flip=config["flip"],
+                                              channels_last=trainer.channels_last, rank=rank, world_size=world_size)
+        self.per_epoch = len(self.feeder)
+        self.total, self.length_note = total_steps(config, self.per_epoch)
+        self.metrics = Metrics(device, world_size)
+        self.history: list[dict] = []
+        self.postfix: dict = {}
+        self.t_last, self.step_last = time.perf_counter(), self.step
+
+    # -- start ---------------------------------------------------------------- #
+    def open_folder(self, images, resume: bool) -> None:
+        """config.json; on --resume drop metrics lines logged after the checkpoint."""
+        if not self.lead:
+            return
+        utils.save_json(self.run_config(len(images)), self.out / "config.json")
+        metrics_path = self.out / "metrics.jsonl"
+        if resume and metrics_path.exists():
             for line in metrics_path.read_text().splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if row.get("step", 0) <= step:
-                    history.append(row)
+                if row.get("step", 0) <= self.step:
+                    self.history.append(row)
             with utils.atomic_path(metrics_path) as tmp:
-                Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in history))
+                Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in self.history))
         else:
-            utils.save_grid(np.asarray(images[: args.num_samples]), out / "reals.png")
+            utils.save_grid(np.asarray(images[: self.args.num_samples]), self.out / "reals.png")
 
-    def save_all(reason: str) -> None:
-        if not lead:
-            return
-        state = trainer.state_dict()
-        utils.torch_save({
-            "format": CHECKPOINT_FORMAT, "config": config, "step": step, "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch, "trainer": state, "fixed_noise": fixed_noise,
-            "rng": rng_state(device), "best_fid": best_fid, "data_fingerprint": fingerprint,
-        }, out / CHECKPOINT_NAME)
-        export_params(params_path, state)
+    def run_config(self, n_images: int) -> dict:
+        a, t = self.args, self.trainer
+        return {**self.config, "out": str(self.out), "params": str(self.params_path), "device": str(self.device),
+                "precision": t.precision, "compile": a.compile, "world_size": self.world_size,
+                "steps_per_epoch": self.per_epoch, "total_steps": self.total, "log_every": a.log_every,
+                "sample_every": a.sample_every, "checkpoint_every": a.checkpoint_every, "fid_every": a.fid_every,
+                "fid_n": a.fid_n, "num_images": n_images}
 
-    def export_params(path: Path, state: dict) -> None:
-        ema = trainer.sampling_ema()  # state["ema"], or its BN-recomputed copy
-        save_generator_params(path, {**config, "step": step}, state["netG"], None if ema is None else ema.state_dict())
+    # -- the phases ----------------------------------------------------------- #
+    def advance(self) -> None:
+        self.step += 1
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
-    def fid_generator():
-        return trainer.sampling_ema() if trainer.netG_ema is not None else trainer.netG
+    def epoch_float(self) -> float:
+        return round(self.epoch + self.batch_in_epoch / self.per_epoch, 4)
 
-    # ---- loop -------------------------------------------------------------- #
-    from tqdm import tqdm
+    def log(self, close: bool, now: bool) -> None:
+        """``close``: end this log interval (its numbers start their way to the
+        host). Then record the intervals whose numbers are there: all of them
+        when ``now`` (a save, samples or FID follow), else the earlier ones."""
+        rows = self.metrics.read() if not now else []
+        if close:
+            t = time.perf_counter()
+            rate = (self.step - self.step_last) * self.config["batch_size"] / max(t - self.t_last, 1e-9)
+            self.metrics.close({"step": self.step, "epoch": self.epoch_float()}, rate)
+            self.t_last, self.step_last = t, self.step
+        if now:
+            rows = self.metrics.read()
+        for row in rows:
+            self.record(row)
 
-    acc = torch.zeros(len(METRIC_KEYS), device=device)
-    acc_steps, t_last, step_last = 0, time.perf_counter(), step
-    postfix = {}
-
-    def flush_metrics() -> None:
-        """Read the device numbers (the only host sync), check them for NaN/inf,
-        append a metrics line and refresh loss.png."""
-        nonlocal acc, acc_steps, t_last, step_last
-        if acc_steps == 0:
-            return
-        values = acc / acc_steps
-        if world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(values)
-            values /= world_size
-        values = values.tolist()
-        now = time.perf_counter()
-        row = {"step": step, "epoch": round(epoch + batch_in_epoch / per_epoch, 4), **dict(zip(METRIC_KEYS, values)),
-               "img_per_s": (step - step_last) * config["batch_size"] / max(now - t_last, 1e-9)}
-        acc.zero_()
-        acc_steps, t_last, step_last = 0, now, step
+    def record(self, row: dict) -> None:
+        values = [row[k] for k in METRIC_KEYS]
         if not all(math.isfinite(v) for v in values):
             raise UserError(
-                f"the loss became NaN/inf by step {step} (loss_D {values[0]:.4g}, loss_G {values[1]:.4g}); "
-                f"stopped without saving these weights, the last good checkpoint in {out} is kept. "
+                f"the loss became NaN/inf by step {row['step']} (loss_D {values[0]:.4g}, loss_G {values[1]:.4g}); "
+                f"stopped without saving these weights, the last good checkpoint in {self.out} is kept. "
                 f"Try a lower --lr (e.g. 1e-4), --precision fp32, a smaller --batch-size, "
                 f"or --resume from that checkpoint"
             )
-        postfix.update(D=f"{values[0]:.3f}", G=f"{values[1]:.3f}", img_s=f"{row['img_per_s']:.0f}")
-        if lead:
-            history.append(row)
-            utils.append_jsonl(row, metrics_path)
-            plot_losses(history, out / "loss.png")
+        self.postfix.update(D=f"{values[0]:.3f}", G=f"{values[1]:.3f}", img_s=f"{row['img_per_s']:.0f}")
+        self.append(row)
 
-    stop = StopFlag()
-    stop_vote = torch.zeros(1)
-    interrupted = None
-    with stop:
-        while step < total and interrupted is None:
-            bar = tqdm(total=per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{config['epochs']}",
+    def append(self, row: dict) -> None:
+        if self.lead:
+            self.history.append(row)
+            utils.append_jsonl(row, self.out / "metrics.jsonl")
+
+    def sample(self) -> None:
+        if not self.lead:
+            return
+        folder = self.out / "samples"
+        sample_grid(self.trainer.netG, self.fixed_noise, folder / f"step_{self.step:06d}.png")
+        if self.trainer.netG_ema is not None:
+            sample_grid(self.trainer.sampling_ema(), self.fixed_noise, folder / f"step_{self.step:06d}_ema.png")
+
+    def fid(self) -> None:
+        """FID of the EMA (else raw) generator on rank 0; keep generator_best.params."""
+        if self.lead:
+            import evaluate
+
+            t = self.trainer
+            net = t.sampling_ema() if t.netG_ema is not None else t.netG
+            was_training = net.training
+            net.eval()
+            fid = float(evaluate.generator_fid(net, self.config["nz"], self.real_stats, self.args.fid_n, self.device,
+                                               seed=self.config["seed"], model=self.inception))
+            net.train(was_training)
+            self.append({"step": self.step, "epoch": self.epoch_float(), "fid": fid, "fid_n": self.args.fid_n,
+                         "fid_seed": self.config["seed"], "fid_model": "ema" if t.netG_ema is not None else "raw",
+                         "fid_weights": self.inception.weights_label})
+            self.postfix["fid"] = f"{fid:.2f}"
+            if self.best_fid is None or fid < self.best_fid:
+                self.best_fid = fid
+                self.export(self.best_path, t.state_dict())
+        self.best_fid = broadcast_object(self.best_fid, self.world_size, group=self.wait_group)
+
+    def save(self) -> None:
+        """checkpoint.pt and --params (rank 0), then loss.png, off the hot path."""
+        if not self.lead:
+            return
+        state = self.trainer.state_dict()
+        utils.torch_save({
+            "format": CHECKPOINT_FORMAT, "config": self.config, "step": self.step, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch, "trainer": state, "fixed_noise": self.fixed_noise,
+            "rng": rng_state(self.device), "best_fid": self.best_fid,
+            "data_fingerprint": self.config["data_fingerprint"],
+        }, self.out / CHECKPOINT_NAME)
+        self.export(self.params_path, state)
+        plot_losses(self.history, self.out / "loss.png")
+
+    def export(self, path: Path, state: dict) -> None:
+        ema = self.trainer.sampling_ema()  # state["ema"], or its BN-recomputed copy
+        save_generator_params(path, {**self.config, "step": self.step}, state["netG"],
+                              None if ema is None else ema.state_dict())
+
+    def after_step(self, last: bool) -> None:
+        """What this step's number asks for; saves come after the NaN check."""
+        a, s = self.args, self.step
+        save = s % a.checkpoint_every == 0 or last
+        sample = s % a.sample_every == 0 or last
+        fid = a.fid_every and (s % a.fid_every == 0 or last)
+        close = s % a.log_every == 0 or save
+        if close or sample or fid:
+            self.log(close=close, now=save or sample or bool(fid))
+        if sample:
+            self.sample()
+        if fid:
+            self.fid()
+        if save:
+            self.save()
+
+
+def train(args, given, device, rank, world_size, stop_group, wait_group=None) -> int:
+    prep = prepare(args, given, rank, world_size)
+    config, lead = prep.config, rank == 0
+    say = print if lead else (lambda *a, **k: None)
+    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    inception, real_stats = fid_reference(args, prep.data_path, device, lead, world_size, wait_group)
+
+    seed_everything(config["seed"] + rank)  # weights init; DDP then copies rank 0's weights to all ranks
+    trainer = Trainer(config, device, precision=precision, compile=args.compile,
+                      channels_last=config["channels_last"], world_size=world_size, rank=rank)
+    config["channels_last"] = trainer.channels_last  # resolved, so a resume keeps it
+    run = Run(args, prep, trainer, device, rank, world_size, wait_group, inception, real_stats)
+    del prep.checkpoint
+    say(("resuming" if args.resume else "training") + " with " + json.dumps(run.run_config(len(prep.images)),
+                                                                           indent=2))
+    for note in (run.length_note, small_batch_warning(config["batch_size"], world_size)):
+        if note:
+            say(note, file=sys.stderr)
+    run.open_folder(prep.images, args.resume)
+
+    # ---- the loop: one step, then whatever this step number asks for ------- #
+    from tqdm import tqdm
+
+    stop, stop_vote, interrupted = StopFlag(), torch.zeros(1), None
+    n_epochs = -(-run.total // run.per_epoch)
+    with stop, deterministic_kernels(config["deterministic"]):
+        while run.step < run.total and interrupted is None:
+            bar = tqdm(total=run.per_epoch, initial=run.batch_in_epoch, desc=f"epoch {run.epoch + 1}/{n_epochs}",
                        disable=not lead, dynamic_ncols=True, leave=True)
-            steps_before = step
-            for real in feeder.epoch(epoch, start_batch=batch_in_epoch):
-                out_step = trainer.step(real)
-                acc += torch.stack([out_step[k] for k in METRIC_KEYS]).float()
-                acc_steps += 1
-                step += 1
-                batch_in_epoch += 1
+            steps_before = run.step
+            for real in run.feeder.epoch(run.epoch, start_batch=run.batch_in_epoch):
+                run.metrics.add(trainer.step(real))
+                run.advance()
                 bar.update(1)
-                if batch_in_epoch == per_epoch:
-                    epoch, batch_in_epoch = epoch + 1, 0
                 if world_size > 1:  # every rank must stop at the same step
                     import torch.distributed as dist
 
@@ -790,47 +1040,23 @@ def train(args, given, device, rank, world_size, stop_group) -> int:
                     dist.all_reduce(stop_vote, op=dist.ReduceOp.MAX, group=stop_group)
                     if stop_vote.item() and stop.signum is None:
                         stop.signum = int(stop_vote.item())
-                last = step >= total or stop.signum is not None
-                if step % args.log_every == 0 or last or step % args.checkpoint_every == 0:
-                    flush_metrics()
-                    bar.set_postfix(postfix, refresh=False)
-                if lead and (step % args.sample_every == 0 or last):
-                    sample_grid(trainer.netG, fixed_noise, out / "samples" / f"step_{step:06d}.png")
-                    if trainer.netG_ema is not None:
-                        sample_grid(trainer.sampling_ema(), fixed_noise, out / "samples" / f"step_{step:06d}_ema.png")
-                if args.fid_every and (step % args.fid_every == 0 or last):
-                    if lead:
-                        import evaluate
-
-                        net = fid_generator()
-                        was_training = net.training
-                        net.eval()
-                        fid = float(evaluate.generator_fid(net, config["nz"], real_stats, args.fid_n, device,
-                                                           seed=config["seed"], model=inception))
-                        net.train(was_training)
-                        row = {"step": step, "epoch": round(epoch + batch_in_epoch / per_epoch, 4), "fid": fid, "fid_n": args.fid_n,
-                               "fid_seed": config["seed"], "fid_model": "ema" if trainer.netG_ema else "raw"}
-                        history.append(row)
-                        utils.append_jsonl(row, metrics_path)
-                        postfix["fid"] = f"{fid:.2f}"
-                        if best_fid is None or fid < best_fid:
-                            best_fid = fid
-                            export_params(best_path, trainer.state_dict())
-                    best_fid = broadcast_object(best_fid, world_size)
-                if step % args.checkpoint_every == 0 or last:
-                    save_all("checkpoint")
+                last = run.step >= run.total or stop.signum is not None
+                run.after_step(last)
+                bar.set_postfix(run.postfix, refresh=False)
                 if last:
                     interrupted = stop.signum
                     break
             bar.close()
-            if step == steps_before:
-                raise RuntimeError(f"the data feeder yielded no batch for epoch {epoch}")
+            if run.step == steps_before:
+                raise RuntimeError(f"the data feeder yielded no batch for epoch {run.epoch}")
+    out, step = run.out, run.step
     if interrupted is not None:
         name = signal.Signals(interrupted).name
-        say(f"{name} at step {step}: checkpoint saved to {out / CHECKPOINT_NAME} and generator to {params_path}; "
-            f"continue with: python train.py --resume --out {out}", file=sys.stderr)
+        say(f"{name} at step {step}: checkpoint saved to {out / CHECKPOINT_NAME} and generator to "
+            f"{prep.params_path}; continue with: python train.py --resume --out {out} (the continued run equals "
+            f"an uninterrupted one bit for bit on CPU; on a GPU only with --deterministic)", file=sys.stderr)
         return SIGNAL_EXIT.get(interrupted, 1)
-    say(f"done: {step} steps; generator -> {params_path}, checkpoint and samples -> {out}")
+    say(f"done: {step} steps; generator -> {prep.params_path}, checkpoint and samples -> {out}")
     return 0
 
 

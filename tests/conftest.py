@@ -1,6 +1,7 @@
 """Shared test setup: the repo root on sys.path, a quiet matplotlib backend,
 and a path to the optional real data in ../shared (skipped when absent)."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,3 +32,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def torchrun(script, *args, cwd):
+    """``torchrun --standalone --nproc_per_node 2 script args`` (Gloo on CPU), finished."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

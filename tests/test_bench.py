@@ -28,6 +28,8 @@ def test_smoke_run_prints_one_json_line_with_positive_figures(tmp_path, capsys):
             assert row["img_s"] > 0, name
         else:
             assert row["reason"], name
+    if rows["feeder 64"]["status"] == "ok":  # batches in the training path's memory format (channels_last on CPU)
+        assert rows["feeder 64"]["channels_last"] is rows["train ours 64"].get("channels_last", True) is True
     classic = rows["train classic 64"]
     assert classic["status"] == "ok" and classic["images"] == 3 * 32
     if rows["train ours 64"]["status"] == "ok":

@@ -157,9 +157,13 @@ def test_feeder_rejects_bad_arguments():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("storage", ["device", "pinned"])
-def test_feeder_cuda_storage_matches_cpu(storage):
+@pytest.mark.parametrize("which", ["cuda", "last"])
+def test_feeder_cuda_storage_matches_cpu(storage, which):
+    """'last': the highest-numbered GPU while GPU 0 stays current (issue 13.5:
+    the pinned copies and their events must live on the feeder's GPU)."""
     images = id_images(40)
-    gpu = DeviceFeeder(images, batch_size=8, device="cuda", seed=1, flip=True, storage=storage)
+    device = "cuda" if which == "cuda" else f"cuda:{torch.cuda.device_count() - 1}"
+    gpu = DeviceFeeder(images, batch_size=8, device=device, seed=1, flip=True, storage=storage)
     assert gpu.storage == storage
     batches = list(gpu.epoch(0))
     assert all(b.is_cuda and b.shape == (8, 3, S, S) for b in batches)

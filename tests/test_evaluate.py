@@ -324,3 +324,24 @@ def test_cli_rejects_bad_input_before_work(tmp_path):
         evaluate.main(["--fake", str(tmp_path)])
     with pytest.raises(utils.UserError, match="Inception weights file not found"):
         evaluate.main(["--inception-weights", str(tmp_path / "nope.pth")])
+
+
+def test_statistics_cache_is_keyed_by_device_numerics(inception, tmp_path, monkeypatch):
+    """Issue 13.7: a cache made on CPU is not reused for a GPU score (TF32 and
+    cuDNN change GPU features); Inception runs with TF32 off, flags restored."""
+    data = tmp_path / "tiny_32.npy"
+    np.save(data, smooth_images(4, 32, seed=5))
+    first = evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)
+    assert evaluate.read_statistics(tmp_path / "tiny_32.fid.npz")["numerics"] == "cpu/fp32" == first["numerics"]
+    assert evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)["cached"]
+    monkeypatch.setattr(evaluate, "numerics_id", lambda device: "cuda/fp32-no-tf32-deterministic")
+    assert not evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)["cached"]
+    monkeypatch.undo()
+    assert evaluate.numerics_id("cuda:1") == "cuda/fp32-no-tf32-deterministic"
+
+    cudnn = torch.backends.cudnn
+    before = (cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark)
+    with evaluate.full_fp32():
+        assert (cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("ieee", "ieee")
+        assert cudnn.deterministic and not cudnn.benchmark
+    assert (cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark) == before

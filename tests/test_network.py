@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from network import Discriminator, Generator, infer_config, load_generator, save_generator_params
+from network import Discriminator, Generator, infer_config, load_generator, save_generator_params, strip_prefixes
 from network_128 import Discriminator128, Generator128
 from utils import UserError
 
@@ -73,3 +73,12 @@ def test_mismatched_and_truncated_params_are_one_line_errors(tmp_path):
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(UserError, match="truncated or corrupt"):
         load_generator(path)
+
+
+def test_strip_prefixes_unwraps_any_nesting_of_ddp_and_compile():
+    g = Generator(size=32, nz=4, ngf=2)
+    state = g.state_dict()
+    for prefix in ("module.", "_orig_mod.", "_orig_mod.module.", "module._orig_mod.", "_orig_mod.module.module."):
+        wrapped = {prefix + k: v for k, v in state.items()}
+        assert list(strip_prefixes(wrapped)) == list(state), prefix
+        Generator(size=32, nz=4, ngf=2).load_state_dict(strip_prefixes(wrapped))

@@ -4,9 +4,6 @@ should, round-trips through checkpoint and generator.params, resumes exactly,
 and the classic recipe stays bit-identical to the step as it was before them.
 CPU, tiny nets, seconds."""
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import losses
 import network
 import train
 import utils
+from conftest import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8", "--device", "cpu"]
@@ -405,7 +403,7 @@ DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import train
     torch.set_num_threads(1)
-    device, rank, world, _ = train.setup_distributed("cpu")
+    device, rank, world, _, _ = train.setup_distributed("cpu")
     torch.manual_seed(0)  # same init on both ranks (DDP would broadcast rank 0's anyway)
     config = {"ngf": 8, "ndf": 8, "nz": 16, "augment": "color,translation,cutout", "loss": "hinge", "sn": True,
               "r1": 10.0, "r1_every": 1, "lr_g": 1e-4, "lr_d": 4e-4}
@@ -427,7 +425,4 @@ def test_ddp_keeps_ranks_identical_with_every_option_including_r1(tmp_path):
     gradient, taken through the unwrapped D) stay identical on both ranks."""
     script = tmp_path / "ddp_options.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(ROOT)], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(script, str(ROOT), cwd=tmp_path)

@@ -120,7 +120,7 @@ def test_fid_every_logs_scores_and_keeps_the_best_generator(tmp_path, monkeypatc
         calls["fid"].append(generator.main[0].weight.detach().clone())
         return next(scores)
 
-    fake = types.SimpleNamespace(load_inception=lambda device, weights_path=None: "inception",
+    fake = types.SimpleNamespace(load_inception=lambda device, weights_path=None: types.SimpleNamespace(weights_label="TF-FID weights"),
                                  real_statistics=real_statistics, generator_fid=generator_fid)
     monkeypatch.setitem(sys.modules, "evaluate", fake)
     assert run(tmp_path, "--max-steps", "6", "--fid-every", "2", "--fid-n", "10") == 0
@@ -128,7 +128,124 @@ def test_fid_every_logs_scores_and_keeps_the_best_generator(tmp_path, monkeypatc
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     fids = [(r["step"], r["fid"], r["fid_n"]) for r in rows if "fid" in r]
     assert fids == [(2, 50.0, 10), (4, 20.0, 10), (6, 35.0, 10)]
+    assert {r["fid_weights"] for r in rows if "fid" in r} == {"TF-FID weights"}  # which Inception made each score
     best, cfg = network.load_generator(tmp_path / "generator_best.params")
     assert cfg["step"] == 4
     assert torch.equal(best.main[0].weight, calls["fid"][1])  # the weights that scored 20
     assert utils.torch_load(tmp_path / "run/checkpoint.pt")["best_fid"] == 20.0
+
+
+def test_max_steps_alone_decides_the_length_and_both_given_say_which_wins(tmp_path, capsys):
+    # 32 images / batch 8 = 4 steps an epoch: the default 5 epochs would stop at 20 (issue 14.2)
+    assert run(tmp_path, "--max-steps", "22", "--log-every", "11") == 0
+    assert utils.torch_load(tmp_path / "run/checkpoint.pt")["step"] == 22
+    assert json.loads((tmp_path / "run/config.json").read_text())["epochs"] is None
+    assert "the smaller" not in capsys.readouterr().err
+    assert run(tmp_path, "--max-steps", "30", "--epochs", "2", out="both") == 0
+    assert utils.torch_load(tmp_path / "both/checkpoint.pt")["step"] == 8
+    assert "--epochs 2 (8 steps of 4) and --max-steps 30 both given: training stops at step 8" in capsys.readouterr().err
+    assert train.total_steps({"epochs": None, "max_steps": None}, 4) == (4 * train.DEFAULT_EPOCHS, None)
+    assert "default: 5" in train.build_parser().format_help().replace("\n", " ").replace("  ", " ")
+
+
+def test_resume_in_another_memory_format_gives_adam_moments_the_parameter_layout(tmp_path):
+    """Issue 13.1: Optimizer.load_state_dict keeps the saved strides; CUDA's
+    fused Adam refuses moments laid out unlike their parameter."""
+    a = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu", channels_last=False)
+    a.step(torch.rand(8, 3, 64, 64) * 2 - 1)
+    b = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu", channels_last=True)
+    b.load_state_dict(a.state_dict())
+    for opt in (b.optG, b.optD):
+        for p in (p for g in opt.param_groups for p in g["params"]):
+            assert opt.state[p]["exp_avg"].stride() == p.stride() == torch.empty_like(p).stride()
+            assert opt.state[p]["exp_avg_sq"].stride() == p.stride()
+    conv = b.netD.main[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    torch.testing.assert_close(b.optD.state[conv]["exp_avg"], a.optD.state[a.netD.main[0].weight]["exp_avg"])
+
+    # through the CLI: the config keeps --channels-last off on resume, and an explicit switch re-lays the moments
+    assert run(tmp_path, "--max-steps", "2", "--channels-last", "off") == 0
+    resume = ["--resume", "--out", str(tmp_path / "run"), "--params", str(tmp_path / "g.params")]
+    assert train.main(resume + ["--max-steps", "3"]) == 0
+    assert json.loads((tmp_path / "run/config.json").read_text())["channels_last"] is False
+    assert train.main(resume + ["--max-steps", "4", "--channels-last", "on"]) == 0
+    ckpt = utils.torch_load(tmp_path / "run/checkpoint.pt")
+    assert ckpt["config"]["channels_last"] is True
+    weight = ckpt["trainer"]["netD"]["main.0.weight"]
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert ckpt["trainer"]["optD"]["state"][0]["exp_avg"].stride() == weight.stride()
+
+
+def test_small_per_process_batch_warns():
+    assert train.small_batch_warning(128, 1) is None and train.small_batch_warning(256, 8) is None
+    message = train.small_batch_warning(128, 16)  # the README's old 2 x 8 GPU example
+    assert "8 images per process" in message and "--batch-size 512" in message
+
+
+def test_deterministic_flag_is_recorded_and_leaves_global_settings_as_they_were(tmp_path, monkeypatch):
+    seen = []
+    original = train.Trainer.step
+
+    def step(self, real):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return original(self, real)
+
+    monkeypatch.setattr(train.Trainer, "step", step)
+    assert run(tmp_path, "--max-steps", "2", "--deterministic") == 0
+    assert seen == [True, True] and not torch.are_deterministic_algorithms_enabled()
+    assert json.loads((tmp_path / "run/config.json").read_text())["deterministic"] is True
+
+
+def test_loss_plot_is_drawn_at_saves_not_on_log_steps(tmp_path, monkeypatch):
+    """Issue 13.2: the matplotlib draw + fsync stays off the step loop's log
+    steps; metrics lines still come once per --log-every."""
+    drawn = []
+    monkeypatch.setattr(train, "plot_losses", lambda history, path: drawn.append([r["step"] for r in history]))
+    assert run(tmp_path, "--max-steps", "6", "--log-every", "1", "--checkpoint-every", "3") == 0
+    assert drawn == [[1, 2, 3], [1, 2, 3, 4, 5, 6]]
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_metrics_are_read_one_interval_late():
+    metrics = train.Metrics(torch.device("cpu"), world_size=1)
+    out = {k: torch.tensor(float(i)) for i, k in enumerate(train.METRIC_KEYS)}
+    metrics.add(out)
+    metrics.add(out)
+    metrics.close({"step": 2, "epoch": 0.5}, 10.0)
+    assert metrics.steps == 0 and float(metrics.sums.abs().sum()) == 0  # next interval starts from zero
+    rows = metrics.read()
+    assert rows == [{"step": 2, "epoch": 0.5, **{k: float(i) for i, k in enumerate(train.METRIC_KEYS)},
+                     "img_per_s": 10.0}]
+    assert metrics.read() == []
+
+
+def test_bf16_compile_builds_two_graphs_for_d(monkeypatch):
+    """Issue 13.9: with the real batch cast to bf16, D sees one input dtype:
+    one graph for inputs without grad (real, detached fake) and one for G's
+    pass (fake with grad), not four. Counted with a backend that only counts
+    (no C compiler needed) and runs the traced graph eagerly."""
+    import torch._dynamo
+
+    graphs = []
+    real_compile = torch.compile
+
+    def counting_compile(module):
+        count = []
+        graphs.append(count)
+
+        def backend(gm, example_inputs):
+            count.append(1)
+            return gm.forward
+
+        return real_compile(module, backend=backend)
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    trainer = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu", precision="bf16", compile=True)
+    for _ in range(3):
+        out = trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
+    assert all(torch.isfinite(v) for v in out.values())
+    g_graphs, d_graphs = map(len, graphs)
+    assert (g_graphs, d_graphs) == (1, 2)
+    torch._dynamo.reset()

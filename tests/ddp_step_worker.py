@@ -1,0 +1,76 @@
+"""Run by tests/test_robustness.py under torchrun (2 Gloo processes): the DDP
+step of train.Trainer against the step as it was before issue 13.3 (D's
+gradients reduced on all three backwards, buffers broadcast on every
+forward), on the same weights, batches and noise. Each rank saves its
+parameters, rank 0's buffers, and how many times D's gradients were reduced."""
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train  # noqa: E402
+
+CONFIG = {"ngf": 8, "ndf": 8, "nz": 16}
+STEPS = 3
+
+
+def counting_hook(counter: list):
+    def hook(state, bucket):
+        counter.append(bucket.index())
+        return default_hooks.allreduce_hook(state, bucket)
+
+    return hook
+
+
+def previous_step(t, real):
+    """Trainer.step before 13.3, verbatim apart from self -> t and the criterion made here."""
+    criterion = torch.nn.BCEWithLogitsLoss()
+    z = torch.randn(real.shape[0], t.config["nz"], 1, 1)
+    t.optD.zero_grad(set_to_none=True)
+    out_real = t.D(real).float()
+    loss_real = criterion(out_real, torch.ones_like(out_real))
+    loss_real.backward()
+    fake = t.G(z)
+    out_fake = t.D(fake.detach()).float()
+    loss_fake = criterion(out_fake, torch.zeros_like(out_fake))
+    loss_fake.backward()
+    t.optD.step()
+    t.optG.zero_grad(set_to_none=True)
+    out_gen = t.D(fake).float()
+    loss_g = criterion(out_gen, torch.ones_like(out_gen))
+    loss_g.backward()
+    t.optG.step()
+
+
+def main(out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    now = train.Trainer(CONFIG, "cpu", world_size=2, rank=rank)
+    torch.manual_seed(0)
+    before = train.Trainer(CONFIG, "cpu")
+    before.G, before.D = DDP(before.netG), DDP(before.netD)  # DDP's defaults, as train.py had them
+    reduced = {"now": [], "before": []}
+    now.D.register_comm_hook(None, counting_hook(reduced["now"]))
+    before.D.register_comm_hook(None, counting_hook(reduced["before"]))
+    for k in range(STEPS):
+        real = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(100 * k + rank)) * 2 - 1
+        torch.manual_seed(10 * k + rank)
+        now.step(real)
+        torch.manual_seed(10 * k + rank)
+        previous_step(before, real)
+    torch.save({
+        "reduced": reduced,
+        "now": {"G": now.netG.state_dict(), "D": now.netD.state_dict()},
+        "before": {"G": before.netG.state_dict(), "D": before.netD.state_dict()},
+    }, Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
