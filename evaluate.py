@@ -524,7 +524,7 @@ def _run(args) -> int:
     size = int(config["size"])
     data = Path(args.data.format(size=size))
     if not data.exists():
-        raise UserError(f"real data not found: {data} (make it with `python preprocess.py --size {size}`)")
+        raise UserError(f"real data not found: {data} (make it with `python preprocess.py --sizes {size}`)")
     model = load_inception(device, args.inception_weights)
     real = path_statistics(data, model, device, args.batch_size, size=size)
     acts = generated_features(generator, int(config["nz"]), args.num_samples, model, device, args.batch_size, args.seed)

@@ -339,6 +339,18 @@ def test_cli_scores_params_prints_one_line_and_appends_results(torch_home, tmp_p
     assert again["fid"] == pytest.approx(record["fid"], rel=1e-9)
 
 
+def test_missing_data_hint_is_a_preprocess_command_that_parses(tmp_path):
+    import preprocess
+
+    params = tmp_path / "generator.params"
+    save_generator_params(params, {"size": 32, "nz": 16, "ngf": 4}, Generator(size=32, nz=16, ngf=4).state_dict())
+    with pytest.raises(utils.UserError, match="real data not found") as err:
+        evaluate.main(["--params", str(params), "--data", str(tmp_path / "faces_{size}.npy"), "--device", "cpu"])
+    command = re.search(r"`python preprocess\.py ([^`]*)`", str(err.value)).group(1).split()
+    assert command == ["--sizes", "32"]
+    assert preprocess.build_parser().parse_args(command).sizes == [32]  # the hint uses a real flag
+
+
 def test_cli_rejects_bad_input_before_work(tmp_path):
     with pytest.raises(utils.UserError, match="params file not found"):
         evaluate.main(["--params", str(tmp_path / "missing.params")])
