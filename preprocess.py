@@ -120,24 +120,27 @@ CELEBA_IMAGE_SIZE = (178, 218)  # width, height of every aligned CelebA image
 CELEBA_PROBE = 3  # images whose header is read to recognise aligned CelebA by content
 
 
-def image_size(src: Path, name: str) -> tuple[int, int] | None:
-    """(width, height) of one image from its header alone (no decoding), or
-    None when it cannot be read."""
-    try:
-        if src.is_file():
-            with zipfile.ZipFile(src) as archive, archive.open(name) as handle, Image.open(handle) as img:
+def image_sizes(src: Path, names: list[str]) -> list[tuple[int, int] | None]:
+    """(width, height) of each named image from its header alone (no
+    decoding; a zip's directory is read once), None for one that cannot be read."""
+    def size_of(opener, name):
+        try:
+            with opener(name) as handle, Image.open(handle) as img:
                 return img.size
-        with Image.open(src / name) as img:
-            return img.size
-    except Exception:  # an unreadable file says nothing about the folder; decoding reports it later
-        return None
+        except Exception:  # an unreadable file says nothing about the folder; decoding reports it later
+            return None
+
+    if src.is_file():
+        with zipfile.ZipFile(src) as archive:
+            return [size_of(archive.open, name) for name in names]
+    return [size_of(lambda name: open(src / name, "rb"), name) for name in names]
 
 
 def looks_like_aligned_celeba(src: Path, names: list[str]) -> bool:
     """True when the first images (by name) are all 178x218, the size of every
     aligned CelebA image, so a renamed or re-packed copy of CelebA still gets
     the 140 px face crop instead of the largest centred square."""
-    sizes = [size for size in (image_size(src, n) for n in names[:CELEBA_PROBE]) if size is not None]
+    sizes = [size for size in image_sizes(src, names[:CELEBA_PROBE]) if size is not None]
     return bool(sizes) and all(size == CELEBA_IMAGE_SIZE for size in sizes)
 
 
@@ -520,7 +523,7 @@ def main(argv=None) -> int:
     name = args.name or (("celeba" if args.split == "all" else f"celeba_{args.split}") if celeba
                          else "".join(c if c.isalnum() or c in "-_" else "_" for c in src.resolve().name))
     crop = args.crop if args.crop is not None else (CELEBA_CROP if aligned else "square")
-    crop_text = describe_crop(crop, image_size(src, names[0]))
+    crop_text = describe_crop(crop, image_sizes(src, names[:1])[0])
     if aligned and not celeba and args.crop is None:
         print(f"{src}: images are {CELEBA_IMAGE_SIZE[0]}x{CELEBA_IMAGE_SIZE[1]} like aligned CelebA, so the "
               f"CelebA face crop is used: {crop_text} (--crop square for the largest centred square)")
