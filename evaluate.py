@@ -61,13 +61,6 @@ def activations_to_statistics(acts, chunk: int = 8192) -> tuple[np.ndarray, np.n
     if acts.ndim != 2 or acts.shape[0] < 2:
         raise ValueError(f"need (n >= 2, d) activations, got shape {tuple(acts.shape)}")
     n, d = acts.shape
-    if n < MIN_RELIABLE_N:
-        warnings.warn(
-            f"FID from only {n} samples (< {MIN_RELIABLE_N}) is biased upwards and unstable; "
-            f"use 10,000-50,000 to compare runs or papers",
-            SmallSampleWarning,
-            stacklevel=2,
-        )
     dev = torch.device("cpu") if acts.device.type == "mps" else acts.device
     mu = torch.zeros(d, dtype=torch.float64, device=dev)
     for start in range(0, n, chunk):
@@ -90,6 +83,21 @@ def _sqrtm(matrix: np.ndarray) -> np.ndarray:
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
         result = linalg.sqrtm(matrix)
     return result[0] if isinstance(result, tuple) else result
+
+
+def warn_if_small_sample(*counts) -> None:
+    """Warn (SmallSampleWarning) when an FID is computed from a set of fewer
+    than 2,048 images. Called where an FID is computed, never where statistics
+    are only saved: small statistics are fine to store, the FID from them is
+    what is biased. Unknown counts (None) are ignored."""
+    known = [int(n) for n in counts if n is not None]
+    if known and min(known) < MIN_RELIABLE_N:
+        warnings.warn(
+            f"FID from only {min(known)} samples (< {MIN_RELIABLE_N}) is biased upwards and unstable; "
+            f"use 10,000-50,000 to compare runs or papers",
+            SmallSampleWarning,
+            stacklevel=2,
+        )
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
@@ -557,6 +565,7 @@ def generator_fid(
     model = model if model is not None else load_inception(device, weights_path)
     acts = generated_features(generator, nz, n, model, device, batch_size, seed)
     mu, sigma = activations_to_statistics(acts)
+    warn_if_small_sample(n, real_stats.get("n"))
     return frechet_distance(mu, sigma, real_stats["mu"], real_stats["sigma"])
 
 
@@ -661,11 +670,12 @@ def _run(args) -> int:
     size = int(config["size"])
     data = Path(args.data.format(size=size))
     if not data.exists():
-        raise UserError(f"real data not found: {data} (make it with `python preprocess.py --size {size}`)")
+        raise UserError(f"real data not found: {data} (make it with `python preprocess.py --sizes {size}`)")
     model = load_inception(device, args.inception_weights)
     real = path_statistics(data, model, device, args.batch_size, size=size)
     acts = generated_features(generator, int(config["nz"]), args.num_samples, model, device, args.batch_size, args.seed)
     fake = statistics_from_features(acts, seed=args.seed, size=size, extractor=model.extractor_id)
+    warn_if_small_sample(args.num_samples, real.get("n"))
     fid = frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"])
     kid = None
     if args.kid:
@@ -713,6 +723,7 @@ def _compare_sets(args, device, start) -> int:
         print(f"saved statistics of {real['n']} images of {args.real} to {args.save_stats}")
         return 0
     fake = path_statistics(args.fake, model, device, args.batch_size)
+    warn_if_small_sample(fake.get("n"), real.get("n"))
     fid = frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"])
     kid = None
     if args.kid:

@@ -122,6 +122,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise utils.UserError(f"--out {out} exists and is not a folder")
+    if not Path(args.params).exists():
+        raise utils.UserError(
+            f"params file not found: {args.params}. Train a generator first (`python train.py ...` writes "
+            f"generator.params; see README quick start), or pass --params PATH to one "
+            f"(e.g. --params runs/<run>/generator.params)")
     device = utils.resolve_device(args.device)
     generator, config = load_generator(args.params, device, use_ema=not args.no_ema)
     print(f"{args.params}: {config['size']} px, nz {config['nz']}, ngf {config['ngf']}; "

@@ -56,7 +56,8 @@ DOWNLOAD_ADVICE = (
 CROP_HELP = (
     "centred square crop before resizing: an integer side N, or 'square' for the largest centred square. "
     "The box is left=(W-N)//2, top=(H-N)//2, right=left+N, bottom=top+N; for a 178x218 CelebA image and N=140 "
-    "that is (19, 39, 159, 179). Default: 140 for CelebA (108 reproduces the TTUR / DCGAN-tensorflow protocol, "
+    "that is (19, 39, 159, 179). Default: 140 for aligned CelebA, recognised by its folder or zip name or by its "
+    "178x218 images (108 reproduces the TTUR / DCGAN-tensorflow protocol, "
     "178 the PyTorch DCGAN tutorial), 'square' for other folders. An image smaller than N uses its largest "
     "centred square"
 )
@@ -113,6 +114,42 @@ def is_celeba(src: Path) -> bool:
     not e.g. CelebA-HQ, whose images are already cropped."""
     name = src.name.lower()
     return "img_align_celeba" in name or name == "celeba"
+
+
+CELEBA_IMAGE_SIZE = (178, 218)  # width, height of every aligned CelebA image
+CELEBA_PROBE = 3  # images whose header is read to recognise aligned CelebA by content
+
+
+def image_sizes(src: Path, names: list[str]) -> list[tuple[int, int] | None]:
+    """(width, height) of each named image from its header alone (no
+    decoding; a zip's directory is read once), None for one that cannot be read."""
+    def size_of(opener, name):
+        try:
+            with opener(name) as handle, Image.open(handle) as img:
+                return img.size
+        except Exception:  # an unreadable file says nothing about the folder; decoding reports it later
+            return None
+
+    if src.is_file():
+        with zipfile.ZipFile(src) as archive:
+            return [size_of(archive.open, name) for name in names]
+    return [size_of(lambda name: open(src / name, "rb"), name) for name in names]
+
+
+def looks_like_aligned_celeba(src: Path, names: list[str]) -> bool:
+    """True when the first images (by name) are all 178x218, the size of every
+    aligned CelebA image, so a renamed or re-packed copy of CelebA still gets
+    the 140 px face crop instead of the largest centred square."""
+    sizes = [size for size in image_sizes(src, names[:CELEBA_PROBE]) if size is not None]
+    return bool(sizes) and all(size == CELEBA_IMAGE_SIZE for size in sizes)
+
+
+def describe_crop(crop, size: tuple[int, int] | None) -> str:
+    """'crop 140 (19, 39, 159, 179) of 178x218': the side and the box it gives
+    for an image of ``size`` (the first one)."""
+    if size is None:
+        return f"crop {crop}"
+    return f"crop {crop} {crop_box(size[0], size[1], crop)} of {size[0]}x{size[1]}"
 
 
 def find_default_source() -> Path:
@@ -350,9 +387,10 @@ def run_pool(tasks: list, worker, workers: int, writers: dict, sizes: tuple, nam
 
 
 def write_outputs(out: Path, name: str, sizes: tuple, capacity: int, tasks: list, worker, workers: int,
-                  names: list | None, meta_for_size, desc: str) -> dict:
+                  names: list | None, meta_for_size, desc: str, crop_text: str | None = None) -> dict:
     """Run the pool into temp files, then publish npy, json and preview for
-    every size. Nothing is replaced unless every size finished."""
+    every size. Nothing is replaced unless every size finished. ``crop_text``
+    (the crop box used) goes into the summary line."""
     start = time.time()
     results = {}
     with contextlib.ExitStack() as stack:
@@ -383,7 +421,8 @@ def write_outputs(out: Path, name: str, sizes: tuple, capacity: int, tasks: list
         results[size] = paths
     rate = capacity / max(seconds, 1e-9)
     written = ", ".join(str(results[s]["npy"]) for s in sizes)
-    print(f"wrote {written}: {count} images, {len(skipped)} skipped, {seconds:.1f} s, {rate:.0f} images/s")
+    crop_part = f", {crop_text}" if crop_text else ""
+    print(f"wrote {written}: {count} images, {len(skipped)} skipped{crop_part}, {seconds:.1f} s, {rate:.0f} images/s")
     return results
 
 
@@ -472,6 +511,7 @@ def main(argv=None) -> int:
     if not names:
         raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in --src {src}")
     celeba = is_celeba(src)
+    aligned = celeba or looks_like_aligned_celeba(src, names)
     if args.split != "all":
         partition = read_partition(src)
         wanted = SPLITS[args.split]
@@ -482,7 +522,11 @@ def main(argv=None) -> int:
         names = names[: args.limit]
     name = args.name or (("celeba" if args.split == "all" else f"celeba_{args.split}") if celeba
                          else "".join(c if c.isalnum() or c in "-_" else "_" for c in src.resolve().name))
-    crop = args.crop if args.crop is not None else (CELEBA_CROP if celeba else "square")
+    crop = args.crop if args.crop is not None else (CELEBA_CROP if aligned else "square")
+    crop_text = describe_crop(crop, image_sizes(src, names[:1])[0])
+    if aligned and not celeba and args.crop is None:
+        print(f"{src}: images are {CELEBA_IMAGE_SIZE[0]}x{CELEBA_IMAGE_SIZE[1]} like aligned CelebA, so the "
+              f"CelebA face crop is used: {crop_text} (--crop square for the largest centred square)")
 
     signature = {"format": FORMAT_VERSION, "source": str(src.resolve()), "files": source_signature(src, names),
                  "split": args.split, "limit": args.limit, "crop": crop, "filter": FILTER}
@@ -493,7 +537,8 @@ def main(argv=None) -> int:
     def meta(size):
         return {"source": str(src.resolve()), "count": None, "size": size,
                 "crop": {"side": crop, "box": "left=(W-N)//2, top=(H-N)//2, N=side (or min(W,H))",
-                         "celeba_178x218_box": list(crop_box(178, 218, crop))},
+                         "celeba_178x218_box": list(crop_box(178, 218, crop)),
+                         "aligned_celeba": "by name" if celeba else "by 178x218 images" if aligned else False},
                 "filter": FILTER + " (PIL, from the exact crop box; JPEGs first DCT-scaled by 1/2, 1/4 or 1/8 "
                                    "when the reduced box stays >= this size)",
                 "split": args.split, "limit": args.limit, "ignored_non_image_files": other,
@@ -501,7 +546,7 @@ def main(argv=None) -> int:
 
     tasks = [(i, str(src), n, todo, crop) for i, n in enumerate(names)]
     write_outputs(args.out, name, todo, len(names), tasks, _decode_task, min(args.workers, len(names)),
-                  names, meta, desc=f"{name} {'/'.join(map(str, todo))}px")
+                  names, meta, desc=f"{name} {'/'.join(map(str, todo))}px", crop_text=crop_text)
     return 0
 
 

@@ -13,8 +13,8 @@ import errno
 import json
 import os
 import pickle
+import secrets
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -51,11 +51,32 @@ def run_cli(main, argv=None) -> None:
 # --------------------------------------------------------------------------- #
 # Atomic writes
 # --------------------------------------------------------------------------- #
+def _create_temp(folder: Path, prefix: str, suffix: str) -> str:
+    """Create a new empty file with a random name in ``folder`` and return its
+    path. Unlike ``tempfile.mkstemp`` (always mode 0600) it is created with
+    mode 0666 like a plain ``open(path, "w")``, so the kernel applies the
+    user's umask (and any default ACL): the renamed output gets the mode the
+    user expects (0644 under umask 022, 0664 under 002), and the group can read
+    a shared data set or weights. No umask is read or changed, so it is safe in
+    threads."""
+    for _ in range(100):
+        name = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return name
+    raise FileExistsError(errno.EEXIST, f"no free temporary file name in {folder}")
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
     """Yield a temporary path beside ``path``; on success fsync and rename it
     over ``path``. On any error the temp file is removed and ``path`` keeps
-    its previous content. A full disk becomes a UserError that says so.
+    its previous content. A full disk becomes a UserError that says so. The
+    output gets the mode a plain ``open()`` gives a new file (0666 minus the
+    umask), not mkstemp's 0600.
 
     >>> with atomic_path("out.npy") as tmp:
     ...     np.save(tmp, array)
@@ -64,10 +85,7 @@ def atomic_path(path, suffix: str | None = None):
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=suffix or (".tmp" + path.suffix), dir=parent
-        )
-        os.close(fd)
+        tmp = _create_temp(parent, f".{path.name}.", suffix or (".tmp" + path.suffix))
     except OSError as err:
         raise UserError(f"cannot write to {parent}: {err.strerror or err}") from None
     try:

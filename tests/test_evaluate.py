@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import urllib.error
+import warnings
 
 import numpy as np
 import pytest
@@ -126,8 +127,15 @@ def test_frechet_distance_singular_and_broken_inputs():
 
 def test_statistics_float64_like_numpy_and_small_sample_warning():
     acts = np.random.default_rng(2).normal(3, 2, size=(50, 16)).astype(np.float32)
-    with pytest.warns(evaluate.SmallSampleWarning, match="biased"):
+    with warnings.catch_warnings(record=True) as caught:  # statistics alone are no FID: no warning
+        warnings.simplefilter("always")
         mu, sigma = evaluate.activations_to_statistics(torch.from_numpy(acts))
+    assert not caught
+    with pytest.warns(evaluate.SmallSampleWarning, match="FID from only 50 samples .* biased"):
+        evaluate.warn_if_small_sample(50000, 50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate.warn_if_small_sample(2048, None)
     assert mu.dtype == sigma.dtype == np.float64
     np.testing.assert_allclose(mu, acts.astype(np.float64).mean(0), rtol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(acts.astype(np.float64), rowvar=False), rtol=1e-10, atol=1e-12)
@@ -248,6 +256,25 @@ def test_folder_npy_and_npz_inputs_give_the_same_fid(inception, image_sets, tmp_
     np.testing.assert_allclose(evaluate.read_statistics(main_stats)["mu"], from_folder["mu"], rtol=1e-12)
 
 
+def test_small_sample_warning_only_when_an_fid_is_computed(inception, image_sets, tmp_path, capsys):
+    folders = [str(image_sets[k]["folder"]) for k in "ab"]
+    stats = tmp_path / "a.npz"
+    assert evaluate.main(["--real", folders[0], "--save-stats", str(stats), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+
+    def warnings_in(err):  # stderr also holds the progress bars
+        return [line for line in err.splitlines() if "warning" in line.lower() or "biased" in line]
+
+    assert "saved statistics of 8 images" in captured.out
+    assert warnings_in(captured.err) == []  # no FID computed, so no FID warning
+    assert evaluate.read_statistics(stats)["n"] == 8
+    assert evaluate.main(["--real", str(stats), "--fake", folders[1], "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("FID ")
+    assert warnings_in(captured.err) == ["warning: FID from only 8 samples (< 2048) is biased upwards and unstable; "
+                                         "use 10,000-50,000 to compare runs or papers"]
+
+
 def test_fid_equals_pytorch_fid_on_two_png_folders(torch_home, inception, image_sets):
     """Same images, same (random) weights file: pytorch-fid's own CLI agrees."""
     fake, real = image_sets["b"]["folder"], image_sets["a"]["folder"]
@@ -313,6 +340,18 @@ def test_cli_scores_params_prints_one_line_and_appends_results(torch_home, tmp_p
     assert evaluate.main(args[:-1]) == 0  # second run: cached real statistics, same FID for the same seed
     again = json.loads((run / "results.jsonl").read_text().splitlines()[-1])
     assert again["fid"] == pytest.approx(record["fid"], rel=1e-9)
+
+
+def test_missing_data_hint_is_a_preprocess_command_that_parses(tmp_path):
+    import preprocess
+
+    params = tmp_path / "generator.params"
+    save_generator_params(params, {"size": 32, "nz": 16, "ngf": 4}, Generator(size=32, nz=16, ngf=4).state_dict())
+    with pytest.raises(utils.UserError, match="real data not found") as err:
+        evaluate.main(["--params", str(params), "--data", str(tmp_path / "faces_{size}.npy"), "--device", "cpu"])
+    command = re.search(r"`python preprocess\.py ([^`]*)`", str(err.value)).group(1).split()
+    assert command == ["--sizes", "32"]
+    assert preprocess.build_parser().parse_args(command).sizes == [32]  # the hint uses a real flag
 
 
 def test_cli_rejects_bad_input_before_work(tmp_path):

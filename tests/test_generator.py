@@ -114,7 +114,16 @@ def test_missing_params_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "nope.params" in lines[0] and "Traceback" not in result.stderr
+    assert "python train.py" in lines[0] and "--params" in lines[0]  # says how to get one
     assert not (tmp_path / "out").exists()
+
+
+def test_default_params_missing_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a fresh clone: no generator.params yet
+    with pytest.raises(UserError, match=r"params file not found: generator\.params\. Train a generator first "
+                                        r"\(`python train.py \.\.\.` writes generator\.params.*--params PATH"):
+        generator.main(["-n", "1"])
+    assert not (tmp_path / "samples").exists()
 
 
 def test_unreadable_params_is_a_user_error(tmp_path):

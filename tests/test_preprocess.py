@@ -79,6 +79,41 @@ def test_celeba_folder_shapes_crop_and_range(tmp_path, sizes):
         f"celeba_{s}{ext}" for s in sizes for ext in (".npy", ".json", "_preview.png"))
 
 
+def test_aligned_celeba_recognised_by_its_178x218_images_whatever_the_name(tmp_path, capsys):
+    src = make_celeba(tmp_path / "my_faces")  # CelebA's images in a folder named otherwise
+    archive = tmp_path / "faces.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(src.iterdir()):
+            zf.write(f, f"photos/{f.name}")
+    for source, name in ((src, "my_faces"), (archive, "faces_zip")):
+        capsys.readouterr()
+        run("--src", source, "--out", tmp_path / "out", "--sizes", "16")
+        out = capsys.readouterr().out
+        images = np.load(tmp_path / "out" / f"{name}_16.npy")
+        assert images.shape == (3, 16, 16, 3)
+        assert_crop(images)  # the 140 px face box, not the largest square (which holds red)
+        meta = json.loads((tmp_path / "out" / f"{name}_16.json").read_text())
+        assert meta["crop"]["side"] == 140 and meta["crop"]["aligned_celeba"] == "by 178x218 images"
+        assert "like aligned CelebA" in out
+        assert "3 images, 0 skipped, crop 140 (19, 39, 159, 179) of 178x218, " in out.splitlines()[-1]
+
+
+def test_other_sizes_get_the_largest_square_and_the_summary_says_so(tmp_path, capsys):
+    src = tmp_path / "img_rect"
+    src.mkdir()
+    for k in range(2):
+        Image.fromarray(np.full((218, 180, 3), 90 + k, np.uint8)).save(src / f"{k}.png")
+    run("--src", src, "--out", tmp_path / "out", "--sizes", "8")
+    out = capsys.readouterr().out
+    assert "CelebA" not in out
+    assert "2 images, 0 skipped, crop square (0, 19, 180, 199) of 180x218, " in out.splitlines()[-1]
+    assert json.loads((tmp_path / "out" / "img_rect_8.json").read_text())["crop"]["aligned_celeba"] is False
+    celeba = make_celeba(tmp_path / "renamed")  # 178x218, but the user's --crop wins
+    run("--src", celeba, "--out", tmp_path / "out", "--sizes", "8", "--crop", "square")
+    out = capsys.readouterr().out
+    assert "like aligned CelebA" not in out and "crop square (0, 20, 178, 198) of 178x218" in out
+
+
 def test_each_size_independent_of_the_others_requested(tmp_path):
     src = make_celeba(tmp_path / "img_align_celeba")
     run("--src", src, "--out", tmp_path / "a", "--sizes", "16")
