@@ -113,7 +113,7 @@ def train_to(args, variant: str, train_npy: Path, step: int) -> Path:
     argv = ["--data", str(train_npy), "--out", str(run), "--params", str(run / "generator.params"),
             "--size", str(args.size), "--ngf", str(args.ngf), "--ndf", str(args.ndf),
             "--batch-size", str(args.batch_size), "--ema", str(args.ema), "--seed", str(args.seed),
-            "--device", args.device, "--max-steps", str(step), "--epochs", "1000000",
+            "--device", args.device, "--max-steps", str(step),
             "--sample-every", str(args.eval_every), "--checkpoint-every", str(args.eval_every)]
     if (run / "checkpoint.pt").is_file():
         argv.append("--resume")
@@ -220,10 +220,12 @@ def sample_beside_real(params: Path, heldout_npy: Path, path: Path, n: int = 32)
     import generator as sampler
     from network import load_generator
 
+    heldout = np.load(heldout_npy, mmap_mode="r")
+    n = min(n, len(heldout))
     net, config = load_generator(params, "cpu")
     with torch.no_grad():
         fake = utils.to_uint8(net(sampler.latents(range(n), int(config["nz"]))))
-    real = np.asarray(np.load(heldout_npy, mmap_mode="r")[:n])
+    real = np.asarray(heldout[:n])
     left, right = utils.image_grid(fake, nrow=4), utils.image_grid(real, nrow=4)
     gap = np.full((left.shape[0], 8, 3), 255, np.uint8)
     utils.save_png(np.concatenate([left, gap, right], axis=1), path)
