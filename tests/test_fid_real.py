@@ -98,17 +98,18 @@ def fid(a, b):
 
 
 def test_real_faces_are_close_and_flowers_are_far(real_stats):
-    """Measured on 2026-11-23 (N = 50 each, real weights): CelebA vs CelebA FID 98.0,
-    KID 0.0011; CelebA vs flowers FID 303.5, KID 0.259. At N = 50 the FID floor is high
-    (the bias of a 50-sample covariance), so the test asserts the gap, with margin."""
+    """Measured on 2026-11-23 (N = 50 each, real weights, 2-core AMD EPYC): CelebA vs
+    CelebA FID 121.6, KID 0.0032; CelebA vs flowers FID 407.6, KID 0.248. At N = 50 the
+    FID floor is high (the bias of a 50-sample covariance), so the test asserts the gap,
+    with margin on both sides."""
     faces = fid(real_stats["celeba_a"], real_stats["celeba_b"])
     flowers = fid(real_stats["celeba_a"], real_stats["flowers"])
     kid_faces, _ = evaluate.kernel_inception_distance(real_stats["celeba_a"]["kid_features"],
                                                       real_stats["celeba_b"]["kid_features"], num_subsets=20)
     kid_flowers, _ = evaluate.kernel_inception_distance(real_stats["celeba_a"]["kid_features"],
                                                         real_stats["flowers"]["kid_features"], num_subsets=20)
-    assert faces < 140 and flowers > 220 and flowers > 2 * faces, (faces, flowers)
-    assert abs(kid_faces) < 0.02 and kid_flowers > 0.1, (kid_faces, kid_flowers)
+    assert faces < 170 and flowers > 280 and flowers > 2 * faces, (faces, flowers)
+    assert abs(kid_faces) < 0.02 and kid_flowers > 0.12, (kid_faces, kid_flowers)
 
 
 def test_fid_equals_pytorch_fid_on_real_faces_with_real_weights(real_home, real_folders, real_stats):
