@@ -205,9 +205,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| data | size | variant | nets (ngf/ndf, batch) | step | images seen | weights | FID | KID |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["data"], r["size"], r["variant"], r["step"], r["weights"])):
-        lines.append(f"| {r['data']} | {r['size']} | {r['variant']} | {r['ngf']}/{r['ndf']}, {r['batch_size']} | "
-                     f"{r['step']} | {r['images_seen']:,} | {r['weights']} | {r['fid']:.1f} | "
-                     f"{r['kid']:.4f} ± {r['kid_std']:.4f} |")
+        nets, seen = (f"{r['ngf']}/{r['ndf']}, {r['batch_size']}", f"{r['images_seen']:,}") if r["ngf"] else ("-", "-")
+        lines.append(f"| {r['data']} | {r['size']} | {r['variant']} | {nets} | {r['step'] or '-'} | {seen} | "
+                     f"{r['weights']} | {r['fid']:.1f} | {r['kid']:.4f} ± {r['kid_std']:.4f} |")
     return "\n".join(lines)
 
 
@@ -232,6 +232,8 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     for ax, key in ((ax_fid, "fid"), (ax_kid, "kid")):
         for r in floor:
             ax.axhline(r[key], color="grey", linestyle=":", label=f"real faces (n={r['fid_n']})")
+    for ax in (ax_fid, ax_kid):
+        ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}k")
     ax_fid.set(xlabel="images seen", ylabel=f"FID (n={rows[0]['fid_n']} vs {rows[0]['real_n']} held out)")
     ax_kid.set(xlabel="images seen", ylabel="KID")
     ax_fid.legend(fontsize=7)
@@ -269,7 +271,7 @@ def report(args) -> None:
         last = max((r for r in rows if r["variant"] == variant), key=lambda r: (r["images_seen"], r["ngf"]))
         grid = args.assets / f"quality_{args.name}_{args.size}_{variant}_grid.png"
         sample_beside_real(Path(last["params"]), heldout_npy, grid)
-        print(f"{grid}: {variant} step {last['step']} (EMA) beside {args.holdout} held-out real faces")
+        print(f"{grid}: {variant} step {last['step']} (EMA) beside held-out real faces")
 
 
 def main(argv=None) -> int:
