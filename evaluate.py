@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import hashlib
 import importlib.util
-import json
 import sys
 import time
 import warnings
