@@ -255,6 +255,25 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def comparison(rows: list[dict], net: tuple[int, int, int]) -> str:
+    """best against classic at each step both reached, on one network size: the
+    classic recipe as shipped (raw weights: it has no EMA) and with the EMA this
+    benchmark adds, and best's exported weights (its EMA)."""
+    def fid(variant, weights):
+        return {r["step"]: r for r in rows if (r["ngf"], r["ndf"], r["batch_size"]) == net
+                and r["variant"] == variant and r["weights"] == weights}
+
+    raw, ema, best = fid("classic", "raw"), fid("classic", "ema"), fid("best", "ema")
+    lines = ["| step | classic (raw, as shipped) | classic + EMA | best | best / classic | best / classic + EMA |",
+             "|---|---|---|---|---|---|"]
+    for step in sorted(set(raw) & set(ema) & set(best)):
+        b = best[step]
+        lines.append(f"| {step} | {raw[step]['fid']:.1f} ({raw[step]['kid']:.4f}) | {ema[step]['fid']:.1f} "
+                     f"({ema[step]['kid']:.4f}) | {b['fid']:.1f} ({b['kid']:.4f}) | {b['fid'] / raw[step]['fid']:.2f}x "
+                     f"| {b['fid'] / ema[step]['fid']:.2f}x |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     """One row of (FID, KID) panels per network size; a line per variant and weights."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -319,6 +338,9 @@ def report(args) -> None:
     if not rows:
         raise UserError(f"no {name} {args.size} px rows in {args.out / 'quality.jsonl'} yet")
     print(table(rows))
+    for net in sorted({(r["ngf"], r["ndf"], r["batch_size"]) for r in rows if r["variant"] == "best"}):
+        if text := comparison(rows, net):
+            print(f"\nFID (KID) of best against classic, ngf {net[0]} / ndf {net[1]}, batch {net[2]}:\n{text}")
     plot_curves(rows, args.assets / f"quality_{name}_{args.size}.png",
                 f"{name} {args.size} px: held-out FID / KID against images seen")
     _, heldout_npy = split_data(args.src, args.name, args.size, args.holdout, args.out, args.split)

@@ -40,7 +40,7 @@ def test_train_only_makes_one_snapshot_per_point_by_resuming(tmp_path, one_threa
     assert (run / "snapshots" / "step_000004.params").stat().st_mtime_ns == before
 
 
-def test_report_draws_the_curve_and_the_grids_beside_real_faces_and_classic_beside_best(tmp_path, one_thread):
+def test_report_draws_the_curve_and_the_grids_beside_real_faces_and_classic_beside_best(tmp_path, one_thread, capsys):
     out, assets = tmp_path / "out", tmp_path / "assets"
     src = image_folder(tmp_path)
     base = ["--src", str(src), "--name", "t", "--holdout", "4", "--ngf", "4", "--ndf", "4", "--batch-size", "4",
@@ -55,6 +55,8 @@ def test_report_draws_the_curve_and_the_grids_beside_real_faces_and_classic_besi
                                 "kid": 0.3, "kid_std": 0.01, "fid_n": 10, "real_n": 4, "params": str(snapshot)},
                                out / "quality.jsonl")
     assert bench_quality.main(base + ["--report"]) == 0
+    # best (EMA, what it exports) against classic as shipped (raw) and classic + EMA
+    assert "| 2 | 301.0 (0.3000) | 300.0 (0.3000) | 200.0 (0.3000) | 0.66x | 0.67x |" in capsys.readouterr().out
     assert (assets / "quality_t_64.png").is_file()
     for name in ("quality_t_64_classic_grid.png", "quality_t_64_best_grid.png"):  # 4 samples | 4 held-out faces
         grid = np.asarray(Image.open(assets / name))
