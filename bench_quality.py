@@ -41,6 +41,9 @@ VARIANTS = {
     "sn": ["--sn"],
     "ttur": ["--lr-d", "4e-4", "--lr-g", "1e-4"],
     "r1": ["--r1", "0.1"],
+    # candidates for best, built from the options that won alone (chosen on the selection set)
+    "augment+r1": ["--augment", "--r1", "0.1"],
+    "augment+r1+hinge": ["--augment", "--r1", "0.1", "--loss", "hinge"],
     "best": ["--recipe", "best"],
 }
 
