@@ -4,7 +4,7 @@
     python train.py --size 128 --ema 0.999 --compile          # CelebA 128 px on a GPU (bf16, fused Adam)
     python train.py --resume --out runs/128px-celeba-20260101-120000 --max-steps 20000
     torchrun --nproc_per_node 4 train.py --size 128           # DDP; --batch-size stays the global batch
-    python train.py --data data/flowers_64.npy --recipe best  # small folder: DiffAugment, TTUR, EMA (README "Better faces")
+    python train.py --data data/flowers_64.npy --recipe best  # small folder: DiffAugment + EMA (README "Better faces")
 
 The classic algorithm: D takes one Adam step on a real batch (label 1) and on
 G's batch detached (label 0); then G takes one Adam step on the same fake batch
@@ -12,8 +12,8 @@ with label 1 (the non-saturating loss). D returns logits; the loss is
 BCEWithLogits. Beyond that classic recipe (the default), --augment, --loss
 hinge, --sn, --lr-g/--lr-d, --r1 and --ema-bn-recompute change the step or D
 (see build_parser and README "Better faces"); --recipe best sets the
-combination chosen on the quality benchmark (RECIPES, provisional until
-measured). A run folder (``--out``) holds config.json, checkpoint.pt (full
+combination measured best on the quality benchmark (RECIPES: DiffAugment,
+EMA with BatchNorm statistics recomputed). A run folder (``--out``) holds config.json, checkpoint.pt (full
 resume state), metrics.jsonl, loss.png, reals.png and samples/step_NNNNNN.png;
 ``--params`` (default generator.params) is the small export generator.py and
 evaluate.py read.
@@ -61,14 +61,16 @@ TRAINER_DEFAULTS = {"lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "ema": 0.0, "lr_g"
                     "ema_bn_recompute": False}
 
 # --recipe NAME sets these keys unless the same option is typed on the command
-# line. "classic" is today's DCGAN (it changes nothing). "best" is the
-# combination to beat the classic recipe on small folders; the lead fixes it
-# from the quality benchmark (README "Better faces"): until then it is the
-# cheap, low-risk set (DiffAugment, EMA with BN statistics recomputed, TTUR).
+# line. "classic" is today's DCGAN (it changes nothing). "best" is the one that
+# measured best on bench_quality.py's selection set (training faces; README
+# "Better faces", BENCHMARKS.md "Issue 12"): of each option alone and two
+# combinations, DiffAugment alone won at 2,000 steps; TTUR and --sn alone were
+# worse than classic, and adding R1 or hinge to DiffAugment made it worse.
+# EMA with recomputed BatchNorm statistics scored 2-4 % better than the plain EMA.
 RECIPES = {
     "classic": {"loss": "bce", "sn": False, "augment": "none", "r1": 0.0, "lr_g": None, "lr_d": None,
                 "ema": 0.0, "ema_bn_recompute": False},
-    "best": {"loss": "bce", "sn": False, "augment": augment.DEFAULT_POLICY, "r1": 0.0, "lr_g": 1e-4, "lr_d": 4e-4,
+    "best": {"loss": "bce", "sn": False, "augment": augment.DEFAULT_POLICY, "r1": 0.0, "lr_g": None, "lr_d": None,
              "ema": 0.999, "ema_bn_recompute": True},
 }
 METRIC_KEYS = ("loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2")
