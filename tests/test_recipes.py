@@ -368,15 +368,18 @@ def test_resume_refuses_an_sn_change_and_takes_typed_rates(tmp_path):
 
 
 def test_recipe_best_sets_its_options_and_typed_flags_win(tmp_path):
-    args = ["--recipe", "best", "--lr-d", "2e-4", "--no-ema-bn-recompute"]
+    args = ["--recipe", "best", "--augment", "translation", "--no-ema-bn-recompute"]
     config = train.resolve_config(train.build_parser().parse_args(args), train.explicit_args(args), None, None)
-    best = train.RECIPES["best"]
-    assert config["lr_d"] == 2e-4 and config["ema_bn_recompute"] is False
-    assert all(config[k] == v for k, v in best.items() if k not in ("lr_d", "ema_bn_recompute"))
+    best = {k: config["lr"] if v is None and k in ("lr_g", "lr_d") else v  # unset rates follow --lr
+            for k, v in train.RECIPES["best"].items()}
+    assert best["augment"] != "translation" and best["ema_bn_recompute"] is True
+    assert config["augment"] == "translation" and config["ema_bn_recompute"] is False
+    assert all(config[k] == v for k, v in best.items() if k not in ("augment", "ema_bn_recompute"))
     data = make_data(tmp_path)
     assert train.main(argv(tmp_path, data, "--recipe", "best", "--max-steps", "2")) == 0
     config = json.loads((tmp_path / "run/config.json").read_text())
     assert all(config[k] == v for k, v in best.items()) and config["recipe"] == "best"
+    assert config["ema"] > 0 and config["augment"] != "none"  # what the benchmark measured
     assert (tmp_path / "run/samples/step_000002_ema.png").is_file()
     with pytest.raises(utils.UserError, match="--r1 must be >= 0"):
         train.main(argv(tmp_path, data, "--r1", "-1"))
