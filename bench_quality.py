@@ -2,21 +2,27 @@
 the held-out part with the real FID Inception, at fixed points of training.
 
     python bench_quality.py --size 64 --variants classic --steps 2000 --eval-every 500
-    python bench_quality.py --size 64 --variants classic best --ngf 32 --ndf 32 --batch-size 64 --steps 1500
+    python bench_quality.py --size 64 --variants classic best --ngf 32 --ndf 32 --batch-size 64 --steps 4000 --eval-every 1000
+    python bench_quality.py --src ../shared/data/flowers --name flowers --split stride --variants classic best
     python bench_quality.py --size 64 --report                  # table + assets/quality_64.png from what was run
 
 A separate script from bench.py (which times the pipeline in seconds): this one
 runs for an hour or more, needs the real Inception weights, and measures faces.
 
 Protocol (not a paper's: do not compare its numbers with published FIDs):
-the image files sorted by name, the last ``--holdout`` held out; preprocess.py's
-crop (140 px box for CelebA) at ``--size``; ``train.py`` trains on the rest and
-is stopped every ``--eval-every`` steps (``--resume``, exact on CPU) to copy its
-``generator.params``; each copy is scored, EMA and raw weights, with
-``--fid-n`` generated images (seed 0) against all held-out images. FID at small
-n is biased upwards (1,200 vs 1,200 other real CelebA faces: 16.8), so every row
-carries n and real_n; KID is unbiased. Rows go to ``<out>/quality.jsonl``;
-finished rows are never recomputed, so an interrupted run continues.
+the image files sorted by name, ``--holdout`` of them held out (the last ones,
+or evenly spaced with ``--split stride`` for folder-per-class sets);
+preprocess.py's crop (140 px box for CelebA) at ``--size``; ``train.py`` trains
+on the rest and is stopped every ``--eval-every`` steps (``--resume``, exact on
+CPU) to copy its ``generator.params``; each copy is scored (``--weights``: EMA,
+raw, or EMA with BatchNorm statistics recomputed) with ``--fid-n`` generated
+images (seed 0) against all held-out images, and the same features against
+as many *training* images (the selection set: ``fid_sel``). Choose variants
+on ``fid_sel`` and report ``fid``, so the held-out number is never tuned on.
+FID at small n is biased upwards (1,200 vs 1,200 other real CelebA faces: 16.8),
+so every row carries n and real_n; KID is unbiased. Rows go to
+``<out>/quality.jsonl``; finished rows are never recomputed, so an interrupted
+run continues.
 """
 from __future__ import annotations
 
@@ -249,12 +255,13 @@ def run_variants(args) -> None:
 # Report: table, FID curve, final grid beside real held-out faces
 # --------------------------------------------------------------------------- #
 def table(rows: list[dict]) -> str:
-    lines = ["| data | size | variant | nets (ngf/ndf, batch) | step | images seen | weights | FID | KID |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | size | variant | nets (ngf/ndf, batch) | step | images seen | weights | FID | KID | selection FID |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["data"], r["size"], r["variant"], r["step"], r["weights"])):
         nets, seen = (f"{r['ngf']}/{r['ndf']}, {r['batch_size']}", f"{r['images_seen']:,}") if r["ngf"] else ("-", "-")
         lines.append(f"| {r['data']} | {r['size']} | {r['variant']} | {nets} | {r['step'] or '-'} | {seen} | "
-                     f"{r['weights']} | {r['fid']:.1f} | {r['kid']:.4f} ± {r['kid_std']:.4f} |")
+                     f"{r['weights']} | {r['fid']:.1f} | {r['kid']:.4f} ± {r['kid_std']:.4f} | "
+                     + (f"{r['fid_sel']:.1f} |" if "fid_sel" in r else "- |"))
     return "\n".join(lines)
 
 
