@@ -13,10 +13,10 @@ BCEWithLogits. Beyond that classic recipe (the default), --augment, --loss
 hinge, --sn, --lr-g/--lr-d, --r1 and --ema-bn-recompute change the step or D
 (see build_parser and README "Better faces"); --recipe best sets the
 combination measured best on the quality benchmark (RECIPES: DiffAugment,
-EMA with BatchNorm statistics recomputed). A run folder (``--out``) holds config.json, checkpoint.pt (full
-resume state), metrics.jsonl, loss.png, reals.png and samples/step_NNNNNN.png;
-``--params`` (default generator.params) is the small export generator.py and
-evaluate.py read.
+EMA with BatchNorm statistics recomputed). A run folder (``--out``) holds
+config.json, checkpoint.pt (full resume state), metrics.jsonl, loss.png,
+reals.png and samples/step_NNNNNN.png; ``--params`` (default generator.params)
+is the small export generator.py and evaluate.py read.
 
 Signals: Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves the
 checkpoint and generator.params, says where, and exits 130 (SIGINT) or 143
