@@ -295,6 +295,25 @@ def comparison(rows: list[dict], net: tuple[int, int, int]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def options_table(rows: list[dict], net: tuple[int, int, int]) -> str:
+    """Every variant's EMA FID at each step on one network size, and its ratio to
+    classic's EMA FID (each option alone, and best, against classic)."""
+    ema = [r for r in rows if (r["ngf"], r["ndf"], r["batch_size"]) == net and r["weights"] == "ema"]
+    fid = {(r["variant"], r["step"]): r["fid"] for r in ema}
+    steps = sorted({step for _, step in fid})
+    variants = sorted({variant for variant, _ in fid}, key=lambda v: (v != "classic", v == "best", v))
+    lines = ["| variant (EMA weights) | " + " | ".join(f"step {s}" for s in steps) + " |",
+             "|---" * (len(steps) + 1) + "|"]
+    for variant in variants:
+        cells = []
+        for step in steps:
+            value, base = fid.get((variant, step)), fid.get(("classic", step))
+            ratio = f" ({value / base:.2f}x)" if value is not None and base and variant != "classic" else ""
+            cells.append("-" if value is None else f"{value:.1f}{ratio}")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(variants) > 1 else ""
+
+
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     """One row of (FID, KID) panels per network size; a line per variant and weights."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -362,6 +381,10 @@ def report(args) -> None:
     for net in sorted({(r["ngf"], r["ndf"], r["batch_size"]) for r in rows if r["variant"] == "best"}):
         if text := comparison(rows, net):
             print(f"\nFID (KID) of best against classic, ngf {net[0]} / ndf {net[1]}, batch {net[2]}:\n{text}")
+    for net in sorted({(r["ngf"], r["ndf"], r["batch_size"]) for r in rows if r["variant"] != "real faces"}):
+        if text := options_table(rows, net):
+            print(f"\nHeld-out FID of each variant (x classic's, EMA weights), ngf {net[0]} / ndf {net[1]}, "
+                  f"batch {net[2]}:\n{text}")
     plot_curves(rows, args.assets / f"quality_{name}_{args.size}.png",
                 f"{name} {args.size} px: held-out FID / KID against images seen")
     _, heldout_npy = split_data(args.src, args.name, args.size, args.holdout, args.out, args.split)
