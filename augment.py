@@ -17,6 +17,11 @@ gain, and none of the three changes what a face looks like once undone.
 Random parameters are drawn per image from the torch RNG on the images'
 device (one call per op for the whole batch, no per-image Python), so the
 checkpoint's RNG state makes a resumed run repeat them exactly.
+
+With ``train.py --ada TARGET`` (ADA, Karras et al., 2020) each op is applied
+to each image with a probability p that AdaptiveAugment tunes during training
+from D's outputs on the reals: little augmentation while D is not memorising
+them, more when it starts to.
 """
 from __future__ import annotations
 
@@ -98,14 +103,72 @@ def parse_policy(policy: str | None) -> tuple[str, ...]:
     return names
 
 
-def diff_augment(x: torch.Tensor, policy: str = DEFAULT_POLICY) -> torch.Tensor:
+def diff_augment(x: torch.Tensor, policy: str = DEFAULT_POLICY, p: torch.Tensor | float | None = None) -> torch.Tensor:
     """Images (B, C, H, W) -> the same batch augmented, each image with its own
-    random parameters; differentiable w.r.t. ``x``, same shape and memory format."""
+    random parameters; differentiable w.r.t. ``x``, same shape and memory format.
+    ``p`` None: every op on every image (DiffAugment). ``p`` a probability
+    (a 0-dim device tensor from AdaptiveAugment, so no host sync): each op of
+    the policy is applied to each image with probability p (ADA's way), the
+    others pass through unchanged."""
     names = parse_policy(policy)
     if not names:
         return x
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     for name in names:
         for op in OPS[name]:
-            x = op(x)
+            if p is None:
+                x = op(x)
+            else:
+                keep = _rand(x, x.shape[0], 1, 1, 1) >= p                     # (B, 1, 1, 1) images left as they are
+                x = torch.where(keep, x, op(x))
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+class AdaptiveAugment:
+    """ADA's controller (Karras et al., 2020, "Training generative adversarial
+    networks with limited data"): the augmentation probability ``p`` starts at
+    0 and every ``interval`` steps moves by +-(images seen) / (kimg * 1000)
+    towards keeping r = E[sign(D(augmented real))] at ``target``: a D that is
+    sure of the reals (r above the target, it is memorising them) gets more
+    augmentation, one that is not gets less. So a short run, or a data set D
+    does not overfit, trains (almost) as the classic recipe; a long run on a
+    few thousand faces gets DiffAugment's protection when it needs it.
+
+    Everything stays on the device (no host sync): ``p`` is a 0-dim tensor.
+    Under DDP the ranks' r are averaged, so every rank holds the same p.
+    ``state_dict`` / ``load_state_dict`` make a resumed run repeat it exactly."""
+
+    def __init__(self, target: float, kimg: float, device, interval: int = 4, world_size: int = 1):
+        self.target, self.kimg = float(target), float(kimg)
+        self.interval, self.world_size = int(interval), int(world_size)
+        self.p = torch.zeros((), device=device)
+        self.sign_sum = torch.zeros((), device=device)
+        self.seen = self.images = 0  # D steps and (per-rank) real images observed since the last adjustment
+
+    @torch.no_grad()
+    def observe(self, real_logits: torch.Tensor) -> None:
+        """D's logits on this step's augmented reals; adjusts p every ``interval`` calls."""
+        self.sign_sum += torch.sign(real_logits.float()).mean()
+        self.seen += 1
+        self.images += real_logits.shape[0]
+        if self.seen < self.interval:
+            return
+        r = self.sign_sum / self.seen
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(r)
+            r /= self.world_size
+        step_size = self.images * self.world_size / (self.kimg * 1000)
+        self.p = (self.p + torch.sign(r - self.target) * step_size).clamp_(0.0, 1.0)
+        self.sign_sum.zero_()
+        self.seen = self.images = 0
+
+    def state_dict(self) -> dict:
+        return {"p": self.p.detach().cpu(), "sign_sum": self.sign_sum.detach().cpu(), "seen": self.seen,
+                "images": self.images}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.p = state["p"].to(self.p.device, torch.float32).reshape(())
+        self.sign_sum = state["sign_sum"].to(self.sign_sum.device, torch.float32).reshape(())
+        self.seen, self.images = int(state["seen"]), int(state["images"])

@@ -55,6 +55,8 @@ VARIANTS = {
     "augment+r1": ["--augment", "--r1", "0.1"],
     "augment+r1+hinge": ["--augment", "--r1", "0.1", "--loss", "hinge"],
     "best": ["--recipe", "best"],
+    # best with ADA's adaptive augmentation probability instead of augmenting every image
+    "best+ada": ["--recipe", "best", "--ada", "0.6"],
 }
 
 

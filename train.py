@@ -10,7 +10,7 @@ The classic algorithm: D takes one Adam step on a real batch (label 1) and on
 G's batch detached (label 0); then G takes one Adam step on the same fake batch
 with label 1 (the non-saturating loss). D returns logits; the loss is
 BCEWithLogits. Beyond that classic recipe (the default), --augment, --loss
-hinge, --sn, --lr-g/--lr-d, --r1 and --ema-bn-recompute change the step or D
+hinge, --sn, --lr-g/--lr-d, --r1, --ada and --ema-bn-recompute change the step or D
 (see build_parser and README "Better faces"); --recipe best sets the
 combination measured best on the quality benchmark (RECIPES: DiffAugment,
 EMA with BatchNorm statistics recomputed). A run folder (``--out``) holds
@@ -58,7 +58,7 @@ ARCH_KEYS = ("size", "nz", "ngf", "ndf", "nc", "sn")  # --sn changes D's layers 
 # What Trainer uses when a config leaves a key out: today's classic recipe.
 TRAINER_DEFAULTS = {"lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "ema": 0.0, "lr_g": None, "lr_d": None,
                     "loss": "bce", "sn": False, "augment": "none", "r1": 0.0, "r1_every": 16,
-                    "ema_bn_recompute": False}
+                    "ema_bn_recompute": False, "ada": 0.0, "ada_kimg": 10.0}
 
 # --recipe NAME sets these keys unless the same option is typed on the command
 # line. "classic" is today's DCGAN (it changes nothing). "best" is the one that
@@ -105,6 +105,7 @@ class Trainer:
         if self.config["loss"] not in losses.LOSSES:
             raise UserError(f"unknown --loss {self.config['loss']!r} (use {' or '.join(losses.LOSSES)})")
         self.augment_policy = augment.parse_policy(self.config["augment"])
+        ada_target = float(self.config["ada"] or 0.0)
         self.loss = self.config["loss"]
         self.r1_gamma, self.r1_every = float(self.config["r1"] or 0.0), int(self.config["r1_every"])
         self.steps = 0  # steps taken (for the lazy R1 schedule); saved in state_dict
@@ -131,6 +132,9 @@ class Trainer:
             self._make_ema()
 
         self._sampling_ema = None  # (ema_updates, BN-recomputed copy of netG_ema)
+        # --ada: the augmentation probability follows D's overfitting (None: every image augmented)
+        self.ada = (augment.AdaptiveAugment(ada_target, float(self.config["ada_kimg"]), device, world_size=world_size)
+                    if ada_target > 0 and self.augment_policy else None)
 
         self.G, self.D = self.netG, self.netD
         if world_size > 1:
@@ -197,8 +201,13 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
-        """--augment: DiffAugment on every batch D sees (reals and fakes alike)."""
-        return augment.diff_augment(images, self.config["augment"]) if self.augment_policy else images
+        """--augment: DiffAugment on every batch D sees (reals and fakes alike);
+        with --ada each op on each image with the adaptive probability p."""
+        if not self.augment_policy:
+            return images
+        if self.ada is None:
+            return augment.diff_augment(images, self.config["augment"])
+        return augment.diff_augment(images, self.config["augment"], self.ada.p)
 
     def _unreduced(self, module):
         """DDP's no_sync for ``module`` (gradients stay local), else nothing."""
@@ -247,6 +256,8 @@ class Trainer:
         self.optG.step()
         if self.netG_ema is not None:
             self.update_ema()
+        if self.ada is not None:  # after the step, so all of its D and G calls used one p
+            self.ada.observe(out_real.detach())
         self.steps += 1
 
         # sigmoid(logit) is the classic D(x); for hinge it is a monitor of the same logits
@@ -256,6 +267,7 @@ class Trainer:
             "D_x": torch.sigmoid(out_real.detach()).mean(),
             "D_G_z1": torch.sigmoid(out_fake.detach()).mean(),
             "D_G_z2": torch.sigmoid(out_gen.detach()).mean(),
+            **({} if self.ada is None else {"aug_p": self.ada.p}),
         }
 
     # -- state ---------------------------------------------------------------- #
@@ -270,6 +282,7 @@ class Trainer:
             "ema": None if self.netG_ema is None else self.netG_ema.state_dict(),
             "ema_updates": self.ema_updates,
             "steps": self.steps,
+            "ada": None if self.ada is None else self.ada.state_dict(),
         }
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
@@ -283,6 +296,8 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"], group["betas"] = lr, (self.config["beta1"], self.config["beta2"])
             self.steps = int(state.get("steps", 0))
+            if self.ada is not None and state.get("ada") is not None:  # else (--ada typed on --resume) p starts at 0
+                self.ada.load_state_dict(state["ada"])
             self._sampling_ema = None
             match_param_layout(self.optG)
             match_param_layout(self.optD)
@@ -384,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="R1 penalty GAMMA/2 * E||grad D(x)||^2 on reals (e.g. 0.1-10; 0 = off)")
     g.add_argument("--r1-every", type=int, default=16, metavar="K",
                    help="lazy R1: apply it every K steps, scaled by K (StyleGAN2's 16: ~1/16 of its cost)")
+    g.add_argument("--ada", type=float, default=0.0, metavar="TARGET",
+                   help="with --augment: adaptive augmentation (ADA, Karras et al. 2020): each op on each image with "
+                        "probability p, p starts at 0 and moves to keep E[sign D(real)] at TARGET (their 0.6); 0 = off, "
+                        "every image augmented")
+    g.add_argument("--ada-kimg", type=float, default=10.0, metavar="KIMG",
+                   help="with --ada: thousands of images for p to go from 0 to 1 at the fastest")
     g.add_argument("--ema-bn-recompute", action=argparse.BooleanOptionalAction, default=False,
                    help="with --ema: re-estimate the EMA generator's BatchNorm statistics (512 fresh latents) "
                         "before each sample grid, FID and export; training is unchanged")
@@ -416,6 +437,8 @@ def validate_args(args) -> None:
          f"--lr-g/--lr-d must be positive numbers, got {args.lr_g}, {args.lr_d}"),
         (args.r1 >= 0 and math.isfinite(args.r1), f"--r1 must be >= 0 (0 = off), got {args.r1}"),
         (args.r1_every >= 1, f"--r1-every must be at least 1, got {args.r1_every}"),
+        (0 <= args.ada < 1, f"--ada must be in [0, 1) (e.g. 0.6; 0 = off), got {args.ada}"),
+        (args.ada_kimg > 0 and math.isfinite(args.ada_kimg), f"--ada-kimg must be a positive number, got {args.ada_kimg}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -540,7 +563,7 @@ def resolve_config(args, given: set[str], checkpoint: dict | None, ckpt_path: Pa
         "deterministic": args.deterministic,
         "recipe": args.recipe, "loss": args.loss, "sn": args.sn, "augment": args.augment,
         "r1": args.r1, "r1_every": args.r1_every, "lr_g": args.lr_g, "lr_d": args.lr_d,
-        "ema_bn_recompute": args.ema_bn_recompute,
+        "ema_bn_recompute": args.ema_bn_recompute, "ada": args.ada, "ada_kimg": args.ada_kimg,
     }
     given = set(given)
     if checkpoint is None or "recipe" in given:
@@ -606,6 +629,8 @@ def plot_losses(history: list[dict], path: Path) -> None:
     ax2.plot(steps, [r["D_x"] for r in rows], label="D(x)")
     ax2.plot(steps, [r["D_G_z1"] for r in rows], label="D(G(z)) before D step")
     ax2.plot(steps, [r["D_G_z2"] for r in rows], label="D(G(z)) after D step")
+    if all("aug_p" in r for r in rows):  # --ada
+        ax2.plot(steps, [r["aug_p"] for r in rows], "k--", label="augmentation p (--ada)")
     ax2.set_ylim(0, 1)
     ax2.set_xlabel("step")
     ax2.legend()
@@ -670,14 +695,14 @@ class Metrics:
     anyway (save, samples, FID) read at once, and a save always reads first:
     the NaN check comes before every save."""
 
-    def __init__(self, device: torch.device, world_size: int):
-        self.device, self.world_size = device, world_size
-        self.sums = torch.zeros(len(METRIC_KEYS), device=device)
+    def __init__(self, device: torch.device, world_size: int, keys: tuple[str, ...] = METRIC_KEYS):
+        self.device, self.world_size, self.keys = device, world_size, keys
+        self.sums = torch.zeros(len(keys), device=device)
         self.steps = 0
         self.pending: list[tuple[dict, float, torch.Tensor, object]] = []  # (step/epoch, img/s, host means, event)
 
     def add(self, out: dict) -> None:
-        self.sums += torch.stack([out[k] for k in METRIC_KEYS]).float()
+        self.sums += torch.stack([out[k] for k in self.keys]).float()
         self.steps += 1
 
     def close(self, head: dict, img_per_s: float) -> None:
@@ -705,7 +730,7 @@ class Metrics:
         for head, img_per_s, host, event in self.pending:
             if event is not None:
                 event.synchronize()
-            rows.append({**head, **dict(zip(METRIC_KEYS, host.tolist())), "img_per_s": img_per_s})
+            rows.append({**head, **dict(zip(self.keys, host.tolist())), "img_per_s": img_per_s})
         self.pending.clear()
         return rows
 
@@ -742,6 +767,8 @@ def prepare(args, given, rank: int, world_size: int) -> types.SimpleNamespace:
             raise UserError(f"--resume: no {CHECKPOINT_NAME} in {out} (run without --resume to start it)")
         checkpoint = load_checkpoint(ckpt_path)
     config = resolve_config(args, given, checkpoint, ckpt_path)
+    if config["ada"] and not augment.parse_policy(config["augment"]):
+        raise UserError(f"--ada {config['ada']} adapts the augmentation's strength: it needs --augment (or --recipe best)")
     data_path = Path(config["data"])
     if not data_path.is_file():
         raise UserError(f"data file not found: {data_path} (make it with: python preprocess.py --sizes {config['size']})")
@@ -861,7 +888,7 @@ class Run:
                                               channels_last=trainer.channels_last, rank=rank, world_size=world_size)
         self.per_epoch = len(self.feeder)
         self.total, self.length_note = total_steps(config, self.per_epoch)
-        self.metrics = Metrics(device, world_size)
+        self.metrics = Metrics(device, world_size, METRIC_KEYS + (() if trainer.ada is None else ("aug_p",)))
         self.history: list[dict] = []
         self.postfix: dict = {}
         self.t_last, self.step_last = time.perf_counter(), self.step
@@ -929,6 +956,8 @@ class Run:
                 f"or --resume from that checkpoint"
             )
         self.postfix.update(D=f"{values[0]:.3f}", G=f"{values[1]:.3f}", img_s=f"{row['img_per_s']:.0f}")
+        if "aug_p" in row:
+            self.postfix["p"] = f"{row['aug_p']:.2f}"
         self.append(row)
 
     def append(self, row: dict) -> None:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8", "--device", "cpu"]
 TINY_CONFIG = {"ngf": 8, "ndf": 8, "nz": 16}
 ALL_OPTIONS = ["--augment", "--loss", "hinge", "--sn", "--lr-g", "1e-4", "--lr-d", "4e-4", "--r1", "1.0",
-               "--r1-every", "3", "--ema", "0.9", "--ema-bn-recompute"]
+               "--r1-every", "3", "--ema", "0.9", "--ema-bn-recompute", "--ada", "0.05", "--ada-kimg", "0.05"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -182,6 +182,58 @@ def test_translation_shifts_with_zero_fill_and_cutout_zeroes_one_square():
         assert torch.equal(cut[i][:, ~zero], x[i][:, ~zero])
 
 
+def test_augment_with_probability_p_augments_that_share_and_leaves_the_rest_untouched():
+    x = images(64, 16) + 3  # no zeros in the input: cutout's zeros mark an augmented image
+    torch.manual_seed(0)
+    assert torch.equal(augment.diff_augment(x, "cutout", torch.tensor(0.0)), x)
+    assert all((img == 0).any() for img in augment.diff_augment(x, "cutout", torch.tensor(1.0)))
+    cut = augment.diff_augment(x, "cutout", torch.tensor(0.5))
+    augmented = torch.tensor([bool((img == 0).any()) for img in cut])
+    assert 16 <= augmented.sum() <= 48  # Binomial(64, 0.5): outside this range with p < 1e-4
+    assert torch.equal(cut[~augmented], x[~augmented])
+    half = torch.tensor(0.5, dtype=torch.float64)
+
+    def seeded(t):
+        torch.manual_seed(3)
+        return augment.diff_augment(t, augment.DEFAULT_POLICY, half)
+
+    assert torch.autograd.gradcheck(seeded, (images(4, 16).double().requires_grad_(True),), eps=1e-6, atol=1e-5)
+
+
+def test_ada_moves_p_by_the_sign_of_d_on_reals_every_interval_and_resumes_exactly():
+    ada = augment.AdaptiveAugment(target=0.6, kimg=0.1, device="cpu", interval=4)  # 100 images: 0 -> 1
+    sure, unsure = torch.full((10,), 3.0), torch.tensor([2.0, -1.0, -0.5, 1.0])  # r = 1 and r = 0
+    for expected in (0.0, 0.0, 0.0, 0.4):  # p moves once per 4 steps, by the images seen / 100
+        ada.observe(sure)
+        assert ada.p.item() == pytest.approx(expected)
+    for _ in range(8):
+        ada.observe(sure)
+    assert ada.p.item() == 1.0  # clamped
+    for _ in range(4):
+        ada.observe(unsure)  # D unsure of the reals: less augmentation
+    assert ada.p.item() == pytest.approx(1.0 - 16 / 100)
+    ada.observe(sure)
+    copy_ = augment.AdaptiveAugment(target=0.6, kimg=0.1, device="cpu", interval=4)
+    copy_.load_state_dict(ada.state_dict())  # mid-interval: one of four observed
+    for a in (ada, copy_):
+        for _ in range(3):
+            a.observe(unsure)
+    assert ada.p.item() == copy_.p.item() == pytest.approx(0.84 - 22 / 100)
+
+
+def test_trainer_with_ada_reports_p_and_augments_once_d_is_sure_of_the_reals(monkeypatch):
+    seen = []
+    original = augment.diff_augment
+    monkeypatch.setattr(augment, "diff_augment", lambda x, policy, p=None: seen.append(p) or original(x, policy, p))
+    torch.manual_seed(0)
+    trainer = train.Trainer({**TINY_CONFIG, "augment": "translation", "ada": 0.6, "ada_kimg": 0.016}, "cpu")
+    monkeypatch.setattr(trainer, "D", lambda x: torch.full((x.shape[0], 1), 5.0, requires_grad=True))  # D sure
+    ps = [trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)["aug_p"].item() for _ in range(8)]
+    assert ps == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # 4 steps of 8 images, 16 move p from 0 to 1
+    assert len(seen) == 24 and [p.item() for p in seen[:12]] == [0.0] * 12 and seen[12].item() == 1.0
+    assert train.Trainer({**TINY_CONFIG, "ada": 0.6}, "cpu").ada is None  # no --augment: nothing to adapt
+
+
 def test_augment_is_applied_to_every_batch_d_sees_real_and_fake(monkeypatch):
     calls, seen = [], []
     original = augment.diff_augment
@@ -324,7 +376,7 @@ def test_recompute_bn_stats_averages_batch_stats_and_touches_no_rng_nor_training
 def test_every_option_round_trips_and_resumes_bit_identically(tmp_path):
     """8 steps in one go == 4 steps, then --resume to 8 with no option typed
     again; R1 runs on steps 0, 3, 6 (across the resume), SN's power-iteration
-    vectors, the EMA and the augmentation's RNG draws all continue exactly,
+    vectors, the EMA, ADA's p and the augmentation's RNG draws all continue exactly,
     and BN recompute at the extra save (step 4) changes nothing."""
     data = make_data(tmp_path)
     assert train.main(argv(tmp_path, data, *ALL_OPTIONS, "--max-steps", "8", out="a", params="a.params")) == 0
@@ -332,7 +384,8 @@ def test_every_option_round_trips_and_resumes_bit_identically(tmp_path):
     assert train.main(["--resume", "--out", str(tmp_path / "b"), "--params", str(tmp_path / "b.params"),
                        "--max-steps", "8", "--device", "cpu"]) == 0
     expected = {"augment": augment.DEFAULT_POLICY, "loss": "hinge", "sn": True, "lr_g": 1e-4, "lr_d": 4e-4,
-                "r1": 1.0, "r1_every": 3, "ema": 0.9, "ema_bn_recompute": True, "recipe": "classic"}
+                "r1": 1.0, "r1_every": 3, "ema": 0.9, "ema_bn_recompute": True, "recipe": "classic",
+                "ada": 0.05, "ada_kimg": 0.05}
     a, b = utils.torch_load(tmp_path / "a.params"), utils.torch_load(tmp_path / "b.params")
     ca, cb = utils.torch_load(tmp_path / "a/checkpoint.pt"), utils.torch_load(tmp_path / "b/checkpoint.pt")
     for config in (json.loads((tmp_path / "b/config.json").read_text()), cb["config"], b["config"]):
@@ -340,6 +393,7 @@ def test_every_option_round_trips_and_resumes_bit_identically(tmp_path):
     assert tensors_equal(a["generator"], b["generator"]) and tensors_equal(a["generator_ema"], b["generator_ema"])
     assert tensors_equal(ca["trainer"]["netD"], cb["trainer"]["netD"])
     assert tensors_equal(ca["trainer"]["ema"], cb["trainer"]["ema"]) and cb["trainer"]["steps"] == 8
+    assert ca["trainer"]["ada"] == cb["trainer"]["ada"] and cb["trainer"]["ada"]["p"] > 0  # ADA's p moved, and resumed
     assert any("parametrizations.weight.original" in k for k in cb["trainer"]["netD"])
     assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
     # the export holds the BN-recomputed EMA; the checkpoint the training EMA
@@ -383,6 +437,12 @@ def test_recipe_best_sets_its_options_and_typed_flags_win(tmp_path):
     assert (tmp_path / "run/samples/step_000002_ema.png").is_file()
     with pytest.raises(utils.UserError, match="--r1 must be >= 0"):
         train.main(argv(tmp_path, data, "--r1", "-1"))
+    with pytest.raises(utils.UserError, match="--ada must be in"):
+        train.main(argv(tmp_path, data, "--augment", "--ada", "1.5"))
+    with pytest.raises(utils.UserError, match="--ada 0.6 adapts the augmentation's strength: it needs --augment"):
+        train.main(argv(tmp_path, data, "--ada", "0.6", out="no-augment"))
+    assert not (tmp_path / "no-augment").exists()
+    assert train.main(argv(tmp_path, data, "--recipe", "best", "--ada", "0.6", "--max-steps", "1", out="ada")) == 0
     with pytest.raises(SystemExit):
         train.build_parser().parse_args(["--loss", "wasserstein"])
 
@@ -393,9 +453,9 @@ def test_recipe_best_sets_its_options_and_typed_flags_win(tmp_path):
 def test_every_option_runs_under_bf16_autocast():
     torch.manual_seed(0)
     config = {**TINY_CONFIG, "augment": augment.DEFAULT_POLICY, "loss": "hinge", "sn": True, "r1": 1.0,
-              "r1_every": 1, "ema": 0.9, "ema_bn_recompute": True}
+              "r1_every": 1, "ema": 0.9, "ema_bn_recompute": True, "ada": 0.05, "ada_kimg": 0.01}
     trainer = train.Trainer(config, "cpu", precision="bf16")
-    for _ in range(2):
+    for _ in range(5):
         out = trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
     assert all(torch.isfinite(v) for v in out.values())
     assert all(p.dtype == torch.float32 for p in trainer.netD.parameters())
@@ -409,12 +469,12 @@ DDP_SCRIPT = textwrap.dedent("""
     device, rank, world, _, _ = train.setup_distributed("cpu")
     torch.manual_seed(0)  # same init on both ranks (DDP would broadcast rank 0's anyway)
     config = {"ngf": 8, "ndf": 8, "nz": 16, "augment": "color,translation,cutout", "loss": "hinge", "sn": True,
-              "r1": 10.0, "r1_every": 1, "lr_g": 1e-4, "lr_d": 4e-4}
+              "r1": 10.0, "r1_every": 1, "lr_g": 1e-4, "lr_d": 4e-4, "ada": 0.05, "ada_kimg": 0.01}
     trainer = train.Trainer(config, device, world_size=world, rank=rank)
     torch.manual_seed(100 + rank)  # each rank its own reals, noise and augmentation
-    for _ in range(3):
+    for _ in range(5):  # ADA's p moves after step 4, from both ranks' D outputs
         trainer.step(torch.rand(4, 3, 64, 64) * 2 - 1)
-    params = torch.cat([p.detach().flatten() for p in trainer.netD.parameters()]
+    params = torch.cat([trainer.ada.p.view(1)] + [p.detach().flatten() for p in trainer.netD.parameters()]
                        + [p.detach().flatten() for p in trainer.netG.parameters()])
     gathered = [torch.zeros_like(params) for _ in range(world)]
     dist.all_gather(gathered, params)
