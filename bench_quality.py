@@ -137,7 +137,8 @@ def data_tag(args) -> str:
 
 
 def run_dir(args, variant: str) -> Path:
-    return args.out / f"{data_tag(args)}{args.size}-{variant}-g{args.ngf}d{args.ndf}b{args.batch_size}"
+    seed = f"-s{args.seed}" if args.seed else ""  # seed 0 keeps the folder names of the rows already quoted
+    return args.out / f"{data_tag(args)}{args.size}-{variant}-g{args.ngf}d{args.ndf}b{args.batch_size}{seed}"
 
 
 def train_to(args, variant: str, train_npy: Path, step: int) -> Path:
@@ -253,18 +254,19 @@ def run_variants(args) -> None:
         utils.append_jsonl(floor, results)
         print(f"real training faces vs held-out (the floor at this n): FID {floor['fid']:.2f}  KID {floor['kid']:.4f}")
     done = {(r["data"], r["variant"], r["size"], r["ngf"], r["ndf"], r["batch_size"], r["step"], r["weights"],
-             r["fid_n"]) for r in read_rows(results)}
+             r["fid_n"], r.get("seed", 0)) for r in read_rows(results)}
     for variant in args.variants:
         for step in range(args.eval_every, args.steps + 1, args.eval_every):
             params = train_to(args, variant, train_npy, step)
             for weights in args.weights:
-                key = (data_tag(args), variant, args.size, args.ngf, args.ndf, args.batch_size, step, weights, args.fid_n)
+                key = (data_tag(args), variant, args.size, args.ngf, args.ndf, args.batch_size, step, weights,
+                       args.fid_n, args.seed)
                 if key in done:
                     continue
                 row = score(params, weights, references, model, args.fid_n, device)
                 row.update(variant=variant, data=data_tag(args), size=args.size, ngf=args.ngf, ndf=args.ndf,
                            batch_size=args.batch_size, step=step, images_seen=step * args.batch_size,
-                           fid_n=args.fid_n, real_n=real["n"], inception=model.weights_label,
+                           fid_n=args.fid_n, real_n=real["n"], inception=model.weights_label, seed=args.seed,
                            params=str(params), device=str(device))
                 utils.append_jsonl(row, results)
                 print(f"{variant:8s} {args.size} px step {step:6d} {weights}: FID {row['fid']:.2f}  "
@@ -322,6 +324,26 @@ def options_table(rows: list[dict], net: tuple[int, int, int]) -> str:
             cells.append("-" if value is None else f"{value:.1f}{ratio}")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(variants) > 1 else ""
+
+
+def seeds_table(rows: list[dict]) -> str:
+    """Where a variant was trained with more than one --seed: its held-out FID
+    per seed at each step, their mean and spread (max - min) / mean: how far
+    one run's number can be trusted."""
+    runs: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if r["variant"] != "real faces":
+            key = (r["variant"], r["ngf"], r["ndf"], r["batch_size"], r["weights"], r["step"])
+            runs.setdefault(key, {})[r.get("seed", 0)] = r["fid"]
+    lines = ["| variant | nets (ngf/ndf, batch) | weights | step | FID per seed | mean | spread |",
+             "|---|---|---|---|---|---|---|"]
+    for (variant, ngf, ndf, batch, weights, step), fids in sorted(runs.items()):
+        if len(fids) > 1:
+            mean = sum(fids.values()) / len(fids)
+            per_seed = ", ".join(f"{fid:.1f} (seed {seed})" for seed, fid in sorted(fids.items()))
+            lines.append(f"| {variant} | {ngf}/{ndf}, {batch} | {weights} | {step} | {per_seed} | {mean:.1f} | "
+                         f"{(max(fids.values()) - min(fids.values())) / mean:.0%} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
@@ -384,10 +406,13 @@ def sample_beside_real(params: Path, heldout_npy: Path, path: Path, n: int = 32)
 
 def report(args) -> None:
     name = data_tag(args)
-    rows = [r for r in read_rows(results_path(args)) if r["size"] == args.size and r["data"] == name]
-    if not rows:
+    every_seed = [r for r in read_rows(results_path(args)) if r["size"] == args.size and r["data"] == name]
+    if not every_seed:
         raise UserError(f"no {name} {args.size} px rows in {results_path(args)} yet")
+    rows = [r for r in every_seed if r.get("seed", 0) == 0]  # tables, curves and grids: one run (seed 0) a variant
     print(table(rows))
+    if text := seeds_table(every_seed):
+        print(f"\nHeld-out FID of the variants trained with more than one seed:\n{text}")
     for net in sorted({(r["ngf"], r["ndf"], r["batch_size"]) for r in rows if r["variant"] == "best"}):
         if text := comparison(rows, net):
             print(f"\nFID (KID) of best against classic, ngf {net[0]} / ndf {net[1]}, batch {net[2]}:\n{text}")

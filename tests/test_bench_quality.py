@@ -72,6 +72,21 @@ def test_report_draws_the_curve_and_the_grids_beside_real_faces_and_classic_besi
     assert "| t | 64 | classic | 4/4, 4 | 2 | 8 | ema | 300.0 |" in rows
 
 
+def test_a_second_seed_trains_its_own_run_and_the_report_shows_the_spread_not_a_mix(tmp_path, capsys):
+    args = bench_quality.build_parser().parse_args(["--out", str(tmp_path), "--ngf", "4", "--ndf", "4", "--seed", "1"])
+    assert bench_quality.run_dir(args, "best").name == "celeba64-best-g4d4b128-s1"  # seed 0: no suffix
+    results = tmp_path / "rows.jsonl"
+    for seed, fid in ((0, 100.0), (1, 140.0), (2, 120.0)):
+        utils.append_jsonl({"variant": "best", "data": "celeba", "size": 64, "ngf": 4, "ndf": 4, "batch_size": 4,
+                            "step": 2, "images_seen": 8, "weights": "ema", "fid": fid, "kid": 0.1, "kid_std": 0.01,
+                            "fid_n": 10, "real_n": 4, "params": "absent.params", **({"seed": seed} if seed else {})},
+                           results)
+    assert bench_quality.main(["--report", "--results", str(results), "--assets", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| best | 4/4, 4 | ema | 2 | 100.0 (seed 0), 140.0 (seed 1), 120.0 (seed 2) | 120.0 | 33% |" in printed
+    assert "| celeba | 64 | best | 4/4, 4 | 2 | 8 | ema | 100.0 |" in printed and "| 140.0 |" not in printed
+
+
 def test_stride_split_gives_every_class_folder_its_share_of_the_held_out_part_and_selection_set():
     mask = bench_quality.heldout_mask(4317, 800, "stride")  # the flowers: 5 class folders in name order
     assert mask.sum() == 800
