@@ -44,19 +44,28 @@ from utils import UserError
 
 CELEBA_SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "data" / "celeba_sample" / "img_align_celeba"
 # train.py flags for each variant; `best` is train.py's --recipe best.
+# best as chosen on 2026-11-23 (DiffAugment color,translation,cutout at lr 2e-4, EMA 0.999, BatchNorm
+# recomputed): its rows are quoted as best-v1; the one-change screen around it chose today's best
+# (BENCHMARKS.md "Issue 12"). A later flag wins, so each screen entry is BEST_V1 plus its change.
+BEST_V1 = ["--recipe", "best", "--augment", "color,translation,cutout", "--lr", "2e-4"]
 VARIANTS = {
     "classic": [],
-    "augment": ["--augment"],
+    "augment": ["--augment", "color,translation,cutout"],
     "hinge": ["--loss", "hinge"],
     "sn": ["--sn"],
     "ttur": ["--lr-d", "4e-4", "--lr-g", "1e-4"],
     "r1": ["--r1", "0.1"],
-    # candidates for best, built from the options that won alone (chosen on the selection set)
-    "augment+r1": ["--augment", "--r1", "0.1"],
-    "augment+r1+hinge": ["--augment", "--r1", "0.1", "--loss", "hinge"],
-    "best": ["--recipe", "best"],
-    # best with ADA's adaptive augmentation probability instead of augmenting every image
-    "best+ada": ["--recipe", "best", "--ada", "0.6"],
+    # candidates for best-v1, built from the options that won alone (chosen on the selection set)
+    "augment+r1": ["--augment", "color,translation,cutout", "--r1", "0.1"],
+    "augment+r1+hinge": ["--augment", "color,translation,cutout", "--r1", "0.1", "--loss", "hinge"],
+    "best": ["--recipe", "best"],  # = BEST_V1 + ["--augment", "color,translation"], the second screen's choice
+    "best-v1": BEST_V1,
+    "best-v1+ada": BEST_V1 + ["--ada", "0.6"],  # ADA's adaptive probability instead of augmenting every image
+    "best-v1+lrg4e-4": BEST_V1 + ["--lr-g", "4e-4"],
+    "best-v1+lr4e-4": BEST_V1 + ["--lr-g", "4e-4", "--lr-d", "4e-4"],
+    "best-v1-color": BEST_V1 + ["--augment", "translation,cutout"],
+    "best-v1-cutout+lrg4e-4": BEST_V1 + ["--augment", "color,translation", "--lr-g", "4e-4"],
+    "best-v1-cutout+lr4e-4": BEST_V1 + ["--augment", "color,translation", "--lr-g", "4e-4", "--lr-d", "4e-4"],
 }
 
 

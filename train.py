@@ -12,8 +12,8 @@ with label 1 (the non-saturating loss). D returns logits; the loss is
 BCEWithLogits. Beyond that classic recipe (the default), --augment, --loss
 hinge, --sn, --lr-g/--lr-d, --r1, --ada and --ema-bn-recompute change the step or D
 (see build_parser and README "Better faces"); --recipe best sets the
-combination measured best on the quality benchmark (RECIPES: DiffAugment,
-EMA with BatchNorm statistics recomputed). A run folder (``--out``) holds
+combination measured best on the quality benchmark (RECIPES: DiffAugment
+color,translation, EMA with BatchNorm statistics recomputed). A run folder (``--out``) holds
 config.json, checkpoint.pt (full resume state), metrics.jsonl, loss.png,
 reals.png and samples/step_NNNNNN.png; ``--params`` (default generator.params)
 is the small export generator.py and evaluate.py read.
@@ -65,9 +65,12 @@ TRAINER_DEFAULTS = {"lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "ema": 0.0, "lr_g"
 # measured best on bench_quality.py's selection set (training faces; README
 # "Better faces", BENCHMARKS.md "Issue 12"): of each option alone and two
 # combinations, DiffAugment alone won at 2,000 steps; TTUR and --sn alone were
-# worse than classic, and adding R1 or hinge to DiffAugment made it worse.
-# EMA with recomputed BatchNorm statistics scored 2-4 % better than the plain EMA.
-# Adaptive augmentation (--ada 0.6) lost to augmenting every image at both sizes.
+# worse than classic, adding R1 or hinge to DiffAugment made it worse, and
+# adaptive augmentation (--ada 0.6) lost to augmenting every image. A second
+# screen around that winner (2026-12-02) dropped cutout from the policy
+# (DEFAULT_POLICY); doubling the learning rates too did better at 64 px but
+# failed the 128 px check. EMA with recomputed BatchNorm statistics scored
+# 2-4 % better than the plain EMA.
 RECIPES = {
     "classic": {"loss": "bce", "sn": False, "augment": "none", "r1": 0.0, "lr_g": None, "lr_d": None,
                 "ema": 0.0, "ema_bn_recompute": False},
@@ -387,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{k} {v}" for k, v in RECIPES["best"].items() if v != RECIPES["classic"][k]))
     g.add_argument("--augment", nargs="?", const=augment.DEFAULT_POLICY, default="none", metavar="POLICY",
                    help=f"DiffAugment every image D sees, real and fake; bare --augment = {augment.DEFAULT_POLICY} "
-                        f"(Zhao et al.'s choice for small data sets), or a comma list of "
+                        f"(measured best on the CelebA sample; Zhao et al. add cutout for tiny sets), or a comma list of "
                         f"{', '.join(augment.OPS)}; none = off")
     g.add_argument("--loss", default="bce", choices=losses.LOSSES,
                    help="bce = classic non-saturating; hinge = SNGAN/BigGAN's relu(1 -+ D) for D, -D(G(z)) for G")

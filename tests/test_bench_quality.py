@@ -143,3 +143,24 @@ def test_report_from_a_committed_rows_file_draws_table_and_curve_and_skips_absen
     assert "| classic | 340.0 | 300.0 |\n| best | - | 150.0 (0.50x) |" in printed
     assert "sample grids skipped: 1 snapshot(s) not here" in printed
     assert (assets / "quality_t_128.png").is_file() and not (tmp_path / "out").exists()
+
+
+def test_every_variant_is_a_valid_train_command_and_best_v1_still_trains_the_old_best():
+    import train
+
+    def config(flags):
+        args = train.build_parser().parse_args(flags)
+        train.validate_args(args)
+        return train.resolve_config(args, train.explicit_args(flags), None, None)
+
+    configs = {name: config(flags) for name, flags in bench_quality.VARIANTS.items()}  # a typo fails here, not hours in
+    assert configs["best"] == config(["--recipe", "best"])
+    old_best = configs["best-v1"]  # the rows quoted as best-v1 (2026-11-23): cutout in the policy, lr 2e-4
+    assert (old_best["augment"], old_best["lr_g"], old_best["lr_d"], old_best["ema"]) == \
+        ("color,translation,cutout", 2e-4, 2e-4, 0.999)
+    for name, cfg in configs.items():  # each screen entry differs from best-v1 by what its name says
+        if name.startswith("best-v1") and name != "best-v1":
+            changed = {k for k in cfg if cfg[k] != old_best[k]}
+            assert changed and changed <= {"augment", "lr_g", "lr_d", "ada"}, (name, changed)
+    assert {k for k in configs["best"] if configs["best"][k] != old_best[k]} == {"augment"}  # best = v1 less cutout
+    assert configs["best"]["augment"] == "color,translation"
