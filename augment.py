@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from utils import UserError
 
-DEFAULT_POLICY = "color,translation"  # measured best here; Zhao et al.'s small-data policy adds cutout
+DEFAULT_POLICY = "color,translation"  # measured best here (BENCHMARKS.md, issue 12)
+ZHAO_POLICY = "color,translation,cutout"  # Zhao et al.'s policy for small data sets; best-v1's
 
 
 def _rand(x: torch.Tensor, *shape: int) -> torch.Tensor:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import augment
 import utils
 from utils import UserError
 
@@ -47,17 +48,17 @@ CELEBA_SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "data" / "ce
 # best as chosen on 2026-11-23 (DiffAugment color,translation,cutout at lr 2e-4, EMA 0.999, BatchNorm
 # recomputed): its rows are quoted as best-v1; the one-change screen around it chose today's best
 # (BENCHMARKS.md "Issue 12"). A later flag wins, so each screen entry is BEST_V1 plus its change.
-BEST_V1 = ["--recipe", "best", "--augment", "color,translation,cutout", "--lr", "2e-4"]
+BEST_V1 = ["--recipe", "best", "--augment", augment.ZHAO_POLICY, "--lr", "2e-4"]
 VARIANTS = {
     "classic": [],
-    "augment": ["--augment", "color,translation,cutout"],
+    "augment": ["--augment", augment.ZHAO_POLICY],
     "hinge": ["--loss", "hinge"],
     "sn": ["--sn"],
     "ttur": ["--lr-d", "4e-4", "--lr-g", "1e-4"],
     "r1": ["--r1", "0.1"],
     # candidates for best-v1, built from the options that won alone (chosen on the selection set)
-    "augment+r1": ["--augment", "color,translation,cutout", "--r1", "0.1"],
-    "augment+r1+hinge": ["--augment", "color,translation,cutout", "--r1", "0.1", "--loss", "hinge"],
+    "augment+r1": ["--augment", augment.ZHAO_POLICY, "--r1", "0.1"],
+    "augment+r1+hinge": ["--augment", augment.ZHAO_POLICY, "--r1", "0.1", "--loss", "hinge"],
     "best": ["--recipe", "best"],  # = BEST_V1 + ["--augment", "color,translation"], the second screen's choice
     "best-v1": BEST_V1,
     "best-v1+ada": BEST_V1 + ["--ada", "0.6"],  # ADA's adaptive probability instead of augmenting every image
