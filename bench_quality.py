@@ -364,7 +364,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     floor = [r for r in rows if r["variant"] == "real faces"]
     rows = [r for r in rows if r["variant"] != "real faces"]
     nets = sorted({(r["ngf"], r["ndf"], r["batch_size"]) for r in rows}, reverse=True)
-    fig = Figure(figsize=(10, 3.6 * len(nets)))
+    fig = Figure(figsize=(13, 3.6 * len(nets)))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(nets), 2, squeeze=False)
     for (ax_fid, ax_kid), net in zip(axes, nets):
@@ -373,8 +373,10 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
             points = sorted((r["images_seen"], r["fid"], r["kid"]) for r in mine if (r["variant"], r["weights"]) == curve)
             seen, fid, kid = zip(*points)
             style = {"ema": "-", "raw": "--"}.get(curve[1], ":")
+            main = curve[0] in ("classic", "best")  # the comparison the README makes: drawn bold
             for ax, values in ((ax_fid, fid), (ax_kid, kid)):
-                ax.plot(seen, values, style, marker="o", markersize=3, label=f"{curve[0]} {curve[1]}")
+                ax.plot(seen, values, style, marker="o", markersize=4 if main else 3, linewidth=2.5 if main else 1,
+                        label=f"{curve[0]} {curve[1]}")
         for ax, key in ((ax_fid, "fid"), (ax_kid, "kid")):
             for r in floor:
                 ax.axhline(r[key], color="grey", linestyle=":", label=f"real faces (n={r['fid_n']})")
@@ -383,7 +385,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
         ax_fid.set(xlabel="images seen", ylabel=f"FID (n={mine[0]['fid_n']} vs {mine[0]['real_n']} held out)",
                    title=f"ngf {net[0]} / ndf {net[1]}, batch {net[2]}")
         ax_kid.set(xlabel="images seen", ylabel="KID")
-        ax_fid.legend(fontsize=7, ncol=2)
+        ax_kid.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside: no line hidden
     fig.suptitle(title)
     fig.tight_layout()
     with utils.atomic_path(path, suffix=".tmp.png") as tmp:
