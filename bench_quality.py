@@ -373,9 +373,9 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
             points = sorted((r["images_seen"], r["fid"], r["kid"]) for r in mine if (r["variant"], r["weights"]) == curve)
             seen, fid, kid = zip(*points)
             style = {"ema": "-", "raw": "--"}.get(curve[1], ":")
-            main = curve[0] in ("classic", "best")  # the comparison the README makes: drawn bold
+            bold = curve[0] in ("classic", "best")  # the comparison the README makes
             for ax, values in ((ax_fid, fid), (ax_kid, kid)):
-                ax.plot(seen, values, style, marker="o", markersize=4 if main else 3, linewidth=2.5 if main else 1,
+                ax.plot(seen, values, style, marker="o", markersize=4 if bold else 3, linewidth=2.5 if bold else 1,
                         label=f"{curve[0]} {curve[1]}")
         for ax, key in ((ax_fid, "fid"), (ax_kid, "kid")):
             for r in floor:
