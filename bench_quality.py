@@ -67,6 +67,9 @@ VARIANTS = {
     "best-v1-color": BEST_V1 + ["--augment", "translation,cutout"],
     "best-v1-cutout+lrg4e-4": BEST_V1 + ["--augment", "color,translation", "--lr-g", "4e-4"],
     "best-v1-cutout+lr4e-4": BEST_V1 + ["--augment", "color,translation", "--lr-g", "4e-4", "--lr-d", "4e-4"],
+    # the third screen (2026-12-02): one published small-data fix added to today's best, at its authors' value
+    "best+lecam0.3": ["--recipe", "best", "--lecam", "0.3"],
+    "best+topk0.5": ["--recipe", "best", "--topk", "0.5"],
 }
 
 

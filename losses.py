@@ -1,13 +1,17 @@
-"""GAN losses on D's logits and the R1 gradient penalty.
+"""GAN losses on D's logits, the R1 gradient penalty, LeCam and top-k.
 
     bce    D: -log s(D(x)) - log(1 - s(D(G(z))))   G: -log s(D(G(z)))   (classic, non-saturating)
     hinge  D: relu(1 - D(x)) + relu(1 + D(G(z)))   G: -D(G(z))          (SNGAN / BigGAN)
     R1     gamma/2 * E_x ||grad_x D(x)||^2 on reals (Mescheder et al., 2018)
+    LeCam  E relu(D(x) - a_F)^2 + E relu(a_R - D(G(z)))^2, a_R / a_F moving averages of D's mean logits
+    top-k  G's loss on the k fakes D scores highest only
 
 Each loss is the batch mean; the D loss comes as (real part, fake part) so
 the step can backpropagate them one at a time, as the classic step does.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -56,3 +60,25 @@ def r1_penalty(discriminator, real: torch.Tensor, augment=None) -> torch.Tensor:
         out = discriminator(seen).float()
         (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
         return grad.square().sum(dim=(1, 2, 3)).mean()
+
+
+# --------------------------------------------------------------------------- #
+# LeCam regulariser (D) and top-k generator training (G)
+# --------------------------------------------------------------------------- #
+def lecam_real(out_real: torch.Tensor, anchor_fake: torch.Tensor) -> torch.Tensor:
+    """LeCam's real half (Tseng et al., 2021): E relu(D(x) - a_fake)^2, with
+    a_fake a moving average of D's mean logit on fakes (a constant here)."""
+    return F.relu(out_real - anchor_fake).square().mean()
+
+
+def lecam_fake(out_fake: torch.Tensor, anchor_real: torch.Tensor) -> torch.Tensor:
+    """LeCam's fake half: E relu(a_real - D(G(z)))^2."""
+    return F.relu(anchor_real - out_fake).square().mean()
+
+
+def top_k(out_gen: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The ceil(fraction * B) largest of D's logits on a batch of B fakes
+    (Sinha et al., 2020): G then learns only from the fakes D finds most real."""
+    scores = out_gen.reshape(out_gen.shape[0], -1).mean(dim=1)
+    k = max(1, min(scores.numel(), math.ceil(fraction * scores.numel())))
+    return scores.topk(k, sorted=False).values

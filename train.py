@@ -10,7 +10,7 @@ The classic algorithm: D takes one Adam step on a real batch (label 1) and on
 G's batch detached (label 0); then G takes one Adam step on the same fake batch
 with label 1 (the non-saturating loss). D returns logits; the loss is
 BCEWithLogits. Beyond that classic recipe (the default), --augment, --loss
-hinge, --sn, --lr-g/--lr-d, --r1, --ada and --ema-bn-recompute change the step or D
+hinge, --sn, --lr-g/--lr-d, --r1, --ada, --lecam, --topk and --ema-bn-recompute change the step or D
 (see build_parser and README "Better faces"); --recipe best sets the
 combination measured best on the quality benchmark (RECIPES: DiffAugment
 color,translation, EMA with BatchNorm statistics recomputed). A run folder (``--out``) holds
@@ -58,7 +58,9 @@ ARCH_KEYS = ("size", "nz", "ngf", "ndf", "nc", "sn")  # --sn changes D's layers 
 # What Trainer uses when a config leaves a key out: today's classic recipe.
 TRAINER_DEFAULTS = {"lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "ema": 0.0, "lr_g": None, "lr_d": None,
                     "loss": "bce", "sn": False, "augment": "none", "r1": 0.0, "r1_every": 16,
-                    "ema_bn_recompute": False, "ada": 0.0, "ada_kimg": 10.0}
+                    "ema_bn_recompute": False, "ada": 0.0, "ada_kimg": 10.0, "lecam": 0.0, "topk": 0.0}
+LECAM_DECAY = 0.99  # the anchors' moving average (Tseng et al.'s value)
+TOPK_DECAY = 0.99  # top-k: k shrinks by this factor per epoch, down to --topk of the batch (Sinha et al.)
 
 # --recipe NAME sets these keys unless the same option is typed on the command
 # line. "classic" is today's DCGAN (it changes nothing). "best" is the one that
@@ -73,9 +75,9 @@ TRAINER_DEFAULTS = {"lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "ema": 0.0, "lr_g"
 # 2-4 % better than the plain EMA.
 RECIPES = {
     "classic": {"loss": "bce", "sn": False, "augment": "none", "r1": 0.0, "lr_g": None, "lr_d": None,
-                "ema": 0.0, "ema_bn_recompute": False},
+                "ema": 0.0, "ema_bn_recompute": False, "lecam": 0.0, "topk": 0.0},
     "best": {"loss": "bce", "sn": False, "augment": augment.DEFAULT_POLICY, "r1": 0.0, "lr_g": None, "lr_d": None,
-             "ema": 0.999, "ema_bn_recompute": True},
+             "ema": 0.999, "ema_bn_recompute": True, "lecam": 0.0, "topk": 0.0},
 }
 METRIC_KEYS = ("loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2")
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -96,7 +98,8 @@ class Trainer:
 
     ``config`` needs size, nz, ngf, ndf (nc) and may set lr, beta1, beta2, ema
     and the options of TRAINER_DEFAULTS (lr_g, lr_d, loss, sn, augment, r1,
-    r1_every, ema_bn_recompute); left out, each is the classic recipe's.
+    r1_every, ema_bn_recompute, ada, lecam, topk); left out, each is the
+    classic recipe's. With topk, set ``.steps_per_epoch`` (k shrinks per epoch).
     ``.step(real)`` returns 0-dim device tensors and never synchronises with
     the host, so on a GPU the CPU runs ahead; read the numbers when logging.
     ``.netG`` / ``.netD`` are the plain modules (what gets saved); the step runs
@@ -112,7 +115,12 @@ class Trainer:
         ada_target = float(self.config["ada"] or 0.0)
         self.loss = self.config["loss"]
         self.r1_gamma, self.r1_every = float(self.config["r1"] or 0.0), int(self.config["r1_every"])
-        self.steps = 0  # steps taken (for the lazy R1 schedule); saved in state_dict
+        self.steps = 0  # steps taken (for the lazy R1 and top-k schedules); saved in state_dict
+        self.topk_min = float(self.config["topk"] or 0.0)
+        self.steps_per_epoch: int | None = None  # top-k's epoch length; train.py's Run sets it
+        self.lecam_weight = float(self.config["lecam"] or 0.0)
+        self.lecam_anchors = None  # (2,) moving averages of D's mean logit on reals, fakes; None until step 1
+        self.world_size = world_size
         self.device = device = torch.device(device)
         if precision not in ("fp32", "bf16"):
             raise UserError(f"unknown precision {precision!r} (use fp32 or bf16)")
@@ -238,24 +246,34 @@ class Trainer:
             # gradient is all-reduced with the fake half's below.
             penalty = losses.r1_penalty(self.netD, real, self._augment if self.augment_policy else None)
             (penalty * (0.5 * self.r1_gamma * self.r1_every)).backward()
+        anchors = self.lecam_anchors  # --lecam: from the steps before this one (none on the first)
         with self._unreduced(self.D):  # DDP: the real half's gradients are reduced with the fake half's
             with self._autocast():
                 out_real = self.D(self._augment(real)).float()
                 loss_real = losses.d_loss_real(self.loss, out_real)
-            loss_real.backward()
+            if anchors is None:
+                loss_real.backward()
+            else:
+                (loss_real + self.lecam_weight * losses.lecam_real(out_real, anchors[1])).backward()
         with self._autocast():
             fake = self.G(z)
             out_fake = self.D(self._augment(fake.detach())).float()
             loss_fake = losses.d_loss_fake(self.loss, out_fake)
-        loss_fake.backward()
+        if anchors is None:
+            loss_fake.backward()
+        else:
+            (loss_fake + self.lecam_weight * losses.lecam_fake(out_fake, anchors[0])).backward()
         self.optD.step()
+        if self.lecam_weight > 0:
+            self._update_lecam_anchors(out_real.detach(), out_fake.detach())
 
         # G: maximise log D(G(z)) on the same fake batch (non-saturating), or -D(G(z))
         self.optG.zero_grad(set_to_none=True)
         with self._unreduced(self.D):  # DDP: D's gradients from G's loss are discarded, so never reduced
             with self._autocast():
                 out_gen = self.D(self._augment(fake)).float()
-                loss_g = losses.g_loss(self.loss, out_gen)
+                scored = out_gen if not self.topk_min else losses.top_k(out_gen, self.topk_fraction())  # --topk
+                loss_g = losses.g_loss(self.loss, scored)
             loss_g.backward()
         self.optG.step()
         if self.netG_ema is not None:
@@ -274,6 +292,26 @@ class Trainer:
             **({} if self.ada is None else {"aug_p": self.ada.p}),
         }
 
+    def _update_lecam_anchors(self, out_real: torch.Tensor, out_fake: torch.Tensor) -> None:
+        """--lecam: move the anchors toward this step's mean logits (all ranks' under DDP)."""
+        means = torch.stack([out_real.mean(), out_fake.mean()])
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(means)
+            means /= self.world_size
+        if self.lecam_anchors is None:
+            self.lecam_anchors = means
+        else:
+            self.lecam_anchors = torch.lerp(self.lecam_anchors, means, 1.0 - LECAM_DECAY)
+
+    def topk_fraction(self) -> float:
+        """--topk: the share of each batch's fakes G learns from, 1 in the first
+        epoch, times TOPK_DECAY each epoch, never below --topk."""
+        if self.steps_per_epoch is None:
+            raise RuntimeError("Trainer.steps_per_epoch must be set for topk")
+        return max(self.topk_min, TOPK_DECAY ** (self.steps // self.steps_per_epoch))
+
     # -- state ---------------------------------------------------------------- #
     def state_dict(self) -> dict:
         """Unwrapped module state (no 'module.'/'_orig_mod.' prefixes), so a
@@ -287,6 +325,7 @@ class Trainer:
             "ema_updates": self.ema_updates,
             "steps": self.steps,
             "ada": None if self.ada is None else self.ada.state_dict(),
+            "lecam_anchors": self.lecam_anchors,
         }
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
@@ -300,6 +339,8 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"], group["betas"] = lr, (self.config["beta1"], self.config["beta2"])
             self.steps = int(state.get("steps", 0))
+            anchors = state.get("lecam_anchors") if self.lecam_weight > 0 else None
+            self.lecam_anchors = None if anchors is None else anchors.to(self.device, torch.float32)
             if self.ada is not None and state.get("ada") is not None:  # else (--ada typed on --resume) p starts at 0
                 self.ada.load_state_dict(state["ada"])
             self._sampling_ema = None
@@ -409,6 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "every image augmented")
     g.add_argument("--ada-kimg", type=float, default=10.0, metavar="KIMG",
                    help="with --ada: thousands of images for p to go from 0 to 1 at the fastest")
+    g.add_argument("--lecam", type=float, default=0.0, metavar="LAMBDA",
+                   help="LeCam regulariser on D (Tseng et al. 2021, for small data sets): LAMBDA * (E relu(D(x) - a_F)^2 "
+                        "+ E relu(a_R - D(G(z)))^2), a_R / a_F moving averages (0.99) of D's mean logits; their 0.3 "
+                        "with DiffAugment; 0 = off")
+    g.add_argument("--topk", type=float, default=0.0, metavar="NU",
+                   help="top-k training (Sinha et al. 2020): G learns only from the fakes D scores highest, all of the "
+                        f"batch in epoch 1, x{TOPK_DECAY} each epoch, never below NU of it (their 0.5); 0 = off")
     g.add_argument("--ema-bn-recompute", action=argparse.BooleanOptionalAction, default=False,
                    help="with --ema: re-estimate the EMA generator's BatchNorm statistics (512 fresh latents) "
                         "before each sample grid, FID and export; training is unchanged")
@@ -443,6 +491,8 @@ def validate_args(args) -> None:
         (args.r1_every >= 1, f"--r1-every must be at least 1, got {args.r1_every}"),
         (0 <= args.ada < 1, f"--ada must be in [0, 1) (e.g. 0.6; 0 = off), got {args.ada}"),
         (args.ada_kimg > 0 and math.isfinite(args.ada_kimg), f"--ada-kimg must be a positive number, got {args.ada_kimg}"),
+        (args.lecam >= 0 and math.isfinite(args.lecam), f"--lecam must be >= 0 (e.g. 0.3; 0 = off), got {args.lecam}"),
+        (0 <= args.topk <= 1, f"--topk must be in [0, 1] (e.g. 0.5; 0 = off), got {args.topk}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -568,6 +618,7 @@ def resolve_config(args, given: set[str], checkpoint: dict | None, ckpt_path: Pa
         "recipe": args.recipe, "loss": args.loss, "sn": args.sn, "augment": args.augment,
         "r1": args.r1, "r1_every": args.r1_every, "lr_g": args.lr_g, "lr_d": args.lr_d,
         "ema_bn_recompute": args.ema_bn_recompute, "ada": args.ada, "ada_kimg": args.ada_kimg,
+        "lecam": args.lecam, "topk": args.topk,
     }
     given = set(given)
     if checkpoint is None or "recipe" in given:
@@ -891,6 +942,7 @@ class Run:
                                               seed=config["seed"], flip=config["flip"],
                                               channels_last=trainer.channels_last, rank=rank, world_size=world_size)
         self.per_epoch = len(self.feeder)
+        trainer.steps_per_epoch = self.per_epoch  # --topk's schedule
         self.total, self.length_note = total_steps(config, self.per_epoch)
         self.metrics = Metrics(device, world_size, METRIC_KEYS + (() if trainer.ada is None else ("aug_p",)))
         self.history: list[dict] = []
