@@ -1,5 +1,5 @@
 """Issue 12: the options beyond the classic recipe (DiffAugment, hinge, spectral
-norm, TTUR, lazy R1, EMA BatchNorm recompute, --recipe). Each changes what it
+norm, TTUR, lazy R1, ADA, LeCam, top-k, EMA BatchNorm recompute, --recipe). Each changes what it
 should, round-trips through checkpoint and generator.params, resumes exactly,
 and the classic recipe stays bit-identical to the step as it was before them.
 CPU, tiny nets, seconds."""
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8", "--device", "cpu"]
 TINY_CONFIG = {"ngf": 8, "ndf": 8, "nz": 16}
 ALL_OPTIONS = ["--augment", "--loss", "hinge", "--sn", "--lr-g", "1e-4", "--lr-d", "4e-4", "--r1", "1.0",
-               "--r1-every", "3", "--ema", "0.9", "--ema-bn-recompute", "--ada", "0.05", "--ada-kimg", "0.05"]
+               "--r1-every", "3", "--ema", "0.9", "--ema-bn-recompute", "--ada", "0.05", "--ada-kimg", "0.05",
+               "--lecam", "0.3", "--topk", "0.5"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -330,6 +331,71 @@ def test_spectral_norm_bounds_every_d_conv_and_drops_batchnorm():
     assert network.build_discriminator({"size": 128, "ndf": 4, "sn": True})(torch.randn(2, 3, 128, 128)).shape == (2,)
 
 
+def test_lecam_values_on_known_logits():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.5])
+    # relu(D(x) - a_F)^2 with a_F = 0.5: (1.5^2 + 0 + 0) / 3; relu(a_R - D(G(z)))^2 with a_R = 0.5: (2.5^2 + 0.5^2 + 0) / 3
+    assert losses.lecam_real(real, torch.tensor(0.5)).item() == pytest.approx(2.25 / 3)
+    assert losses.lecam_fake(fake, torch.tensor(0.5)).item() == pytest.approx(6.5 / 3)
+    x = real.clone().requires_grad_(True)
+    losses.lecam_real(x, torch.tensor(0.5)).backward()  # only logits above the anchor are pulled down
+    torch.testing.assert_close(x.grad, torch.tensor([2 * 1.5 / 3, 0.0, 0.0]))
+
+
+def logits_seen(monkeypatch, name):
+    """Record the logits every call of losses.<name> gets."""
+    seen, original = [], getattr(losses, name)
+    monkeypatch.setattr(losses, name, lambda kind, out: seen.append(out.detach().clone()) or original(kind, out))
+    return seen
+
+
+def test_lecam_anchors_average_d_means_start_after_step_one_and_change_d(monkeypatch):
+    reals = torch.rand(3, 8, 3, 64, 64) * 2 - 1
+    torch.manual_seed(0)
+    plain = train.Trainer(TINY_CONFIG, "cpu")
+    torch.manual_seed(0)
+    lecam = train.Trainer({**TINY_CONFIG, "lecam": 5.0}, "cpu")
+    real_logits, fake_logits = logits_seen(monkeypatch, "d_loss_real"), logits_seen(monkeypatch, "d_loss_fake")
+    means = []
+    for i, real in enumerate(reals):
+        torch.manual_seed(i)
+        plain.step(real)
+        torch.manual_seed(i)
+        lecam.step(real)
+        means.append(torch.stack([real_logits[-1].mean(), fake_logits[-1].mean()]))  # the LeCam trainer's
+        if i == 0:  # no anchors yet on the first step: the same D step as without LeCam
+            assert tensors_equal(plain.netD.state_dict(), lecam.netD.state_dict())
+            torch.testing.assert_close(lecam.lecam_anchors, means[0])
+    assert not tensors_equal(plain.netD.state_dict(), lecam.netD.state_dict())  # from step 2 on it pulls D
+    expected = means[0]
+    for m in means[1:]:
+        expected = train.LECAM_DECAY * expected + (1 - train.LECAM_DECAY) * m
+    torch.testing.assert_close(lecam.lecam_anchors, expected)
+    assert plain.lecam_anchors is None and plain.state_dict()["lecam_anchors"] is None
+
+
+def test_topk_trains_g_on_the_fakes_d_scores_highest_with_k_shrinking_per_epoch(monkeypatch):
+    logits = torch.tensor([0.1, 3.0, -1.0, 2.0, 0.5])
+    assert sorted(losses.top_k(logits, 0.4).tolist()) == [2.0, 3.0]
+    assert sorted(losses.top_k(logits.view(5, 1), 0.5).tolist()) == [0.5, 2.0, 3.0]  # ceil(2.5)
+    assert losses.top_k(logits, 1.0).numel() == 5 and losses.top_k(logits, 0.01).tolist() == [3.0]
+    monkeypatch.setattr(train, "TOPK_DECAY", 0.5)  # a fast schedule, to see the floor in a few steps
+    trainer = train.Trainer({**TINY_CONFIG, "topk": 0.3}, "cpu")
+    with pytest.raises(RuntimeError, match="steps_per_epoch"):
+        trainer.topk_fraction()
+    trainer.steps_per_epoch = 2
+    gen_logits, scored = logits_seen(monkeypatch, "d_loss_fake"), logits_seen(monkeypatch, "g_loss")
+    fractions = []
+    for _ in range(6):
+        fractions.append(trainer.topk_fraction())
+        trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
+    assert fractions == [1.0, 1.0, 0.5, 0.5, 0.3, 0.3]  # 0.5 ** epoch, floored at --topk
+    assert [s.numel() for s in scored] == [8, 8, 4, 4, 3, 3]
+    assert trainer.state_dict()["steps"] == 6  # the schedule resumes from the step count
+    off = train.Trainer(TINY_CONFIG, "cpu")
+    off.step(torch.rand(8, 3, 64, 64) * 2 - 1)  # off: needs no epoch length, G sees every fake
+    assert scored[-1].numel() == 8 and len(gen_logits) == 7
+
+
 def test_ttur_rates_reach_the_optimizers_and_default_to_lr():
     t = train.Trainer({**TINY_CONFIG, "lr_g": 1e-4, "lr_d": 4e-4}, "cpu")
     assert t.optG.param_groups[0]["lr"] == 1e-4 and t.optD.param_groups[0]["lr"] == 4e-4
@@ -385,7 +451,7 @@ def test_every_option_round_trips_and_resumes_bit_identically(tmp_path):
                        "--max-steps", "8", "--device", "cpu"]) == 0
     expected = {"augment": augment.DEFAULT_POLICY, "loss": "hinge", "sn": True, "lr_g": 1e-4, "lr_d": 4e-4,
                 "r1": 1.0, "r1_every": 3, "ema": 0.9, "ema_bn_recompute": True, "recipe": "classic",
-                "ada": 0.05, "ada_kimg": 0.05}
+                "ada": 0.05, "ada_kimg": 0.05, "lecam": 0.3, "topk": 0.5}
     a, b = utils.torch_load(tmp_path / "a.params"), utils.torch_load(tmp_path / "b.params")
     ca, cb = utils.torch_load(tmp_path / "a/checkpoint.pt"), utils.torch_load(tmp_path / "b/checkpoint.pt")
     for config in (json.loads((tmp_path / "b/config.json").read_text()), cb["config"], b["config"]):
@@ -394,6 +460,7 @@ def test_every_option_round_trips_and_resumes_bit_identically(tmp_path):
     assert tensors_equal(ca["trainer"]["netD"], cb["trainer"]["netD"])
     assert tensors_equal(ca["trainer"]["ema"], cb["trainer"]["ema"]) and cb["trainer"]["steps"] == 8
     assert ca["trainer"]["ada"] == cb["trainer"]["ada"] and cb["trainer"]["ada"]["p"] > 0  # ADA's p moved, and resumed
+    assert torch.equal(ca["trainer"]["lecam_anchors"], cb["trainer"]["lecam_anchors"])  # LeCam's anchors resumed
     assert any("parametrizations.weight.original" in k for k in cb["trainer"]["netD"])
     assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
     # the export holds the BN-recomputed EMA; the checkpoint the training EMA
@@ -437,6 +504,10 @@ def test_recipe_best_sets_its_options_and_typed_flags_win(tmp_path):
     assert (tmp_path / "run/samples/step_000002_ema.png").is_file()
     with pytest.raises(utils.UserError, match="--r1 must be >= 0"):
         train.main(argv(tmp_path, data, "--r1", "-1"))
+    with pytest.raises(utils.UserError, match="--lecam must be >= 0"):
+        train.main(argv(tmp_path, data, "--lecam", "-0.3"))
+    with pytest.raises(utils.UserError, match=r"--topk must be in \[0, 1\]"):
+        train.main(argv(tmp_path, data, "--topk", "1.5"))
     with pytest.raises(utils.UserError, match="--ada must be in"):
         train.main(argv(tmp_path, data, "--augment", "--ada", "1.5"))
     with pytest.raises(utils.UserError, match="--ada 0.6 adapts the augmentation's strength: it needs --augment"):
@@ -453,8 +524,10 @@ def test_recipe_best_sets_its_options_and_typed_flags_win(tmp_path):
 def test_every_option_runs_under_bf16_autocast():
     torch.manual_seed(0)
     config = {**TINY_CONFIG, "augment": augment.DEFAULT_POLICY, "loss": "hinge", "sn": True, "r1": 1.0,
-              "r1_every": 1, "ema": 0.9, "ema_bn_recompute": True, "ada": 0.05, "ada_kimg": 0.01}
+              "r1_every": 1, "ema": 0.9, "ema_bn_recompute": True, "ada": 0.05, "ada_kimg": 0.01, "lecam": 0.3,
+              "topk": 0.5}
     trainer = train.Trainer(config, "cpu", precision="bf16")
+    trainer.steps_per_epoch = 1
     for _ in range(5):
         out = trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
     assert all(torch.isfinite(v) for v in out.values())
@@ -469,12 +542,15 @@ DDP_SCRIPT = textwrap.dedent("""
     device, rank, world, _, _ = train.setup_distributed("cpu")
     torch.manual_seed(0)  # same init on both ranks (DDP would broadcast rank 0's anyway)
     config = {"ngf": 8, "ndf": 8, "nz": 16, "augment": "color,translation,cutout", "loss": "hinge", "sn": True,
-              "r1": 10.0, "r1_every": 1, "lr_g": 1e-4, "lr_d": 4e-4, "ada": 0.05, "ada_kimg": 0.01}
+              "r1": 10.0, "r1_every": 1, "lr_g": 1e-4, "lr_d": 4e-4, "ada": 0.05, "ada_kimg": 0.01,
+              "lecam": 1.0, "topk": 0.5}
+    train.TOPK_DECAY = 0.5  # G learns from half of each rank's fakes from step 2 on
     trainer = train.Trainer(config, device, world_size=world, rank=rank)
+    trainer.steps_per_epoch = 1
     torch.manual_seed(100 + rank)  # each rank its own reals, noise and augmentation
     for _ in range(5):  # ADA's p moves after step 4, from both ranks' D outputs
         trainer.step(torch.rand(4, 3, 64, 64) * 2 - 1)
-    params = torch.cat([trainer.ada.p.view(1)] + [p.detach().flatten() for p in trainer.netD.parameters()]
+    params = torch.cat([trainer.ada.p.view(1), trainer.lecam_anchors] + [p.detach().flatten() for p in trainer.netD.parameters()]
                        + [p.detach().flatten() for p in trainer.netG.parameters()])
     gathered = [torch.zeros_like(params) for _ in range(world)]
     dist.all_gather(gathered, params)
@@ -485,7 +561,8 @@ DDP_SCRIPT = textwrap.dedent("""
 
 def test_ddp_keeps_ranks_identical_with_every_option_including_r1(tmp_path):
     """Two Gloo processes, different data per rank: G and D (incl. the lazy R1
-    gradient, taken through the unwrapped D) stay identical on both ranks."""
+    gradient, taken through the unwrapped D), ADA's p and LeCam's anchors
+    (all-reduced) stay identical on both ranks."""
     script = tmp_path / "ddp_options.py"
     script.write_text(DDP_SCRIPT)
     torchrun(script, str(ROOT), cwd=tmp_path)
