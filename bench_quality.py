@@ -70,6 +70,7 @@ VARIANTS = {
     # the third screen (2026-12-02): one published small-data fix added to today's best, at its authors' value
     "best+lecam0.3": ["--recipe", "best", "--lecam", "0.3"],
     "best+topk0.5": ["--recipe", "best", "--topk", "0.5"],
+    "best+lr3e-4": ["--recipe", "best", "--lr", "3e-4"],  # between best (2e-4) and best-v1-cutout+lr4e-4
 }
 
 
