@@ -360,6 +360,40 @@ def seeds_table(rows: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+COLLAPSE_RISE = 0.10  # issue 12: a run "collapses" if its FID climbs more than 10 % above its minimum
+
+
+def rise_after_minimum(fid_by_step: dict[int, float]) -> tuple[int, float, int, float]:
+    """One run's FID curve {step: FID} -> (step of its minimum, the minimum, the
+    step of the highest point after it, that point's rise over the minimum as a
+    fraction; 0.0 and the minimum's own step when nothing comes after it)."""
+    steps = sorted(fid_by_step)
+    low = min(steps, key=lambda s: (fid_by_step[s], s))
+    later = [s for s in steps if s > low]
+    worst = max(later, key=lambda s: fid_by_step[s]) if later else low
+    return low, fid_by_step[low], worst, fid_by_step[worst] / fid_by_step[low] - 1.0
+
+
+def collapse_table(rows: list[dict]) -> str:
+    """Per run (variant, nets, weights, seed) with three or more scored steps:
+    its minimum, the worst point after it, and whether that rise stays within
+    COLLAPSE_RISE (the no-collapse target) -- computed, not read off a curve."""
+    runs: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if r["variant"] != "real faces":
+            key = (r["variant"], r["ngf"], r["ndf"], r["batch_size"], r["weights"], r.get("seed", 0))
+            runs.setdefault(key, {})[r["step"]] = r["fid"]
+    lines = ["| variant | nets (ngf/ndf, batch) | weights | seed | steps | minimum (step) | worst after it (step) "
+             "| rise | within 10 % |", "|---|---|---|---|---|---|---|---|---|"]
+    for (variant, ngf, ndf, batch, weights, seed), fids in sorted(runs.items()):
+        if len(fids) >= 3:
+            low, low_fid, worst, rise = rise_after_minimum(fids)
+            after = f"{fids[worst]:.1f} ({worst})" if worst != low else "-"
+            lines.append(f"| {variant} | {ngf}/{ndf}, {batch} | {weights} | {seed} | {min(fids)}-{max(fids)} | "
+                         f"{low_fid:.1f} ({low}) | {after} | {rise:+.1%} | {'yes' if rise <= COLLAPSE_RISE else 'NO'} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     """One row of (FID, KID) panels per network size; a line per variant and weights."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -429,6 +463,9 @@ def report(args) -> None:
     print(table(rows))
     if text := seeds_table(every_seed):
         print(f"\nHeld-out FID of the variants trained with more than one seed:\n{text}")
+    if text := collapse_table(every_seed):
+        print(f"\nRise of held-out FID after each run's minimum (no-collapse target: at most "
+              f"{COLLAPSE_RISE:.0%}):\n{text}")
     for net in sorted({(r["ngf"], r["ndf"], r["batch_size"]) for r in rows if r["variant"] == "best"}):
         if text := comparison(rows, net):
             print(f"\nFID (KID) of best against classic, ngf {net[0]} / ndf {net[1]}, batch {net[2]}:\n{text}")

@@ -164,3 +164,23 @@ def test_every_variant_is_a_valid_train_command_and_best_v1_still_trains_the_old
             assert changed and changed <= {"augment", "lr_g", "lr_d", "ada"}, (name, changed)
     assert {k for k in configs["best"] if configs["best"][k] != old_best[k]} == {"augment"}  # best = v1 less cutout
     assert configs["best"]["augment"] == "color,translation"
+
+
+def test_collapse_check_measures_the_worst_rise_after_each_runs_own_minimum(tmp_path, capsys):
+    """The no-collapse target (issue 12): FID may not climb more than 10 % above
+    the run's minimum at any later point; each seed is its own run."""
+    assert bench_quality.rise_after_minimum({500: 300.0, 1000: 116.0, 1500: 128.8, 2000: 124.0}) == \
+        (1000, 116.0, 1500, 128.8 / 116.0 - 1)
+    assert bench_quality.rise_after_minimum({500: 300.0, 1000: 200.0, 1500: 150.0}) == (1500, 150.0, 1500, 0.0)
+    results = tmp_path / "rows.jsonl"
+    curves = {0: (300.0, 100.0, 111.0), 1: (300.0, 100.0, 109.0)}  # seed 0 rises 11 %, seed 1 9 %
+    for seed, fids in curves.items():
+        for step, fid in zip((500, 1000, 1500), fids):
+            utils.append_jsonl({"variant": "best", "data": "celeba", "size": 128, "ngf": 4, "ndf": 4, "batch_size": 4,
+                                "step": step, "images_seen": 4 * step, "weights": "ema", "fid": fid, "kid": 0.1,
+                                "kid_std": 0.01, "fid_n": 10, "real_n": 4, "params": "absent.params", "seed": seed},
+                               results)
+    assert bench_quality.main(["--report", "--size", "128", "--results", str(results), "--assets", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| best | 4/4, 4 | ema | 0 | 500-1500 | 100.0 (1000) | 111.0 (1500) | +11.0% | NO |" in printed
+    assert "| best | 4/4, 4 | ema | 1 | 500-1500 | 100.0 (1000) | 109.0 (1500) | +9.0% | yes |" in printed
