@@ -246,6 +246,18 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+def row_key(r: dict) -> tuple:
+    """What one score is of: a re-scored snapshot (another machine, a re-run) has the same key."""
+    return (r["data"], r["variant"], r["size"], r["ngf"], r["ndf"], r["batch_size"], r["step"], r["weights"],
+            r["fid_n"], r.get("seed", 0))
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per ``row_key``, the last one written: a re-run replaces the older
+    score in tables and curves (the file keeps both)."""
+    return list({row_key(r): r for r in rows}.values())
+
+
 def run_variants(args) -> None:
     import evaluate
 
@@ -267,14 +279,13 @@ def run_variants(args) -> None:
     if floor:
         utils.append_jsonl(floor, results)
         print(f"real training faces vs held-out (the floor at this n): FID {floor['fid']:.2f}  KID {floor['kid']:.4f}")
-    done = {(r["data"], r["variant"], r["size"], r["ngf"], r["ndf"], r["batch_size"], r["step"], r["weights"],
-             r["fid_n"], r.get("seed", 0)) for r in read_rows(results)}
+    done = {row_key(r) for r in read_rows(results)}
     for variant in args.variants:
         for step in range(args.eval_every, args.steps + 1, args.eval_every):
             params = train_to(args, variant, train_npy, step)
             for weights in args.weights:
                 key = (data_tag(args), variant, args.size, args.ngf, args.ndf, args.batch_size, step, weights,
-                       args.fid_n, args.seed)
+                       args.fid_n, args.seed)  # row_key of the row it would write
                 if key in done:
                     continue
                 row = score(params, weights, references, model, args.fid_n, device)
@@ -456,7 +467,7 @@ def sample_beside_real(params: Path, heldout_npy: Path, path: Path, n: int = 32)
 
 def report(args) -> None:
     name = data_tag(args)
-    every_seed = [r for r in read_rows(results_path(args)) if r["size"] == args.size and r["data"] == name]
+    every_seed = [r for r in latest_rows(read_rows(results_path(args))) if r["size"] == args.size and r["data"] == name]
     if not every_seed:
         raise UserError(f"no {name} {args.size} px rows in {results_path(args)} yet")
     rows = [r for r in every_seed if r.get("seed", 0) == 0]  # tables, curves and grids: one run (seed 0) a variant
