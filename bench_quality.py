@@ -284,14 +284,12 @@ def run_variants(args) -> None:
         for step in range(args.eval_every, args.steps + 1, args.eval_every):
             params = train_to(args, variant, train_npy, step)
             for weights in args.weights:
-                key = (data_tag(args), variant, args.size, args.ngf, args.ndf, args.batch_size, step, weights,
-                       args.fid_n, args.seed)  # row_key of the row it would write
-                if key in done:
+                what = dict(data=data_tag(args), variant=variant, size=args.size, ngf=args.ngf, ndf=args.ndf,
+                            batch_size=args.batch_size, step=step, weights=weights, fid_n=args.fid_n, seed=args.seed)
+                if row_key(what) in done:
                     continue
                 row = score(params, weights, references, model, args.fid_n, device)
-                row.update(variant=variant, data=data_tag(args), size=args.size, ngf=args.ngf, ndf=args.ndf,
-                           batch_size=args.batch_size, step=step, images_seen=step * args.batch_size,
-                           fid_n=args.fid_n, real_n=real["n"], inception=model.weights_label, seed=args.seed,
+                row.update(what, images_seen=step * args.batch_size, real_n=real["n"], inception=model.weights_label,
                            params=str(params), device=str(device))
                 utils.append_jsonl(row, results)
                 print(f"{variant:8s} {args.size} px step {step:6d} {weights}: FID {row['fid']:.2f}  "
