@@ -71,6 +71,9 @@ VARIANTS = {
     "best+lecam0.3": ["--recipe", "best", "--lecam", "0.3"],
     "best+topk0.5": ["--recipe", "best", "--topk", "0.5"],
     "best+lr3e-4": ["--recipe", "best", "--lr", "3e-4"],  # between best (2e-4) and best-v1-cutout+lr4e-4
+    # the fourth screen (2026-12-03): mirrored reals (StyleGAN2-ADA's --mirror), the one standard
+    # small-data measure not yet screened; faces are left-right symmetric, so it doubles the data for free
+    "best+flip": ["--recipe", "best", "--flip"],
 }
 
 
