@@ -73,7 +73,8 @@ TOPK_DECAY = 0.99  # top-k: k shrinks by this factor per epoch, down to --topk o
 # (DEFAULT_POLICY); doubling the learning rates too did better at 64 px but
 # failed the 128 px check. EMA with recomputed BatchNorm statistics scored
 # 2-4 % better than the plain EMA. A third screen (--lecam 0.3, --topk 0.5,
-# --lr 3e-4 on top of best) found nothing that qualified.
+# --lr 3e-4 on top of best) found nothing that qualified, nor did a fourth
+# (2026-12-03: --flip, mirrored reals; 1 % behind at 3,000 steps at 64 px).
 RECIPES = {
     "classic": {"loss": "bce", "sn": False, "augment": "none", "r1": 0.0, "lr_g": None, "lr_d": None,
                 "ema": 0.0, "ema_bn_recompute": False, "lecam": 0.0, "topk": 0.0},
