@@ -250,7 +250,9 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def row_key(r: dict) -> tuple:
-    """What one score is of: a re-scored snapshot (another machine, a re-run) has the same key."""
+    """What one score is of: the same snapshot re-scored (a re-run of the scoring) has the same key.
+    A run re-trained on another CPU model is another trajectory under the same key (oneDNN
+    kernels differ, BENCHMARKS.md): keep its rows out of a results file that holds the first."""
     return (r["data"], r["variant"], r["size"], r["ngf"], r["ndf"], r["batch_size"], r["step"], r["weights"],
             r["fid_n"], r.get("seed", 0))
 
