@@ -23,14 +23,17 @@ evenly spaced with ``--split stride``). Choose variants
 on ``fid_sel`` and report ``fid``, so the held-out number is never tuned on.
 FID at small n is biased upwards (1,200 vs 1,200 other real CelebA faces: 16.8),
 so every row carries n and real_n; KID is unbiased. Rows go to
-``<out>/quality.jsonl`` (or ``--results``); finished rows are never recomputed,
-so an interrupted run continues. ``assets/quality.jsonl`` keeps the rows that
+``<out>/quality.jsonl`` (or ``--results``), each with a hash of the snapshot it
+scored; finished rows are never recomputed, so an interrupted run continues. A
+variant re-trained on another CPU model is another trajectory: its rows are kept
+beside the first, and the report shows them apart. ``assets/quality.jsonl`` keeps the rows that
 BENCHMARKS.md quotes, so ``--report --results assets/quality.jsonl`` redraws
 its tables and curves from a clone (the sample grids need the run folders).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import warnings
@@ -250,17 +253,58 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def row_key(r: dict) -> tuple:
-    """What one score is of: the same snapshot re-scored (a re-run of the scoring) has the same key.
-    A run re-trained on another CPU model is another trajectory under the same key (oneDNN
-    kernels differ, BENCHMARKS.md): keep its rows out of a results file that holds the first."""
+    """One cell of the tables: data, variant, size, nets, step, weights, n and seed."""
     return (r["data"], r["variant"], r["size"], r["ngf"], r["ndf"], r["batch_size"], r["step"], r["weights"],
             r["fid_n"], r.get("seed", 0))
 
 
+def snapshot_id(params: Path) -> str:
+    """A short content hash of a snapshot. The same run re-scored shares it; the same
+    variant and seed re-trained on another CPU model is another trajectory (oneDNN
+    kernels differ, BENCHMARKS.md) and another id."""
+    return hashlib.sha256(Path(params).read_bytes()).hexdigest()[:16]
+
+
+def score_key(r: dict) -> tuple:
+    """What one score is of: its cell and its snapshot (None in rows written before
+    snapshots were hashed, 2026-12-03)."""
+    return (*row_key(r), r.get("snapshot"))
+
+
+def is_scored(what: dict, rows: list[dict]) -> bool:
+    """Whether ``rows`` already score ``what``'s snapshot in its cell: by hash, or in
+    rows written before snapshots were hashed by its path (a snapshot file is written
+    once, so the same path on this machine is the same snapshot)."""
+    return any(row_key(r) == row_key(what) and (r.get("snapshot") == what["snapshot"]
+               or (r.get("snapshot") is None and r["params"] == what["params"])) for r in rows)
+
+
 def latest_rows(rows: list[dict]) -> list[dict]:
-    """One row per ``row_key``, the last one written: a re-run replaces the older
-    score in tables and curves (the file keeps both)."""
-    return list({row_key(r): r for r in rows}.values())
+    """One row per cell for tables and curves. Of the trajectories scored in a cell,
+    the first recorded, so a re-trained run never moves a number already quoted
+    (``retrained_table`` shows the others); of its scores, the last written, so a
+    re-scoring replaces. The file keeps every row."""
+    shown: dict[tuple, dict] = {}
+    for r in {score_key(r): r for r in rows}.values():  # keys in first-seen order, each its last row
+        shown.setdefault(row_key(r), r)
+    return list(shown.values())
+
+
+def retrained_table(rows: list[dict]) -> str:
+    """Cells scored on more than one trajectory (a variant and seed re-trained, say on
+    another CPU model): the held-out FID of each, in the order recorded (the first is
+    the one in the tables), and their spread (max - min) / mean."""
+    cells: dict[tuple, list[float]] = {}
+    for r in {score_key(r): r for r in rows}.values():
+        cells.setdefault(row_key(r), []).append(r["fid"])
+    lines = ["| variant | nets (ngf/ndf, batch) | weights | seed | step | FID per trajectory | spread |",
+             "|---|---|---|---|---|---|---|"]
+    for (_, variant, _, ngf, ndf, batch, step, weights, _, seed), fids in sorted(cells.items()):
+        if len(fids) > 1:
+            mean = sum(fids) / len(fids)
+            lines.append(f"| {variant} | {ngf}/{ndf}, {batch} | {weights} | {seed} | {step} | "
+                         f"{', '.join(f'{fid:.1f}' for fid in fids)} | {(max(fids) - min(fids)) / mean:.0%} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def run_variants(args) -> None:
@@ -284,18 +328,19 @@ def run_variants(args) -> None:
     if floor:
         utils.append_jsonl(floor, results)
         print(f"real training faces vs held-out (the floor at this n): FID {floor['fid']:.2f}  KID {floor['kid']:.4f}")
-    done = {row_key(r) for r in read_rows(results)}
+    done = read_rows(results)
     for variant in args.variants:
         for step in range(args.eval_every, args.steps + 1, args.eval_every):
             params = train_to(args, variant, train_npy, step)
             for weights in args.weights:
                 what = dict(data=data_tag(args), variant=variant, size=args.size, ngf=args.ngf, ndf=args.ndf,
-                            batch_size=args.batch_size, step=step, weights=weights, fid_n=args.fid_n, seed=args.seed)
-                if row_key(what) in done:
+                            batch_size=args.batch_size, step=step, weights=weights, fid_n=args.fid_n, seed=args.seed,
+                            params=str(params), snapshot=snapshot_id(params))
+                if is_scored(what, done):
                     continue
                 row = score(params, weights, references, model, args.fid_n, device)
                 row.update(what, images_seen=step * args.batch_size, real_n=real["n"], inception=model.weights_label,
-                           params=str(params), device=str(device))
+                           device=str(device))
                 utils.append_jsonl(row, results)
                 print(f"{variant:8s} {args.size} px step {step:6d} {weights}: FID {row['fid']:.2f}  "
                       f"KID {row['kid']:.4f} ± {row['kid_std']:.4f}  (selection set: FID {row['fid_sel']:.2f})",
@@ -470,7 +515,8 @@ def sample_beside_real(params: Path, heldout_npy: Path, path: Path, n: int = 32)
 
 def report(args) -> None:
     name = data_tag(args)
-    every_seed = [r for r in latest_rows(read_rows(results_path(args))) if r["size"] == args.size and r["data"] == name]
+    every_row = [r for r in read_rows(results_path(args)) if r["size"] == args.size and r["data"] == name]
+    every_seed = latest_rows(every_row)
     if not every_seed:
         raise UserError(f"no {name} {args.size} px rows in {results_path(args)} yet")
     rows = [r for r in every_seed if r.get("seed", 0) == 0]  # tables, curves and grids: one run (seed 0) a variant
@@ -480,6 +526,8 @@ def report(args) -> None:
     if text := collapse_table(every_seed):
         print(f"\nRise of held-out FID after each run's minimum (no-collapse target: at most "
               f"{COLLAPSE_RISE:.0%}):\n{text}")
+    if text := retrained_table(every_row):
+        print(f"\nThe same variant and seed re-trained (another trajectory; the tables show the first):\n{text}")
     for net in sorted({(r["ngf"], r["ndf"], r["batch_size"]) for r in rows if r["variant"] == "best"}):
         if text := comparison(rows, net):
             print(f"\nFID (KID) of best against classic, ngf {net[0]} / ndf {net[1]}, batch {net[2]}:\n{text}")

@@ -185,3 +185,42 @@ def test_collapse_check_measures_the_worst_rise_after_each_runs_own_minimum(tmp_
     printed = capsys.readouterr().out
     assert "| best | 4/4, 4 | ema | 0 | 500-1500 | 100.0 (1000) | 111.0 (1500) | +11.0% | NO |" in printed
     assert "| best | 4/4, 4 | ema | 1 | 500-1500 | 100.0 (1000) | 109.0 (1500) | +9.0% | yes |" in printed
+
+
+def test_a_retrained_trajectory_is_kept_apart_and_a_rescore_replaces_its_own_row(tmp_path, capsys):
+    """Rows carry a hash of the snapshot they score: scoring it again replaces its row,
+    a run re-trained elsewhere (another CPU model, other numbers) is kept beside the
+    first without moving the quoted number, and the report lists both trajectories."""
+    def row(step, fid, snapshot, params="runs/x.params"):
+        return {"variant": "best", "data": "celeba", "size": 64, "ngf": 4, "ndf": 4, "batch_size": 4, "step": step,
+                "images_seen": 4 * step, "weights": "ema", "fid": fid, "kid": 0.1, "kid_std": 0.01, "fid_n": 10,
+                "real_n": 4, "params": params, "seed": 0, "snapshot": snapshot}
+
+    rows = [row(1000, 122.3, "aaa"), row(2000, 93.5, "bbb"), row(1000, 121.0, "aaa"), row(1000, 133.1, "ccc")]
+    shown = bench_quality.latest_rows(rows)
+    assert [(r["step"], r["fid"]) for r in shown] == [(1000, 121.0), (2000, 93.5)]  # first trajectory, re-scored
+    assert "| best | 4/4, 4 | ema | 0 | 1000 | 121.0, 133.1 | 10% |" in bench_quality.retrained_table(rows)
+    assert bench_quality.retrained_table(rows[:2]) == ""
+
+    assert bench_quality.is_scored(row(1000, 0.0, "ccc"), rows)  # the same snapshot: not scored again
+    assert not bench_quality.is_scored(row(1000, 0.0, "ddd"), rows)  # another trajectory: scored
+    assert not bench_quality.is_scored(row(4000, 0.0, "aaa"), rows)  # another cell
+    legacy = [{k: v for k, v in row(1000, 122.3, None, params="runs/s1.params").items() if k != "snapshot"}]
+    assert bench_quality.is_scored(row(1000, 0.0, "eee", params="runs/s1.params"), legacy)  # written once: same file
+    assert not bench_quality.is_scored(row(1000, 0.0, "eee", params="elsewhere/s1.params"), legacy)
+
+    results = tmp_path / "rows.jsonl"
+    for r in rows:
+        utils.append_jsonl(r, results)
+    assert bench_quality.main(["--report", "--size", "64", "--results", str(results), "--assets", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| celeba | 64 | best | 4/4, 4 | 1000 | 4,000 | ema | 121.0 |" in printed
+    assert "The same variant and seed re-trained" in printed and "| 121.0, 133.1 | 10% |" in printed
+
+
+def test_snapshot_id_is_the_file_content(tmp_path):
+    a, b, c = tmp_path / "a.params", tmp_path / "b.params", tmp_path / "c.params"
+    a.write_bytes(b"weights 1")
+    b.write_bytes(b"weights 1")
+    c.write_bytes(b"weights 2")
+    assert bench_quality.snapshot_id(a) == bench_quality.snapshot_id(b) != bench_quality.snapshot_id(c)
