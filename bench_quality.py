@@ -279,13 +279,18 @@ def is_scored(what: dict, rows: list[dict]) -> bool:
                or (r.get("snapshot") is None and r["params"] == what["params"])) for r in rows)
 
 
+def latest_scores(rows: list[dict]) -> list[dict]:
+    """One row per ``score_key`` (cell and snapshot), the last written, in first-seen order."""
+    return list({score_key(r): r for r in rows}.values())
+
+
 def latest_rows(rows: list[dict]) -> list[dict]:
     """One row per cell for tables and curves. Of the trajectories scored in a cell,
     the first recorded, so a re-trained run never moves a number already quoted
     (``retrained_table`` shows the others); of its scores, the last written, so a
     re-scoring replaces. The file keeps every row."""
     shown: dict[tuple, dict] = {}
-    for r in {score_key(r): r for r in rows}.values():  # keys in first-seen order, each its last row
+    for r in latest_scores(rows):
         shown.setdefault(row_key(r), r)
     return list(shown.values())
 
@@ -295,7 +300,7 @@ def retrained_table(rows: list[dict]) -> str:
     another CPU model): the held-out FID of each, in the order recorded (the first is
     the one in the tables), and their spread (max - min) / mean."""
     cells: dict[tuple, list[float]] = {}
-    for r in {score_key(r): r for r in rows}.values():
+    for r in latest_scores(rows):
         cells.setdefault(row_key(r), []).append(r["fid"])
     lines = ["| variant | nets (ngf/ndf, batch) | weights | seed | step | FID per trajectory | spread |",
              "|---|---|---|---|---|---|---|"]
@@ -332,10 +337,11 @@ def run_variants(args) -> None:
     for variant in args.variants:
         for step in range(args.eval_every, args.steps + 1, args.eval_every):
             params = train_to(args, variant, train_npy, step)
+            snapshot = snapshot_id(params)  # once a snapshot, whatever the weights scored
             for weights in args.weights:
                 what = dict(data=data_tag(args), variant=variant, size=args.size, ngf=args.ngf, ndf=args.ndf,
                             batch_size=args.batch_size, step=step, weights=weights, fid_n=args.fid_n, seed=args.seed,
-                            params=str(params), snapshot=snapshot_id(params))
+                            params=str(params), snapshot=snapshot)
                 if is_scored(what, done):
                     continue
                 row = score(params, weights, references, model, args.fid_n, device)
