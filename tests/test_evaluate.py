@@ -1,7 +1,8 @@
 """evaluate.py and fid_inception.py: the distance against closed forms, KID,
 the statistics cache, input kinds, PNG-exact quantisation, the offline message,
-and equality with ``python -m pytorch_fid`` -- all on pytorch-fid's real network built from a
-randomly initialised weights file in a temporary TORCH_HOME (no network)."""
+and equality with ``python -m pytorch_fid`` -- all on pytorch-fid's real
+network built from a randomly initialised weights file in a temporary
+TORCH_HOME (no network)."""
 import json
 import math
 import os
