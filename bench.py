@@ -8,7 +8,7 @@ each. Prints a table and one JSON line.
     python bench.py --steps 3 --sizes 64 --small --synthetic 256      # smoke run, seconds on a CPU
 
 The two training paths:
-  ours     train.Trainer(...).step(batch), fed by dataloader.DeviceFeeder from
+  ours     training.trainer.Trainer(...).step(batch), fed by dataloader.DeviceFeeder from
            the .npy that preprocess.py wrote from the same images (bf16 on
            CUDA with --precision auto, fp32 on CPU).
   classic  the loop as the PyTorch DCGAN tutorial writes it: torchvision
@@ -328,20 +328,17 @@ def endless(feeder):
 
 def measure_ours(npy: str, size: int, device: str, batch_size: int, steps: int, warmup: int,
                  precision: str, compile: bool, channels_last: str, small: bool, profile: bool) -> dict:
-    """train.Trainer's real step fed by dataloader.DeviceFeeder."""
-    try:
-        import dataloader
-        import train
-    except ImportError as err:
-        return unavailable(f"train.py / dataloader.py not importable yet ({err})")
-    if not hasattr(train, "Trainer") or not hasattr(dataloader, "DeviceFeeder"):
-        return unavailable("train.Trainer or dataloader.DeviceFeeder is missing")
+    """training.trainer.Trainer's real step fed by dataloader.DeviceFeeder."""
+    import dataloader
+    from training.trainer import Trainer
+    from training.training_loop import DEFAULTS
+
     device = utils.resolve_device(device)
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    config = {**net_config(size, small), "batch_size": batch_size}
+    config = {**DEFAULTS, **net_config(size, small), "batch_size": batch_size}  # the classic recipe
     memory_format = {"auto": None, "on": True, "off": False}[channels_last]
-    trainer = train.Trainer(config, device, precision=precision, compile=compile, channels_last=memory_format)
+    trainer = Trainer(config, device, precision=precision, compile=compile, channels_last=memory_format)
     channels_last = bool(getattr(trainer, "channels_last", False))
     feeder = dataloader.DeviceFeeder(npy, batch_size=batch_size, device=device, seed=0,
                                      channels_last=channels_last)
@@ -369,13 +366,11 @@ def measure_ours(npy: str, size: int, device: str, batch_size: int, steps: int, 
 
 def measure_feeder(npy: str, device: str, batch_size: int, batches: int, channels_last: str = "auto") -> dict:
     """DeviceFeeder batches in the memory format the training rows use."""
-    try:
-        import dataloader
-        import train
-    except ImportError as err:
-        return unavailable(f"dataloader.py / train.py not importable yet ({err})")
+    import dataloader
+    from training.trainer import default_channels_last
+
     device = utils.resolve_device(device)
-    channels_last = {"auto": train.default_channels_last(device), "on": True, "off": False}[channels_last]
+    channels_last = {"auto": default_channels_last(device), "on": True, "off": False}[channels_last]
     start_setup = time.perf_counter()
     feeder = dataloader.DeviceFeeder(npy, batch_size=batch_size, device=device, seed=0, flip=True,
                                      channels_last=channels_last)

@@ -42,41 +42,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import augment
 import utils
+from training import augment
 from utils import UserError
 
 CELEBA_SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "data" / "celeba_sample" / "img_align_celeba"
-# train.py flags for each variant; `best` is train.py's --recipe best.
-# best as chosen on 2026-11-23 (DiffAugment color,translation,cutout at lr 2e-4, EMA 0.999, BatchNorm
-# recomputed): its rows are quoted as best-v1; the one-change screen around it chose today's best
-# (BENCHMARKS.md "Issue 12"). A later flag wins, so each screen entry is BEST_V1 plus its change.
-BEST_V1 = ["--recipe", "best", "--augment", augment.ZHAO_POLICY, "--lr", "2e-4"]
+# Each variant: the training options (train.py's flags as training_loop arguments) on top of
+# the common ones below; "best" is train.py's --recipe best, the others change one thing.
+# Past comparisons that used other combinations give their flags in docs/experiments/.
 VARIANTS = {
-    "classic": [],
-    "augment": ["--augment", augment.ZHAO_POLICY],
-    "hinge": ["--loss", "hinge"],
-    "sn": ["--sn"],
-    "ttur": ["--lr-d", "4e-4", "--lr-g", "1e-4"],
-    "r1": ["--r1", "0.1"],
-    # candidates for best-v1, built from the options that won alone (chosen on the selection set)
-    "augment+r1": ["--augment", augment.ZHAO_POLICY, "--r1", "0.1"],
-    "augment+r1+hinge": ["--augment", augment.ZHAO_POLICY, "--r1", "0.1", "--loss", "hinge"],
-    "best": ["--recipe", "best"],  # = BEST_V1 + ["--augment", "color,translation"], the second screen's choice
-    "best-v1": BEST_V1,
-    "best-v1+ada": BEST_V1 + ["--ada", "0.6"],  # ADA's adaptive probability instead of augmenting every image
-    "best-v1+lrg4e-4": BEST_V1 + ["--lr-g", "4e-4"],
-    "best-v1+lr4e-4": BEST_V1 + ["--lr-g", "4e-4", "--lr-d", "4e-4"],
-    "best-v1-color": BEST_V1 + ["--augment", "translation,cutout"],
-    "best-v1-cutout+lrg4e-4": BEST_V1 + ["--augment", "color,translation", "--lr-g", "4e-4"],
-    "best-v1-cutout+lr4e-4": BEST_V1 + ["--augment", "color,translation", "--lr-g", "4e-4", "--lr-d", "4e-4"],
-    # the third screen (2026-12-02): one published small-data fix added to today's best, at its authors' value
-    "best+lecam0.3": ["--recipe", "best", "--lecam", "0.3"],
-    "best+topk0.5": ["--recipe", "best", "--topk", "0.5"],
-    "best+lr3e-4": ["--recipe", "best", "--lr", "3e-4"],  # between best (2e-4) and best-v1-cutout+lr4e-4
-    # the fourth screen (2026-12-03): mirrored reals (StyleGAN2-ADA's --mirror), the one standard
-    # small-data measure not yet screened; faces are left-right symmetric, so it doubles the data for free
-    "best+flip": ["--recipe", "best", "--flip"],
+    "classic": {},
+    "best": {"recipe": "best"},
+    "augment": {"augment": augment.ZHAO_POLICY},
+    "hinge": {"loss": "hinge"},
+    "sn": {"sn": True},
+    "ttur": {"lr_d": 4e-4, "lr_g": 1e-4},
+    "r1": {"r1": 0.1},
+    "best+lecam0.3": {"recipe": "best", "lecam": 0.3},
+    "best+topk0.5": {"recipe": "best", "topk": 0.5},
+    "best+flip": {"recipe": "best", "flip": True},
 }
 
 
@@ -164,21 +148,25 @@ def run_dir(args, variant: str) -> Path:
 def train_to(args, variant: str, train_npy: Path, step: int) -> Path:
     """Train ``variant`` up to ``step`` total steps (resuming its run) -> snapshot params."""
     import train
+    from training import checkpoint
+    from training.training_loop import training_loop
 
     run = run_dir(args, variant)
     snapshot = run / "snapshots" / f"step_{step:06d}.params"
     if snapshot.is_file():
         return snapshot
-    argv = ["--data", str(train_npy), "--out", str(run), "--params", str(run / "generator.params"),
-            "--size", str(args.size), "--ngf", str(args.ngf), "--ndf", str(args.ndf),
-            "--batch-size", str(args.batch_size), "--ema", str(args.ema), "--seed", str(args.seed),
-            "--device", args.device, "--max-steps", str(step),
-            "--sample-every", str(args.eval_every), "--checkpoint-every", str(args.eval_every)]
-    if (run / "checkpoint.pt").is_file():
-        argv.append("--resume")
-    code = train.main(argv + VARIANTS[variant])
+    options = {"data": str(train_npy), "out": str(run), "params": str(run / "generator.params"), "size": args.size,
+               "ngf": args.ngf, "ndf": args.ndf, "batch_size": args.batch_size, "ema": args.ema, "seed": args.seed,
+               "device": args.device, "max_steps": step, "sample_every": args.eval_every,
+               "checkpoint_every": args.eval_every, **VARIANTS[variant]}
+    saved, path = None, run / checkpoint.NAME
+    if path.is_file():
+        options["resume"], saved = True, checkpoint.load(path)["config"]
+    config = train.resolve_config(options, saved, path)
+    train.validate(config)
+    code = training_loop(**config)
     if code:
-        raise UserError(f"train.py stopped with exit code {code} in {run}")
+        raise UserError(f"training stopped with exit code {code} in {run}")
     snapshot.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "generator.params", snapshot)
     return snapshot
@@ -267,7 +255,7 @@ def snapshot_id(params: Path) -> str:
 
 def score_key(r: dict) -> tuple:
     """What one score is of: its cell and its snapshot (None in rows written before
-    snapshots were hashed, 2026-12-03)."""
+    snapshots were hashed)."""
     return (*row_key(r), r.get("snapshot"))
 
 
@@ -425,7 +413,7 @@ def seeds_table(rows: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-COLLAPSE_RISE = 0.10  # issue 12: a run "collapses" if its FID climbs more than 10 % above its minimum
+COLLAPSE_RISE = 0.10  # a run "collapses" if its FID climbs more than 10 % above its minimum
 
 
 def rise_after_minimum(fid_by_step: dict[int, float]) -> tuple[int, float, int, float]:

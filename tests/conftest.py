@@ -42,3 +42,11 @@ def torchrun(script, *args, cwd):
     proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def make_trainer(config: dict, *args, **kwargs):
+    """A Trainer from a partial config: training_loop's defaults (the classic recipe) plus ``config``."""
+    from training.trainer import Trainer
+    from training.training_loop import DEFAULTS
+
+    return Trainer({**DEFAULTS, **config}, *args, **kwargs)

@@ -1,5 +1,5 @@
 """Run by tests/test_robustness.py under torchrun (2 Gloo processes): the DDP
-step of train.Trainer against the step as it was before issue 13.3 (D's
+step of training.trainer.Trainer against the step as it was before D's reduction was trimmed (D's
 gradients reduced on all three backwards, buffers broadcast on every
 forward), on the same weights, batches and noise. Each rank saves its
 parameters, rank 0's buffers, and how many times D's gradients were reduced."""
@@ -12,7 +12,8 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import make_trainer  # noqa: E402
 from test_recipes import classic_step as previous_step  # noqa: E402  (the step before issues 12 and 13)
 
 CONFIG = {"ngf": 8, "ndf": 8, "nz": 16}
@@ -32,9 +33,9 @@ def main(out: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
-    now = train.Trainer(CONFIG, "cpu", world_size=2, rank=rank)
+    now = make_trainer(CONFIG, "cpu", world_size=2, rank=rank)
     torch.manual_seed(0)
-    before = train.Trainer(CONFIG, "cpu")
+    before = make_trainer(CONFIG, "cpu")
     before.G, before.D = DDP(before.netG), DDP(before.netD)  # DDP's defaults, as train.py had them
     reduced = {"now": [], "before": []}
     now.D.register_comm_hook(None, counting_hook(reduced["now"]))

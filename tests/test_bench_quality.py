@@ -145,29 +145,27 @@ def test_report_from_a_committed_rows_file_draws_table_and_curve_and_skips_absen
     assert (assets / "quality_t_128.png").is_file() and not (tmp_path / "out").exists()
 
 
-def test_every_variant_is_a_valid_train_command_and_best_v1_still_trains_the_old_best():
+def test_every_variant_is_a_valid_train_config_and_changes_what_its_name_says():
     import train
 
-    def config(flags):
-        args = train.build_parser().parse_args(flags)
-        train.validate_args(args)
-        return train.resolve_config(args, train.explicit_args(flags), None, None)
+    def config(options):
+        resolved = train.resolve_config(options)
+        train.validate(resolved)
+        return resolved
 
-    configs = {name: config(flags) for name, flags in bench_quality.VARIANTS.items()}  # a typo fails here, not hours in
-    assert configs["best"]["augment"] == config(["--augment"])["augment"]  # bare --augment = best's policy (README)
-    old_best = configs["best-v1"]  # the rows quoted as best-v1 (2026-11-23): cutout in the policy, lr 2e-4
-    assert (old_best["augment"], old_best["lr_g"], old_best["lr_d"], old_best["ema"]) == \
-        ("color,translation,cutout", 2e-4, 2e-4, 0.999)
-    for name, cfg in configs.items():  # each screen entry differs from best-v1 by what its name says
-        if name.startswith("best-v1") and name != "best-v1":
-            changed = {k for k in cfg if cfg[k] != old_best[k]}
-            assert changed and changed <= {"augment", "lr_g", "lr_d", "ada"}, (name, changed)
-    assert {k for k in configs["best"] if configs["best"][k] != old_best[k]} == {"augment"}  # best = v1 less cutout
-    assert configs["best"]["augment"] == "color,translation"
+    configs = {name: config(options) for name, options in bench_quality.VARIANTS.items()}  # a typo fails here
+    classic, best = configs["classic"], configs["best"]
+    assert best["augment"] == config(train.typed_options(train.build_parser().parse_args(["--augment"])))["augment"]
+    assert best["augment"] == "color,translation"  # bare --augment = best's policy (README)
+    for name, options in bench_quality.VARIANTS.items():  # each changes its own options of classic or best
+        base = best if options.get("recipe") == "best" else classic
+        changed = {k for k in configs[name] if configs[name][k] != base[k]}
+        assert name in ("classic", "best") or changed == set(options) - {"recipe"}, (name, changed)
+    assert {k for k in best if best[k] != classic[k]} == {"recipe", "augment", "ema", "ema_bn_recompute"}
 
 
 def test_collapse_check_measures_the_worst_rise_after_each_runs_own_minimum(tmp_path, capsys):
-    """The no-collapse target (issue 12): FID may not climb more than 10 % above
+    """The no-collapse target: FID may not climb more than 10 % above
     the run's minimum at any later point; each seed is its own run."""
     assert bench_quality.rise_after_minimum({500: 300.0, 1000: 116.0, 1500: 128.8, 2000: 124.0}) == \
         (1000, 116.0, 1500, 128.8 / 116.0 - 1)

@@ -1,4 +1,4 @@
-"""Issue 12: the options beyond the classic recipe (DiffAugment, hinge, spectral
+"""The options beyond the classic recipe (DiffAugment, hinge, spectral
 norm, TTUR, lazy R1, ADA, LeCam, top-k, EMA BatchNorm recompute, --recipe). Each changes what it
 should, round-trips through checkpoint and generator.params, resumes exactly,
 and the classic recipe stays bit-identical to the step as it was before them.
@@ -12,12 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-import augment
-import losses
 import network
 import train
 import utils
-from conftest import torchrun
+from conftest import make_trainer, torchrun
+from training import augment
+from training import loss as losses
+from training.loss import Loss
+from training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8", "--device", "cpu"]
@@ -39,6 +41,10 @@ def argv(tmp_path, data, *extra, out="run", params="generator.params"):
     return ["--data", str(data), *TINY, "--out", str(tmp_path / out), "--params", str(tmp_path / params), *extra]
 
 
+def resolved(flags):
+    return train.resolve_config(train.typed_options(train.build_parser().parse_args(flags)))
+
+
 def tensors_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -48,10 +54,10 @@ def images(b=4, size=16, seed=0):
 
 
 # --------------------------------------------------------------------------- #
-# The classic step and nets as they were before issue 12 (frozen copies)
+# The classic step and nets as they were before the options existed (frozen copies)
 # --------------------------------------------------------------------------- #
 def classic_step(self, real):
-    """train.Trainer.step before issue 12, verbatim but for the name."""
+    """The Trainer's step before the options beyond the classic recipe, verbatim but for the name."""
     criterion = nn.BCEWithLogitsLoss()
     b = real.shape[0]
     z = torch.randn(b, self.config["nz"], 1, 1, device=self.device)
@@ -98,14 +104,14 @@ def test_classic_trainer_is_bit_identical_to_the_frozen_classic_step_and_nets():
     and the same RNG position afterwards (no extra draws)."""
     real = torch.rand(3, 8, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
     torch.manual_seed(0)
-    new = train.Trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
+    new = make_trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
     for batch in real:
         new.step(batch)
     rng_new = torch.get_rng_state()
 
     torch.manual_seed(0)
-    ref = train.Trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
-    torch.manual_seed(0)  # rebuild the nets the way they were built before issue 12
+    ref = make_trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
+    torch.manual_seed(0)  # rebuild the nets the way they were built before the options
     g = network.Generator(64, nz=16, ngf=8).to(memory_format=torch.channels_last)
     d = classic_discriminator().to(memory_format=torch.channels_last)
     ref.netD.main = d
@@ -126,7 +132,7 @@ def test_recipe_classic_run_is_bit_identical_to_the_default_and_the_frozen_step(
     common = ["--max-steps", "5", "--ema", "0.9", "--flip"]
     assert train.main(argv(tmp_path, data, *common, out="default", params="default.params")) == 0
     assert train.main(argv(tmp_path, data, *common, "--recipe", "classic", out="classic", params="classic.params")) == 0
-    monkeypatch.setattr(train.Trainer, "step", classic_step)
+    monkeypatch.setattr(Trainer, "step", classic_step)
     assert train.main(argv(tmp_path, data, *common, out="frozen", params="frozen.params")) == 0
     blobs = [utils.torch_load(tmp_path / f"{name}.params") for name in ("default", "classic", "frozen")]
     for blob in blobs[1:]:
@@ -227,12 +233,12 @@ def test_trainer_with_ada_reports_p_and_augments_once_d_is_sure_of_the_reals(mon
     original = augment.diff_augment
     monkeypatch.setattr(augment, "diff_augment", lambda x, policy, p=None: seen.append(p) or original(x, policy, p))
     torch.manual_seed(0)
-    trainer = train.Trainer({**TINY_CONFIG, "augment": "translation", "ada": 0.6, "ada_kimg": 0.016}, "cpu")
+    trainer = make_trainer({**TINY_CONFIG, "augment": "translation", "ada": 0.6, "ada_kimg": 0.016}, "cpu")
     monkeypatch.setattr(trainer, "D", lambda x: torch.full((x.shape[0], 1), 5.0, requires_grad=True))  # D sure
     ps = [trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)["aug_p"].item() for _ in range(8)]
     assert ps == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # 4 steps of 8 images, 16 move p from 0 to 1
     assert len(seen) == 24 and [p.item() for p in seen[:12]] == [0.0] * 12 and seen[12].item() == 1.0
-    assert train.Trainer({**TINY_CONFIG, "ada": 0.6}, "cpu").ada is None  # no --augment: nothing to adapt
+    assert make_trainer({**TINY_CONFIG, "ada": 0.6}, "cpu").ada is None  # no --augment: nothing to adapt
 
 
 def test_augment_is_applied_to_every_batch_d_sees_real_and_fake(monkeypatch):
@@ -246,7 +252,7 @@ def test_augment_is_applied_to_every_batch_d_sees_real_and_fake(monkeypatch):
 
     monkeypatch.setattr(augment, "diff_augment", recorder)
     torch.manual_seed(0)
-    trainer = train.Trainer({**TINY_CONFIG, "augment": "translation,cutout"}, "cpu")
+    trainer = make_trainer({**TINY_CONFIG, "augment": "translation,cutout"}, "cpu")
     trainer.netD.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
     real = torch.rand(8, 3, 64, 64) * 2 - 1
     trainer.step(real)
@@ -262,16 +268,23 @@ def test_augment_is_applied_to_every_batch_d_sees_real_and_fake(monkeypatch):
 # --------------------------------------------------------------------------- #
 # Losses, R1, spectral norm, TTUR
 # --------------------------------------------------------------------------- #
+def loss_of(kind="bce", r1=0.0, r1_every=16, lecam=0.0, topk=0.0):
+    return Loss(kind, r1, r1_every, lecam, topk)
+
+
 def test_hinge_and_bce_values_on_known_logits():
     real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.5])
-    loss_real, loss_fake = losses.d_loss("hinge", real, fake)
-    assert loss_real.item() == pytest.approx((0 + 0.5 + 2.0) / 3)
-    assert loss_fake.item() == pytest.approx((0 + 1.0 + 2.5) / 3)
-    assert losses.g_loss("hinge", fake).item() == pytest.approx(0.5 / 3)
-    bce = nn.BCEWithLogitsLoss()
-    assert torch.equal(losses.d_loss_real("bce", real), bce(real, torch.ones(3)))
-    assert torch.equal(losses.d_loss_fake("bce", fake), bce(fake, torch.zeros(3)))
-    assert losses.g_loss("bce", fake).item() == pytest.approx(torch.nn.functional.softplus(-fake).mean().item())
+    hinge = loss_of("hinge")
+    (loss_real, total_real), (loss_fake, total_fake) = hinge.d_real(real), hinge.d_fake(fake)
+    assert loss_real.item() == pytest.approx((0 + 0.5 + 2.0) / 3) and total_real is loss_real  # no LeCam
+    assert loss_fake.item() == pytest.approx((0 + 1.0 + 2.5) / 3) and total_fake is loss_fake
+    assert hinge.g(fake).item() == pytest.approx(0.5 / 3)
+    bce, classic = nn.BCEWithLogitsLoss(), loss_of("bce")
+    assert torch.equal(classic.d_real(real)[0], bce(real, torch.ones(3)))
+    assert torch.equal(classic.d_fake(fake)[0], bce(fake, torch.zeros(3)))
+    assert classic.g(fake).item() == pytest.approx(torch.nn.functional.softplus(-fake).mean().item())
+    with pytest.raises(ValueError, match="unknown loss 'wasserstein'"):
+        loss_of("wasserstein")
 
 
 def test_r1_on_closed_forms_and_in_fp32_under_bf16_autocast():
@@ -295,9 +308,9 @@ def test_r1_is_lazy_every_k_steps_scaled_by_k_and_changes_d(monkeypatch):
     monkeypatch.setattr(losses, "r1_penalty", lambda *a, **k: calls.append(1) or original(*a, **k))
     reals = torch.rand(5, 8, 3, 64, 64) * 2 - 1
     torch.manual_seed(0)
-    a = train.Trainer({**TINY_CONFIG, "r1": 10.0, "r1_every": 2}, "cpu")
+    a = make_trainer({**TINY_CONFIG, "r1": 10.0, "r1_every": 2}, "cpu")
     torch.manual_seed(0)
-    b = train.Trainer(TINY_CONFIG, "cpu")
+    b = make_trainer(TINY_CONFIG, "cpu")
     steps_with_r1 = []
     for i, real in enumerate(reals):
         before = len(calls)
@@ -306,8 +319,8 @@ def test_r1_is_lazy_every_k_steps_scaled_by_k_and_changes_d(monkeypatch):
         steps_with_r1.append(len(calls) > before)
         if i == 0:  # the penalty moved D on its first step
             assert not tensors_equal(a.netD.state_dict(), b.netD.state_dict())
-    assert steps_with_r1 == [True, False, True, False, True] and a.steps == 5
-    assert a.state_dict()["steps"] == 5
+    assert steps_with_r1 == [True, False, True, False, True] and a.loss.steps == 5
+    assert a.state_dict()["loss"]["steps"] == 5
 
 
 def test_spectral_norm_bounds_every_d_conv_and_drops_batchnorm():
@@ -341,20 +354,21 @@ def test_lecam_values_on_known_logits():
     torch.testing.assert_close(x.grad, torch.tensor([2 * 1.5 / 3, 0.0, 0.0]))
 
 
-def logits_seen(monkeypatch, name):
-    """Record the logits every call of losses.<name> gets."""
-    seen, original = [], getattr(losses, name)
-    monkeypatch.setattr(losses, name, lambda kind, out: seen.append(out.detach().clone()) or original(kind, out))
+def logits_seen(monkeypatch, loss: Loss, name: str):
+    """Record the logits every call of ``loss.<name>`` (real_loss, fake_loss, gen_loss) gets."""
+    seen, original = [], getattr(loss, name)
+    monkeypatch.setattr(loss, name, lambda out: seen.append(out.detach().clone()) or original(out))
     return seen
 
 
 def test_lecam_anchors_average_d_means_start_after_step_one_and_change_d(monkeypatch):
     reals = torch.rand(3, 8, 3, 64, 64) * 2 - 1
     torch.manual_seed(0)
-    plain = train.Trainer(TINY_CONFIG, "cpu")
+    plain = make_trainer(TINY_CONFIG, "cpu")
     torch.manual_seed(0)
-    lecam = train.Trainer({**TINY_CONFIG, "lecam": 5.0}, "cpu")
-    real_logits, fake_logits = logits_seen(monkeypatch, "d_loss_real"), logits_seen(monkeypatch, "d_loss_fake")
+    lecam = make_trainer({**TINY_CONFIG, "lecam": 5.0}, "cpu")
+    real_logits, fake_logits = logits_seen(monkeypatch, lecam.loss, "real_loss"), \
+        logits_seen(monkeypatch, lecam.loss, "fake_loss")
     means = []
     for i, real in enumerate(reals):
         torch.manual_seed(i)
@@ -364,13 +378,13 @@ def test_lecam_anchors_average_d_means_start_after_step_one_and_change_d(monkeyp
         means.append(torch.stack([real_logits[-1].mean(), fake_logits[-1].mean()]))  # the LeCam trainer's
         if i == 0:  # no anchors yet on the first step: the same D step as without LeCam
             assert tensors_equal(plain.netD.state_dict(), lecam.netD.state_dict())
-            torch.testing.assert_close(lecam.lecam_anchors, means[0])
+            torch.testing.assert_close(lecam.loss.lecam_anchors, means[0])
     assert not tensors_equal(plain.netD.state_dict(), lecam.netD.state_dict())  # from step 2 on it pulls D
     expected = means[0]
     for m in means[1:]:
-        expected = train.LECAM_DECAY * expected + (1 - train.LECAM_DECAY) * m
-    torch.testing.assert_close(lecam.lecam_anchors, expected)
-    assert plain.lecam_anchors is None and plain.state_dict()["lecam_anchors"] is None
+        expected = losses.LECAM_DECAY * expected + (1 - losses.LECAM_DECAY) * m
+    torch.testing.assert_close(lecam.loss.lecam_anchors, expected)
+    assert plain.loss.lecam_anchors is None and plain.state_dict()["loss"]["lecam_anchors"] is None
 
 
 def test_topk_trains_g_on_the_fakes_d_scores_highest_with_k_shrinking_per_epoch(monkeypatch):
@@ -378,31 +392,32 @@ def test_topk_trains_g_on_the_fakes_d_scores_highest_with_k_shrinking_per_epoch(
     assert sorted(losses.top_k(logits, 0.4).tolist()) == [2.0, 3.0]
     assert sorted(losses.top_k(logits.view(5, 1), 0.5).tolist()) == [0.5, 2.0, 3.0]  # ceil(2.5)
     assert losses.top_k(logits, 1.0).numel() == 5 and losses.top_k(logits, 0.01).tolist() == [3.0]
-    monkeypatch.setattr(train, "TOPK_DECAY", 0.5)  # a fast schedule, to see the floor in a few steps
-    trainer = train.Trainer({**TINY_CONFIG, "topk": 0.3}, "cpu")
+    monkeypatch.setattr(losses, "TOPK_DECAY", 0.5)  # a fast schedule, to see the floor in a few steps
+    trainer = make_trainer({**TINY_CONFIG, "topk": 0.3}, "cpu")
     with pytest.raises(RuntimeError, match="steps_per_epoch"):
-        trainer.topk_fraction()
-    trainer.steps_per_epoch = 2
-    gen_logits, scored = logits_seen(monkeypatch, "d_loss_fake"), logits_seen(monkeypatch, "g_loss")
+        trainer.loss.topk_fraction()
+    trainer.loss.steps_per_epoch = 2
+    gen_logits, scored = logits_seen(monkeypatch, trainer.loss, "fake_loss"), \
+        logits_seen(monkeypatch, trainer.loss, "gen_loss")
     fractions = []
     for _ in range(6):
-        fractions.append(trainer.topk_fraction())
+        fractions.append(trainer.loss.topk_fraction())
         trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
     assert fractions == [1.0, 1.0, 0.5, 0.5, 0.3, 0.3]  # 0.5 ** epoch, floored at --topk
     assert [s.numel() for s in scored] == [8, 8, 4, 4, 3, 3]
-    assert trainer.state_dict()["steps"] == 6  # the schedule resumes from the step count
-    off = train.Trainer(TINY_CONFIG, "cpu")
+    assert trainer.state_dict()["loss"]["steps"] == 6  # the schedule resumes from the step count
+    off = make_trainer(TINY_CONFIG, "cpu")
+    scored_off = logits_seen(monkeypatch, off.loss, "gen_loss")
     off.step(torch.rand(8, 3, 64, 64) * 2 - 1)  # off: needs no epoch length, G sees every fake
-    assert scored[-1].numel() == 8 and len(gen_logits) == 7
+    assert scored_off[-1].numel() == 8 and len(gen_logits) == 6
 
 
 def test_ttur_rates_reach_the_optimizers_and_default_to_lr():
-    t = train.Trainer({**TINY_CONFIG, "lr_g": 1e-4, "lr_d": 4e-4}, "cpu")
+    t = make_trainer({**TINY_CONFIG, "lr_g": 1e-4, "lr_d": 4e-4}, "cpu")
     assert t.optG.param_groups[0]["lr"] == 1e-4 and t.optD.param_groups[0]["lr"] == 4e-4
-    t = train.Trainer({**TINY_CONFIG, "lr": 3e-4}, "cpu")
+    t = make_trainer({**TINY_CONFIG, "lr": 3e-4}, "cpu")
     assert t.optG.param_groups[0]["lr"] == t.optD.param_groups[0]["lr"] == 3e-4
-    args = train.build_parser().parse_args(["--lr", "1e-3", "--lr-d", "5e-3"])
-    config = train.resolve_config(args, train.explicit_args(["--lr", "1e-3", "--lr-d", "5e-3"]), None, None)
+    config = resolved(["--lr", "1e-3", "--lr-d", "5e-3"])
     assert (config["lr_g"], config["lr_d"]) == (1e-3, 5e-3)
 
 
@@ -411,7 +426,7 @@ def test_ttur_rates_reach_the_optimizers_and_default_to_lr():
 # --------------------------------------------------------------------------- #
 def test_recompute_bn_stats_averages_batch_stats_and_touches_no_rng_nor_training_state():
     torch.manual_seed(0)
-    trainer = train.Trainer({**TINY_CONFIG, "ema": 0.9, "ema_bn_recompute": True}, "cpu")
+    trainer = make_trainer({**TINY_CONFIG, "ema": 0.9, "ema_bn_recompute": True}, "cpu")
     for _ in range(2):
         trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
     ema_before = {k: v.clone() for k, v in trainer.netG_ema.state_dict().items()}
@@ -432,7 +447,7 @@ def test_recompute_bn_stats_averages_batch_stats_and_touches_no_rng_nor_training
     assert all(torch.equal(v, ema_before[k]) for k, v in same_weights.items())
     trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
     assert trainer.sampling_ema() is not calibrated  # recomputed once the EMA moved
-    off = train.Trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
+    off = make_trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
     assert off.sampling_ema() is off.netG_ema  # off by default: exports stay as they were
 
 
@@ -458,16 +473,16 @@ def test_every_option_round_trips_and_resumes_bit_identically(tmp_path):
         assert {k: config[k] for k in expected} == expected
     assert tensors_equal(a["generator"], b["generator"]) and tensors_equal(a["generator_ema"], b["generator_ema"])
     assert tensors_equal(ca["trainer"]["netD"], cb["trainer"]["netD"])
-    assert tensors_equal(ca["trainer"]["ema"], cb["trainer"]["ema"]) and cb["trainer"]["steps"] == 8
+    assert tensors_equal(ca["trainer"]["ema"], cb["trainer"]["ema"]) and cb["trainer"]["loss"]["steps"] == 8
     assert ca["trainer"]["ada"] == cb["trainer"]["ada"] and cb["trainer"]["ada"]["p"] > 0  # ADA's p moved, and resumed
-    assert torch.equal(ca["trainer"]["lecam_anchors"], cb["trainer"]["lecam_anchors"])  # LeCam's anchors resumed
+    assert torch.equal(ca["trainer"]["loss"]["lecam_anchors"], cb["trainer"]["loss"]["lecam_anchors"])  # LeCam's anchors resumed
     assert any("parametrizations.weight.original" in k for k in cb["trainer"]["netD"])
     assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
     # the export holds the BN-recomputed EMA; the checkpoint the training EMA
     assert not torch.equal(b["generator_ema"]["main.1.running_var"], cb["trainer"]["ema"]["main.1.running_var"])
     G, config = network.load_generator(tmp_path / "b.params")
     assert config["weights"] == "ema" and config["sn"] is True and G(torch.randn(2, 16)).shape == (2, 3, 64, 64)
-    trainer = train.Trainer(cb["config"], "cpu")  # the checkpoint config rebuilds the right nets
+    trainer = make_trainer(cb["config"], "cpu")  # the checkpoint config rebuilds the right nets
     trainer.load_state_dict(cb["trainer"])
     assert (trainer.optG.param_groups[0]["lr"], trainer.optD.param_groups[0]["lr"]) == (1e-4, 4e-4)
 
@@ -489,10 +504,9 @@ def test_resume_refuses_an_sn_change_and_takes_typed_rates(tmp_path):
 
 
 def test_recipe_best_sets_its_options_and_typed_flags_win(tmp_path):
-    args = ["--recipe", "best", "--augment", "translation", "--no-ema-bn-recompute"]
-    config = train.resolve_config(train.build_parser().parse_args(args), train.explicit_args(args), None, None)
+    config = resolved(["--recipe", "best", "--augment", "translation", "--no-ema-bn-recompute"])
     best = {k: config["lr"] if v is None and k in ("lr_g", "lr_d") else v  # unset rates follow --lr
-            for k, v in train.RECIPES["best"].items()}
+            for k, v in train.recipe_options("best").items()}
     assert best["augment"] != "translation" and best["ema_bn_recompute"] is True
     assert config["augment"] == "translation" and config["ema_bn_recompute"] is False
     assert all(config[k] == v for k, v in best.items() if k not in ("augment", "ema_bn_recompute"))
@@ -526,8 +540,8 @@ def test_every_option_runs_under_bf16_autocast():
     config = {**TINY_CONFIG, "augment": augment.DEFAULT_POLICY, "loss": "hinge", "sn": True, "r1": 1.0,
               "r1_every": 1, "ema": 0.9, "ema_bn_recompute": True, "ada": 0.05, "ada_kimg": 0.01, "lecam": 0.3,
               "topk": 0.5}
-    trainer = train.Trainer(config, "cpu", precision="bf16")
-    trainer.steps_per_epoch = 1
+    trainer = make_trainer(config, "cpu", precision="bf16")
+    trainer.loss.steps_per_epoch = 1
     for _ in range(5):
         out = trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
     assert all(torch.isfinite(v) for v in out.values())
@@ -537,20 +551,23 @@ def test_every_option_runs_under_bf16_autocast():
 DDP_SCRIPT = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     sys.path.insert(0, sys.argv[1])
-    import train
+    sys.path.insert(0, sys.argv[1] + "/tests")
+    from conftest import make_trainer
+    from training import distributed, loss
     torch.set_num_threads(1)
-    device, rank, world, _, _ = train.setup_distributed("cpu")
+    device = distributed.init("cpu")
+    rank, world = distributed.get_rank(), distributed.get_world_size()
     torch.manual_seed(0)  # same init on both ranks (DDP would broadcast rank 0's anyway)
     config = {"ngf": 8, "ndf": 8, "nz": 16, "augment": "color,translation,cutout", "loss": "hinge", "sn": True,
               "r1": 10.0, "r1_every": 1, "lr_g": 1e-4, "lr_d": 4e-4, "ada": 0.05, "ada_kimg": 0.01,
               "lecam": 1.0, "topk": 0.5}
-    train.TOPK_DECAY = 0.5  # G learns from half of each rank's fakes from step 2 on
-    trainer = train.Trainer(config, device, world_size=world, rank=rank)
-    trainer.steps_per_epoch = 1
+    loss.TOPK_DECAY = 0.5  # G learns from half of each rank's fakes from step 2 on
+    trainer = make_trainer(config, device, world_size=world, rank=rank)
+    trainer.loss.steps_per_epoch = 1
     torch.manual_seed(100 + rank)  # each rank its own reals, noise and augmentation
     for _ in range(5):  # ADA's p moves after step 4, from both ranks' D outputs
         trainer.step(torch.rand(4, 3, 64, 64) * 2 - 1)
-    params = torch.cat([trainer.ada.p.view(1), trainer.lecam_anchors] + [p.detach().flatten() for p in trainer.netD.parameters()]
+    params = torch.cat([trainer.ada.p.view(1), trainer.loss.lecam_anchors] + [p.detach().flatten() for p in trainer.netD.parameters()]
                        + [p.detach().flatten() for p in trainer.netG.parameters()])
     gathered = [torch.zeros_like(params) for _ in range(world)]
     dist.all_gather(gathered, params)

@@ -1,4 +1,4 @@
-"""Issue 7: exact resume, signals, SIGKILL, NaN stop, full disk, the bad-input
+"""Exact resume, signals, SIGKILL, NaN stop, full disk, the bad-input
 table, and a 2-process Gloo run through torchrun. CPU, tiny nets, seconds."""
 import errno
 import json
@@ -17,6 +17,8 @@ import network
 import train
 import utils
 from conftest import torchrun
+from training import checkpoint
+from training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8", "--device", "cpu"]
@@ -77,7 +79,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 # Signals, SIGKILL, NaN, full disk
 # --------------------------------------------------------------------------- #
 def signal_on_step(monkeypatch, signum, at):
-    original, calls = train.Trainer.step, {"n": 0}
+    original, calls = Trainer.step, {"n": 0}
 
     def step(self, real):
         out = original(self, real)
@@ -86,7 +88,7 @@ def signal_on_step(monkeypatch, signum, at):
             os.kill(os.getpid(), signum)  # arrives mid-run, like a Ctrl-C
         return out
 
-    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(Trainer, "step", step)
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -140,10 +142,10 @@ def test_real_ctrl_c_and_sigkill_leave_loadable_files(tmp_path):
 @pytest.mark.parametrize("log_every, nan_step", [(2, 6), (3, 6), (100, 8)])
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, log_every,
                                                                           nan_step):
-    """The losses are read one log interval late (issue 13.2), but every save
+    """The losses are read one log interval late, but every save
     reads them first: the NaN interval closed at step 6 (not yet read) or the
     one the save at step 8 closes itself stops the run before that save."""
-    original, calls = train.Trainer.step, {"n": 0}
+    original, calls = Trainer.step, {"n": 0}
 
     def step(self, real):
         out = original(self, real)
@@ -153,7 +155,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
                 self.netD.main[0].weight.fill_(float("nan"))
         return out
 
-    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(Trainer, "step", step)
     data = make_data(tmp_path)
     with pytest.raises(utils.UserError, match=rf"NaN/inf by step {nan_step}.*last good checkpoint.*--lr"):
         train.main(argv(tmp_path, data, "--max-steps", "20", "--log-every", str(log_every),
@@ -283,7 +285,7 @@ def test_a_pickle_that_would_run_code_is_refused_everywhere(tmp_path):
     params = tmp_path / "evil.params"
     torch.save(evil, params)
     (tmp_path / "run").mkdir()
-    torch.save({**evil, "format": train.CHECKPOINT_FORMAT}, tmp_path / "run/checkpoint.pt")
+    torch.save({**evil, "format": checkpoint.FORMAT}, tmp_path / "run/checkpoint.pt")
     calls = [lambda: network.load_generator(params),
              lambda: train.main(["--resume", "--out", str(tmp_path / "run"), "--device", "cpu"])]
     generator = pytest.importorskip("generator")
@@ -317,7 +319,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 def test_torchrun_two_processes_on_cpu_then_resume_on_one(tmp_path):
     data = make_data(tmp_path)
     proc = torchrun(ROOT / "train.py", *argv(tmp_path, data, "--max-steps", "3", "--log-every", "1"), cwd=tmp_path)
-    assert "4 images per process (8 over 2)" in proc.stderr  # BatchNorm warning (issue 13.6), said once
+    assert "4 images per process (8 over 2)" in proc.stderr  # BatchNorm warning, said once
     assert proc.stderr.count("images per process") == 1
     config = json.loads((tmp_path / "run/config.json").read_text())
     assert config["world_size"] == 2 and config["batch_size"] == 8
@@ -334,7 +336,7 @@ def test_torchrun_two_processes_on_cpu_then_resume_on_one(tmp_path):
 
 
 def test_ddp_step_reduces_d_once_and_matches_the_previous_step(tmp_path):
-    """Issue 13.3: no_sync on the real half and on G's pass through D, no
+    """no_sync on the real half and on G's pass through D, no
     buffer broadcasts: D's gradients are reduced once per step instead of
     three times, and the weights after 3 steps equal the old step's."""
     torchrun(ROOT / "tests" / "ddp_step_worker.py", str(tmp_path), cwd=tmp_path)
@@ -351,3 +353,25 @@ def test_ddp_step_reduces_d_once_and_matches_the_previous_step(tmp_path):
         for key, value in ranks[0]["now"][net].items():
             if key.endswith(("weight", "bias")):
                 assert torch.equal(value, ranks[1]["now"][net][key])
+
+
+def test_torchrun_votes_on_stopping_at_log_intervals_only_and_every_rank_stops_together(tmp_path):
+    """The stop vote is one blocking Gloo all-reduce: it runs at log intervals
+    (steps 2, 4, 6 with --log-every 2), not every step. A SIGTERM on rank 1
+    alone after step 3 stops both ranks at step 4's vote, saved, exit 143."""
+    data = make_data(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              str(ROOT / "tests" / "ddp_stop_worker.py"), str(tmp_path)]
+    args = argv(tmp_path, data, "--log-every", "2")
+    done = subprocess.run(common + ["none"] + args + ["--max-steps", "6"], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    votes = [json.loads((tmp_path / f"votes{r}.json").read_text()) for r in (0, 1)]
+    assert votes[0] == votes[1] == [2, 4, 6]
+    stopped = subprocess.run(common + ["3"] + args + ["--max-steps", "20", "--out", str(tmp_path / "stopped")],
+                             cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    assert stopped.returncode != 0 and "SIGTERM at step 4" in stopped.stderr, stopped.stderr[-3000:]
+    votes = [json.loads((tmp_path / f"votes{r}.json").read_text()) for r in (0, 1)]
+    assert votes[0] == votes[1] == [2, 4]
+    assert utils.torch_load(tmp_path / "stopped/checkpoint.pt")["step"] == 4

@@ -1,5 +1,6 @@
-"""train.py: the Trainer step bench.py reuses, the CLI contract, and the run
-folder a short CPU run leaves behind (tiny nets, random 64 px data)."""
+"""train.py and training/: the Trainer step bench.py reuses, the CLI contract
+(defaults, --dry-run), and the run folder a short CPU run leaves behind (tiny
+nets, random 64 px data)."""
 import json
 import sys
 import types
@@ -11,6 +12,9 @@ import torch
 import network
 import train
 import utils
+from conftest import make_trainer
+from training import stats, training_loop
+from training.trainer import Trainer
 
 TINY = ["--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8", "--device", "cpu"]
 
@@ -31,18 +35,63 @@ def run(tmp_path, *extra, data=None, out="run", params="generator.params"):
     return train.main(argv)
 
 
+def resolved(flags):
+    return train.resolve_config(train.typed_options(train.build_parser().parse_args(flags)))
+
+
 def test_parser_keeps_the_issue_contract():
-    args = train.build_parser().parse_args([])
-    assert (args.size, args.epochs, args.batch_size, args.lr, args.beta1, args.beta2) == (64, 5, 128, 2e-4, 0.5, 0.999)
-    assert (args.nz, args.ngf, args.ndf, args.seed, args.device, args.precision) == (100, 64, 64, 0, "auto", "auto")
-    assert (args.ema, args.params, args.max_steps, args.compile, args.resume) == (0.0, "generator.params", None, False, False)
+    args = resolved([])
+    epochs = training_loop.total_steps(args["epochs"], args["max_steps"], 1)[0]  # None + None: the default epochs
+    assert (args["size"], epochs, args["batch_size"], args["lr"], args["beta1"], args["beta2"]) == \
+        (64, 5, 128, 2e-4, 0.5, 0.999)
+    assert (args["nz"], args["ngf"], args["ndf"], args["seed"], args["device"], args["precision"]) == \
+        (100, 64, 64, 0, "auto", "auto")
+    assert (args["ema"], args["params"], args["max_steps"], args["compile"], args["resume"]) == \
+        (0.0, "generator.params", None, False, False)
+    assert args["data"] == "data/celeba_64.npy" and resolved(["--size", "128"])["data"] == "data/celeba_128.npy"
     with pytest.raises(SystemExit):
         train.build_parser().parse_args(["--size", "96"])
 
 
+def test_help_tells_every_default_and_where_a_left_out_option_comes_from():
+    text = " ".join(train.build_parser().format_help().split())
+    for phrase in ("--lr LR Adam learning rate for G and D (default: 0.0002; on --resume the checkpoint's)",
+                   "(default: 0.0; 0.999 with --recipe best; on --resume the checkpoint's)",  # --ema
+                   "--sample-every SAMPLE_EVERY steps between samples/step_NNNNNN.png grids (default: 500)",
+                   "(default: data/celeba_{size}.npy; on --resume the checkpoint's)",
+                   "--augment [POLICY]", "(default: none; color,translation with --recipe best;"):
+        assert phrase in text, phrase
+    parser = train.build_parser()
+    documented = {a.dest for a in parser._actions if a.help and "default:" in a.help}
+    options = {a.dest for a in parser._actions if a.option_strings} - {"help", "dry_run", "resume"}
+    assert options <= documented, options - documented
+    assert options | {"resume"} == set(training_loop.DEFAULTS) - {"nc"}  # every loop argument but nc is a flag
+
+
+def test_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(["--recipe", "best", "--lr", "3e-4", "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    config = json.loads(printed[printed.index("{"):])
+    assert (config["augment"], config["ema"], config["lr"], config["lr_g"]) == ("color,translation", 0.999, 3e-4, 3e-4)
+    assert config == {**training_loop.DEFAULTS, **config} and set(config) == set(training_loop.DEFAULTS)
+    assert not out.exists() and not (tmp_path / "generator.params").exists()
+
+
+def test_training_loop_is_callable_from_python_without_argv(tmp_path):
+    data = make_data(tmp_path)
+    code = training_loop.training_loop(data=str(data), ngf=8, ndf=8, nz=16, batch_size=8, max_steps=2, device="cpu",
+                                       out=str(tmp_path / "py"), params=str(tmp_path / "py.params"), recipe="best",
+                                       augment="translation", ema=0.9)
+    assert code == 0
+    config = utils.torch_load(tmp_path / "py/checkpoint.pt")["config"]
+    assert (config["augment"], config["ema"], config["max_steps"]) == ("translation", 0.9, 2)
+    assert network.load_generator(tmp_path / "py.params")[1]["weights"] == "ema"
+
+
 def test_one_step_changes_both_nets_and_returns_device_scalars():
     torch.manual_seed(0)
-    trainer = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16, "ema": 0.99}, "cpu")
+    trainer = make_trainer({"ngf": 8, "ndf": 8, "nz": 16, "ema": 0.99}, "cpu")
     before_g = [p.detach().clone() for p in trainer.netG.parameters()]
     before_d = [p.detach().clone() for p in trainer.netD.parameters()]
     real = torch.rand(8, 3, 64, 64) * 2 - 1
@@ -59,9 +108,9 @@ def test_one_step_changes_both_nets_and_returns_device_scalars():
 
 
 def test_trainer_state_dict_round_trips_without_wrapper_prefixes():
-    a = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu")
+    a = make_trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu")
     a.step(torch.rand(8, 3, 64, 64) * 2 - 1)
-    b = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu")
+    b = make_trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu")
     b.load_state_dict(a.state_dict())
     assert all(torch.equal(x, y) for x, y in zip(a.netG.state_dict().values(), b.netG.state_dict().values()))
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in a.state_dict()["netG"])
@@ -136,7 +185,7 @@ def test_fid_every_logs_scores_and_keeps_the_best_generator(tmp_path, monkeypatc
 
 
 def test_max_steps_alone_decides_the_length_and_both_given_say_which_wins(tmp_path, capsys):
-    # 32 images / batch 8 = 4 steps an epoch: the default 5 epochs would stop at 20 (issue 14.2)
+    # 32 images / batch 8 = 4 steps an epoch: the default 5 epochs would stop at 20
     assert run(tmp_path, "--max-steps", "22", "--log-every", "11") == 0
     assert utils.torch_load(tmp_path / "run/checkpoint.pt")["step"] == 22
     assert json.loads((tmp_path / "run/config.json").read_text())["epochs"] is None
@@ -144,16 +193,16 @@ def test_max_steps_alone_decides_the_length_and_both_given_say_which_wins(tmp_pa
     assert run(tmp_path, "--max-steps", "30", "--epochs", "2", out="both") == 0
     assert utils.torch_load(tmp_path / "both/checkpoint.pt")["step"] == 8
     assert "--epochs 2 (8 steps of 4) and --max-steps 30 both given: training stops at step 8" in capsys.readouterr().err
-    assert train.total_steps({"epochs": None, "max_steps": None}, 4) == (4 * train.DEFAULT_EPOCHS, None)
+    assert training_loop.total_steps(None, None, 4) == (4 * training_loop.DEFAULT_EPOCHS, None)
     assert "default: 5" in train.build_parser().format_help().replace("\n", " ").replace("  ", " ")
 
 
 def test_resume_in_another_memory_format_gives_adam_moments_the_parameter_layout(tmp_path):
-    """Issue 13.1: Optimizer.load_state_dict keeps the saved strides; CUDA's
+    """Optimizer.load_state_dict keeps the saved strides; CUDA's
     fused Adam refuses moments laid out unlike their parameter."""
-    a = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu", channels_last=False)
+    a = make_trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu", channels_last=False)
     a.step(torch.rand(8, 3, 64, 64) * 2 - 1)
-    b = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu", channels_last=True)
+    b = make_trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu", channels_last=True)
     b.load_state_dict(a.state_dict())
     for opt in (b.optG, b.optD):
         for p in (p for g in opt.param_groups for p in g["params"]):
@@ -177,51 +226,83 @@ def test_resume_in_another_memory_format_gives_adam_moments_the_parameter_layout
 
 
 def test_small_per_process_batch_warns():
-    assert train.small_batch_warning(128, 1) is None and train.small_batch_warning(256, 8) is None
-    message = train.small_batch_warning(128, 16)  # the README's old 2 x 8 GPU example
+    assert training_loop.small_batch_warning(128, 1) is None and training_loop.small_batch_warning(256, 8) is None
+    message = training_loop.small_batch_warning(128, 16)  # the README's old 2 x 8 GPU example
     assert "8 images per process" in message and "--batch-size 512" in message
 
 
 def test_deterministic_flag_is_recorded_and_leaves_global_settings_as_they_were(tmp_path, monkeypatch):
     seen = []
-    original = train.Trainer.step
+    original = Trainer.step
 
     def step(self, real):
         seen.append(torch.are_deterministic_algorithms_enabled())
         return original(self, real)
 
-    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(Trainer, "step", step)
     assert run(tmp_path, "--max-steps", "2", "--deterministic") == 0
     assert seen == [True, True] and not torch.are_deterministic_algorithms_enabled()
     assert json.loads((tmp_path / "run/config.json").read_text())["deterministic"] is True
 
 
 def test_loss_plot_is_drawn_at_saves_not_on_log_steps(tmp_path, monkeypatch):
-    """Issue 13.2: the matplotlib draw + fsync stays off the step loop's log
+    """the matplotlib draw + fsync stays off the step loop's log
     steps; metrics lines still come once per --log-every."""
     drawn = []
-    monkeypatch.setattr(train, "plot_losses", lambda history, path: drawn.append([r["step"] for r in history]))
+    monkeypatch.setattr(stats, "plot_losses", lambda history, path: drawn.append([r["step"] for r in history]))
     assert run(tmp_path, "--max-steps", "6", "--log-every", "1", "--checkpoint-every", "3") == 0
     assert drawn == [[1, 2, 3], [1, 2, 3, 4, 5, 6]]
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
-def test_metrics_are_read_one_interval_late():
-    metrics = train.Metrics(torch.device("cpu"), world_size=1)
-    out = {k: torch.tensor(float(i)) for i, k in enumerate(train.METRIC_KEYS)}
+def test_metrics_are_read_one_interval_late_and_time_the_training_steps_only(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(stats, "perf_counter", lambda: clock[0])
+    metrics = stats.Metrics(torch.device("cpu"), world_size=1, batch_size=5)
+    out = {k: torch.tensor(float(i)) for i, k in enumerate(stats.METRIC_KEYS)}
+    metrics.resume()
     metrics.add(out)
+    clock[0] = 1.0  # one step: 1 s
+    metrics.pause(sync=True)
+    clock[0] = 9.0  # 8 s of samples, FID, saves: not training
+    metrics.resume()
     metrics.add(out)
-    metrics.close({"step": 2, "epoch": 0.5}, 10.0)
+    clock[0] = 10.0
+    metrics.pause(sync=False)
+    assert metrics.log({"step": 2, "epoch": 0.5}, close=True, now=False) == []  # read one interval late
     assert metrics.steps == 0 and float(metrics.sums.abs().sum()) == 0  # next interval starts from zero
     rows = metrics.read()
-    assert rows == [{"step": 2, "epoch": 0.5, **{k: float(i) for i, k in enumerate(train.METRIC_KEYS)},
-                     "img_per_s": 10.0}]
+    assert rows == [{"step": 2, "epoch": 0.5, **{k: float(i) for i, k in enumerate(stats.METRIC_KEYS)},
+                     "img_per_s": 10 / 2.0}]  # 2 steps of 5 images in 2 s of training
     assert metrics.read() == []
 
 
+def test_img_per_s_in_metrics_leaves_out_samples_and_saves(tmp_path, monkeypatch):
+    """Each step takes 1 s on a fake clock and each sample grid / checkpoint
+    100 s: the logged rate is batch / 1 s whatever the maintenance costs."""
+    clock = [0.0]
+    monkeypatch.setattr(stats, "perf_counter", lambda: clock[0])
+    original_step, original_grid = Trainer.step, stats.sample_grid
+
+    def step(self, real):
+        clock[0] += 1.0
+        return original_step(self, real)
+
+    def grid(*args):
+        clock[0] += 100.0
+        return original_grid(*args)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    monkeypatch.setattr(stats, "sample_grid", grid)
+    assert run(tmp_path, "--max-steps", "6", "--log-every", "1", "--sample-every", "2", "--checkpoint-every", "3") == 0
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and clock[0] > 300
+    assert {r["img_per_s"] for r in rows} == {8.0}
+
+
 def test_bf16_compile_builds_two_graphs_for_d(monkeypatch):
-    """Issue 13.9: with the real batch cast to bf16, D sees one input dtype:
+    """with the real batch cast to bf16, D sees one input dtype:
     one graph for inputs without grad (real, detached fake) and one for G's
     pass (fake with grad), not four. Counted with a backend that only counts
     (no C compiler needed) and runs the traced graph eagerly."""
@@ -242,7 +323,7 @@ def test_bf16_compile_builds_two_graphs_for_d(monkeypatch):
 
     torch._dynamo.reset()
     monkeypatch.setattr(torch, "compile", counting_compile)
-    trainer = train.Trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu", precision="bf16", compile=True)
+    trainer = make_trainer({"ngf": 8, "ndf": 8, "nz": 16}, "cpu", precision="bf16", compile=True)
     for _ in range(3):
         out = trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
     assert all(torch.isfinite(v) for v in out.values())

@@ -6,15 +6,12 @@ step, so D cannot tell reals from fakes by the augmentation, and G gets its
 gradient back through the transform (every op here is differentiable w.r.t.
 the images). On a small data set this stops D from memorising the reals.
 
-    from augment import diff_augment
+    from training.augment import diff_augment
     logits = D(diff_augment(real, "color,translation"))
 
-The default policy is ``color,translation``. Zhao et al. recommend adding
-``cutout`` when data is scarce (their 100-shot / 10 % CelebA and CIFAR
-results); on the 4,000-face CelebA sample with DCGAN-sized nets (ngf = ndf =
-32) cutout, which blanks a square half the image wide, slowed G at both
-sizes and dropping colour hurt (BENCHMARKS.md, "Issue 12": the policy
-screen), so ``--augment color,translation,cutout`` is there for smaller sets.
+The default policy is ``color,translation``; Zhao et al. add ``cutout`` for
+very small sets (``--augment color,translation,cutout``). BENCHMARKS.md has
+the measurements behind the default.
 
 Random parameters are drawn per image from the torch RNG on the images'
 device (one call per op for the whole batch, no per-image Python), so the
@@ -32,8 +29,8 @@ import torch.nn.functional as F
 
 from utils import UserError
 
-DEFAULT_POLICY = "color,translation"  # measured best here (BENCHMARKS.md, issue 12)
-ZHAO_POLICY = "color,translation,cutout"  # Zhao et al.'s policy for small data sets; best-v1's
+DEFAULT_POLICY = "color,translation"  # --recipe best's and bare --augment's policy (BENCHMARKS.md)
+ZHAO_POLICY = "color,translation,cutout"  # Zhao et al.'s policy for small data sets
 
 
 def _rand(x: torch.Tensor, *shape: int) -> torch.Tensor:
