@@ -150,7 +150,7 @@ def test_recipe_classic_run_is_bit_identical_to_the_default_and_the_frozen_step(
 # DiffAugment
 # --------------------------------------------------------------------------- #
 def test_augment_is_differentiable_per_image_and_keeps_shape_and_format():
-    x = images(4, 16).double().requires_grad_(True)
+    x = images(4, 8).double().requires_grad_(True)  # 8 px: translation still shifts by 1 px, gradcheck stays quick
 
     def seeded(t):
         torch.manual_seed(3)  # the same random parameters on every gradcheck call
@@ -204,7 +204,7 @@ def test_augment_with_probability_p_augments_that_share_and_leaves_the_rest_unto
         torch.manual_seed(3)
         return augment.diff_augment(t, augment.DEFAULT_POLICY, half)
 
-    assert torch.autograd.gradcheck(seeded, (images(4, 16).double().requires_grad_(True),), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(seeded, (images(4, 8).double().requires_grad_(True),), eps=1e-6, atol=1e-5)
 
 
 def test_ada_moves_p_by_the_sign_of_d_on_reals_every_interval_and_resumes_exactly():

