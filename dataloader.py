@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import UserError
+from utils import UserError, file_kind
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, epoch) over the 64-bit seed space
 
@@ -47,6 +47,11 @@ def load_images(path, size: int | None = None) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image array not found: {path} (make it with `python preprocess.py`)")
+    kind = file_kind(path)
+    if kind[0] != "npy":
+        src = path if kind[0] == "zip" else "FOLDER"  # preprocess.py reads a zip of photos in place
+        raise UserError(f"{path} is {kind[1]}, not an image array from preprocess.py; "
+                        f"make one with: python preprocess.py --src {src}")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:

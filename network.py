@@ -214,7 +214,8 @@ def load_generator(path, device="cpu", use_ema: bool = True) -> tuple[Generator,
     """Load generator.params (ours, or a bare state_dict as the classic DCGAN
     code saves it) -> (Generator in eval mode on ``device``, config); config["weights"]
     says which were loaded: "ema" (the default when the file has them) or "raw"."""
-    blob = torch_load(path, what="params file")
+    blob = torch_load(path, what="generator.params file",
+                      hint="pass --params generator.params (written by train.py, e.g. runs/<run>/generator.params)")
     if isinstance(blob, dict) and blob.get("format") == PARAMS_FORMAT:
         config = {**DEFAULT_CONFIG, **blob["config"]}
         ema = use_ema and blob.get("generator_ema") is not None

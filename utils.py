@@ -136,9 +136,57 @@ def torch_save(obj, path) -> None:
         torch.save(obj, tmp)
 
 
-def torch_load(path, map_location="cpu", what: str = "file"):
+_MAGIC = (  # first bytes -> kind
+    (b"\x93NUMPY", "npy"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
+    (b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"), (b"\x80", "pickle"),
+)
+
+
+def file_kind(path) -> tuple[str, str]:
+    """What a file is, from its first bytes (not its name): (kind, a phrase
+    for an error message), kind one of npy, image, torch, npz, zip, damaged
+    (zip), pickle, empty, unknown. Lets a loader say "x.png is a PNG image,
+    not ..." instead of quoting the parser that choked on it."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as err:
+        return "unknown", f"an unreadable file ({err.strerror or err})"
+    if not head:
+        return "empty", "an empty file (0 bytes)"
+    kind = next((k for magic, k in _MAGIC if head.startswith(magic)), "unknown")
+    if kind == "npy":
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header only
+        except (ValueError, OSError, EOFError):
+            return "npy", "a numpy array"
+        if array.ndim == 4 and array.shape[3] == 3 and array.dtype == np.uint8:
+            n, h, w, _ = array.shape
+            return "npy", f"a numpy image array ({n} images of {h}x{w} px, from preprocess.py)"
+        return "npy", f"a numpy array ({array.dtype}, shape {tuple(array.shape)})"
+    if kind in ("PNG", "JPEG", "GIF"):
+        return "image", f"a {kind} image"
+    if kind == "zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "damaged", "a damaged zip archive"
+        if any(name.endswith("data.pkl") for name in names):
+            return "torch", "a torch file (a checkpoint or generator.params from train.py)"
+        if names and all(name.endswith(".npy") for name in names):
+            return "npz", "a numpy .npz archive"
+        return "zip", "a zip archive"
+    if kind == "pickle":
+        return "pickle", "a Python pickle"
+    return "unknown", "a file of unknown type"
+
+
+def torch_load(path, map_location="cpu", what: str = "file", hint: str = ""):
     """``torch.load(weights_only=True)`` with one-line errors for a missing,
-    truncated, foreign, or code-carrying (unsafe pickle) file."""
+    truncated, foreign, or code-carrying (unsafe pickle) file. A file of
+    another kind (an image array, a picture, a zip) is named by its kind,
+    followed by ``hint`` (what to pass instead)."""
     import torch
 
     path = Path(path)
@@ -146,19 +194,23 @@ def torch_load(path, map_location="cpu", what: str = "file"):
         raise UserError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise _torch_load_error(path, what, hint, err) from None
+
+
+def _torch_load_error(path: Path, what: str, hint: str, err: Exception) -> UserError:
+    """The one-line UserError for a file that torch.load refused."""
+    kind = file_kind(path)
+    if kind[0] not in ("torch", "pickle", "damaged"):  # not truncated torch files: foreign ones
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        return UserError(f"{path} is {kind[1]}, not {article} {what}" + (f"; {hint}" if hint else ""))
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, pickle.UnpicklingError):
         if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise UserError(
-                f"refusing to load {path}: it holds Python objects that could run code "
-                f"(only plain tensors and containers are accepted; weights_only=True)"
-            ) from None
-        raise UserError(f"{what} {path} is not a valid torch file ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"{what} {path} is truncated or corrupt and cannot be read ({first[:160]})"
-        ) from None
+            return UserError(f"refusing to load {path}: it holds Python objects that could run code "
+                             f"(only plain tensors and containers are accepted; weights_only=True)")
+        return UserError(f"{what} {path} is not a valid torch file ({first})")
+    return UserError(f"{what} {path} is truncated or corrupt and cannot be read ({first[:160]})")
 
 
 # --------------------------------------------------------------------------- #

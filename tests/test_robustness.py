@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -311,6 +312,53 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in err
         assert err.strip().count("\n") == 0 and err.startswith("error: ") and needle in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_file_of_another_kind_is_named_for_what_it_is_by_the_cli(tmp_path):
+    """The two mix-ups a new user makes: the image array as --params and the
+    preview PNG as --data. Each says what the file is and what to pass."""
+    import preprocess
+
+    preprocess.main(["--synthetic", "64", "--sizes", "64", "--out", str(tmp_path / "data")])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    cases = [(["generator.py", "--params", "data/synthetic_64.npy", "--out", "s"],
+              "data/synthetic_64.npy is a numpy image array (64 images of 64x64 px, from preprocess.py), not a "
+              "generator.params file; pass --params generator.params (written by train.py"),
+             (["train.py", "--data", "data/synthetic_64_preview.png", "--device", "cpu", "--out", "run"],
+              "data/synthetic_64_preview.png is a PNG image, not an image array from preprocess.py; "
+              "make one with: python preprocess.py --src FOLDER")]
+    for (script, *args), needle in cases:
+        proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path, env=env, text=True,
+                              capture_output=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: " + needle)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "run").exists()
+
+
+def test_file_kinds_from_magic_bytes_whatever_the_name(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "photo.npy", format="JPEG")  # the name lies; the bytes do not
+    np.savez(tmp_path / "stats.npz", mu=np.zeros(2))
+    with zipfile.ZipFile(tmp_path / "faces.zip", "w") as archive:
+        archive.writestr("000001.jpg", b"x")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "generator.params")
+    np.save(tmp_path / "floats.npy", np.zeros((2, 3), np.float32))
+    (tmp_path / "junk").write_bytes(b"not a file we know")
+    kinds = {name: utils.file_kind(tmp_path / name) for name in
+             ("photo.npy", "stats.npz", "faces.zip", "generator.params", "floats.npy", "junk")}
+    assert kinds == {"photo.npy": ("image", "a JPEG image"), "stats.npz": ("npz", "a numpy .npz archive"),
+                     "faces.zip": ("zip", "a zip archive"),
+                     "generator.params": ("torch", "a torch file (a checkpoint or generator.params from train.py)"),
+                     "floats.npy": ("npy", "a numpy array (float32, shape (2, 3))"),
+                     "junk": ("unknown", "a file of unknown type")}
+    for name, needle in [("generator.params", "is a torch file"), ("faces.zip", r"--src .*faces\.zip$"),
+                         ("junk", "is a file of unknown type, not an image array")]:
+        with pytest.raises(utils.UserError, match=needle):
+            train.main(argv(tmp_path, tmp_path / name, "--max-steps", "1"))
+    with pytest.raises(utils.UserError, match=r"stats\.npz is a numpy \.npz archive, not a checkpoint$"):
+        utils.torch_load(tmp_path / "stats.npz", what="checkpoint")
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------- #
