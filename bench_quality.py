@@ -190,7 +190,7 @@ def score(params: Path, weights: str, references: dict[str, dict], model, n: int
     row = {"weights": weights, "step": int(config.get("step", 0))}
     for suffix, real in references.items():
         kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
-        row.update({f"fid{suffix}": evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"]),
+        row.update({f"fid{suffix}": evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"], device=device),
                     f"kid{suffix}": kid, f"kid_std{suffix}": kid_std})
     return row
 
@@ -226,7 +226,8 @@ def reference_row(args, train_npy: Path, real: dict, model, device, rows: list[d
                                    desc="train part")
     mu, sigma = evaluate.activations_to_statistics(acts)
     kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
-    return {"fid": evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"]), "kid": kid, "kid_std": kid_std,
+    fid = evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"], device=device)
+    return {"fid": fid, "kid": kid, "kid_std": kid_std,
             "weights": "-", "step": 0, "variant": "real faces", "data": data_tag(args), "size": args.size, "ngf": 0,
             "ndf": 0, "batch_size": 0, "images_seen": 0, "fid_n": args.fid_n, "real_n": real["n"],
             "inception": model.weights_label, "params": "", "device": str(device)}

@@ -51,6 +51,12 @@ class SmallSampleWarning(UserWarning):
 # --------------------------------------------------------------------------- #
 # Pure functions: activations -> statistics -> distance
 # --------------------------------------------------------------------------- #
+def _float64_device(device) -> torch.device:
+    """Where float64 linear algebra runs: ``device``, CPU when none or MPS (no float64)."""
+    device = torch.device("cpu" if device is None else device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def activations_to_statistics(acts, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """(n, d) activations (numpy or torch, any device) -> (mu (d,), sigma (d, d))
     in float64, sigma unbiased as ``np.cov(acts, rowvar=False)``. Two passes in
@@ -59,7 +65,7 @@ def activations_to_statistics(acts, chunk: int = 8192) -> tuple[np.ndarray, np.n
     if acts.ndim != 2 or acts.shape[0] < 2:
         raise ValueError(f"need (n >= 2, d) activations, got shape {tuple(acts.shape)}")
     n, d = acts.shape
-    dev = torch.device("cpu") if acts.device.type == "mps" else acts.device
+    dev = _float64_device(acts.device)
     mu = torch.zeros(d, dtype=torch.float64, device=dev)
     for start in range(0, n, chunk):
         mu += acts[start : start + chunk].to(dev, torch.float64).sum(0)
@@ -98,16 +104,47 @@ def warn_if_small_sample(*counts) -> None:
         )
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def _trace_sqrt_eigh(sigma1: np.ndarray, sigma2: np.ndarray, device) -> float | None:
+    """tr sqrt(sigma1 sigma2) in float64 on ``device``: with sigma1 = V diag(w) V^T
+    (eigh, tiny negative w clipped to 0), sigma1 sigma2 has the eigenvalues of the
+    symmetric PSD diag(sqrt w) V^T sigma2 V diag(sqrt w), so the trace is the sum of
+    their square roots. None when eigh fails or the result is not finite."""
+    dev = _float64_device(device)
+    s1, s2 = (torch.as_tensor(s, dtype=torch.float64, device=dev) for s in (sigma1, sigma2))
+    try:
+        w, v = torch.linalg.eigh((s1 + s1.T) / 2)
+        root = w.clamp(min=0).sqrt()
+        m = (v.T @ s2 @ v) * root[:, None] * root[None, :]
+        tr = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum().item()
+    except RuntimeError:  # torch.linalg.LinAlgError (no convergence), or the device ran out
+        return None
+    return tr if np.isfinite(tr) else None
+
+
+def _trace_sqrt_scipy(sigma1: np.ndarray, sigma2: np.ndarray) -> float | None:
+    """tr sqrtm(sigma1 sigma2) as pytorch-fid takes it (scipy, CPU): None when the
+    root is not finite or has a large imaginary part; small ones are dropped."""
+    covmean = _sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        return None
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            return None
+        covmean = covmean.real
+    return float(np.trace(covmean))
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, device=None) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2):
     ``||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2))``.
 
-    The same computation as pytorch-fid's ``calculate_frechet_distance``
-    (Dougal Sutherland's stable version): when the matrix square root of the
-    product is not finite, or has a large imaginary part, ``eps * I`` is added
-    to both covariances and it is taken again. Small imaginary parts (numerical
-    noise) are dropped. Never returns NaN or a complex number: a result that
-    stays bad raises UserError."""
+    Equal to pytorch-fid's ``calculate_frechet_distance`` (Dougal Sutherland's
+    stable version) within 1e-3, in a fraction of its time: the trace of the
+    square root comes from float64 eigenvalues on ``device`` (CPU when None),
+    with scipy's ``sqrtm`` of the product as the fallback when they fail. When
+    neither gives a finite real root, ``eps * I`` is added to both covariances
+    and it is taken again, as pytorch-fid does. Never returns NaN or a complex
+    number: a result that stays bad raises UserError."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
@@ -119,14 +156,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     diff = mu1 - mu2
 
     def trace_sqrt(s1, s2):
-        covmean = _sqrtm(s1.dot(s2))
-        if not np.isfinite(covmean).all():
-            return None
-        if np.iscomplexobj(covmean):
-            if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-                return None
-            covmean = covmean.real
-        return float(np.trace(covmean))
+        tr = _trace_sqrt_eigh(s1, s2, device)
+        return tr if tr is not None else _trace_sqrt_scipy(s1, s2)
 
     tr_covmean = trace_sqrt(sigma1, sigma2)
     if tr_covmean is None:  # singular or nearly so: as pytorch-fid, regularise and retry
@@ -151,9 +182,7 @@ def kernel_inception_distance(
     subsets of ``min(subset_size, n1, n2)`` from each set -> (mean, std).
     Float64; subsets drawn from a local RNG seeded with ``seed``."""
     a, b = torch.as_tensor(acts1), torch.as_tensor(acts2)
-    dev = torch.device(device) if device is not None else a.device
-    if dev.type == "mps":
-        dev = torch.device("cpu")
+    dev = _float64_device(device if device is not None else a.device)
     a, b = a.to(dev, torch.float64), b.to(dev, torch.float64)
     if a.ndim != 2 or a.shape[1:] != b.shape[1:]:
         raise ValueError(f"activations do not match: {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -381,7 +410,7 @@ def generator_fid(
     acts = generated_features(generator, nz, n, model, device, batch_size, seed)
     mu, sigma = activations_to_statistics(acts)
     warn_if_small_sample(n, real_stats.get("n"))
-    return frechet_distance(mu, sigma, real_stats["mu"], real_stats["sigma"])
+    return frechet_distance(mu, sigma, real_stats["mu"], real_stats["sigma"], device=device)
 
 
 def path_statistics(path, model, device, batch_size: int = 200, size=None) -> dict:
@@ -491,7 +520,7 @@ def _run(args) -> int:
     acts = generated_features(generator, int(config["nz"]), args.num_samples, model, device, args.batch_size, args.seed)
     fake = statistics_from_features(acts, seed=args.seed, size=size, extractor=model.extractor_id)
     warn_if_small_sample(args.num_samples, real.get("n"))
-    fid = frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"])
+    fid = frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"], device=device)
     kid = None
     if args.kid:
         kid = kernel_inception_distance(acts, _kid_features(real, str(data)), seed=args.seed, device=device)
@@ -539,7 +568,7 @@ def _compare_sets(args, device, start) -> int:
         return 0
     fake = path_statistics(args.fake, model, device, args.batch_size)
     warn_if_small_sample(fake.get("n"), real.get("n"))
-    fid = frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"])
+    fid = frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"], device=device)
     kid = None
     if args.kid:
         kid = kernel_inception_distance(_kid_features(fake, args.fake), _kid_features(real, args.real),

@@ -127,6 +127,31 @@ def test_frechet_distance_singular_and_broken_inputs():
         evaluate.frechet_distance(stats[0][0][:10], stats[0][1], *stats[1])
 
 
+def low_rank_features(n, d, seed, shift=0.0):
+    """Pool3-like features: a decaying 100-d signal plus noise, rectified."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 100)) * np.linspace(3, 0.1, 100)
+    x = z @ rng.normal(size=(100, d)) / 10 + 0.1 * rng.normal(size=(n, d)) + shift
+    return np.maximum(x, 0).astype(np.float32)
+
+
+@pytest.mark.parametrize("n", [2000, 300], ids=["full-rank", "fewer-samples-than-dims"])
+def test_frechet_distance_eigenvalues_equal_scipy_sqrtm_and_pytorch_fid(n, monkeypatch):
+    """512-d (2048-d takes scipy 16 s a call here; the maths does not depend on d)."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    stats = [evaluate.activations_to_statistics(low_rank_features(n, 512, k, 0.05 * k)) for k in (0, 1)]
+    ours = evaluate.frechet_distance(*stats[0], *stats[1])
+    reference = float(np.real(calculate_frechet_distance(*stats[0], *stats[1])))
+    assert reference > 10 and ours == pytest.approx(reference, abs=1e-3)
+
+    def eigh_fails(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", eigh_fails)  # the fallback: scipy's sqrtm of the product
+    assert evaluate.frechet_distance(*stats[0], *stats[1]) == pytest.approx(ours, abs=1e-3)
+
+
 def test_statistics_float64_like_numpy_and_small_sample_warning():
     acts = np.random.default_rng(2).normal(3, 2, size=(50, 16)).astype(np.float32)
     with warnings.catch_warnings(record=True) as caught:  # statistics alone are no FID: no warning
