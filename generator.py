@@ -4,6 +4,7 @@ optionally a grid of smooth latent walks.
     python generator.py -n 64                                   # samples/000000.png ... + samples/grid.png
     python generator.py -n 16 --params runs/x/generator.params --seed 7 --no-ema
     python generator.py -n 8 --interpolate 6 --out walks       # + walks/interpolation.png (6 walks)
+    python generator.py --interpolate 16 --gif                 # + samples/interpolation.gif (16 faces walking)
 
 Image k comes from its own random generator seeded with ``seed + k`` (the
 per-seed generators of NVlabs EDM), so it is the same whatever
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--interpolate", type=int, default=0, metavar="K",
                         help="also write interpolation.png: K walks (rows) between random latents")
     parser.add_argument("--interp-steps", type=int, default=10, help="frames per walk, endpoints included")
+    parser.add_argument("--gif", action="store_true",
+                        help="with --interpolate: also write interpolation.gif, a looping animation of the walks "
+                             "(frame t: every walk at step t)")
     return parser
 
 
@@ -96,17 +100,24 @@ def write_samples(generator, nz: int, n: int, out: Path, seed: int, device, batc
 
 
 def write_interpolation(generator, nz: int, walks: int, steps: int, out: Path, seed: int, device,
-                        batch_size: int) -> Path:
+                        batch_size: int, gif: bool = False) -> list[Path]:
     """Walk r goes from the latent of seed + 2r to that of seed + 2r + 1 (so
     walk 0 starts at image 0 and ends at image 1 of a run with the same seed);
-    one row per walk, ``steps`` frames a row."""
+    interpolation.png has one row per walk, ``steps`` frames a row. ``gif``:
+    also interpolation.gif, a looping animation with ``steps`` frames, frame t
+    a grid of every walk at step t. -> the paths written."""
     z0 = latents([seed + 2 * r for r in range(walks)], nz)
     z1 = latents([seed + 2 * r + 1 for r in range(walks)], nz)
     z = slerp(z0, z1, torch.linspace(0, 1, steps)).reshape(walks * steps, nz)
     images = np.concatenate(list(generate(generator, z, device, batch_size)))
-    path = out / "interpolation.png"
-    utils.save_png(utils.image_grid(images, nrow=steps), path)
-    return path
+    paths = [out / "interpolation.png"]
+    utils.save_png(utils.image_grid(images, nrow=steps), paths[0])
+    if gif:
+        paths.append(out / "interpolation.gif")
+        walk = images.reshape(walks, steps, *images.shape[1:])
+        utils.save_gif([utils.image_grid(walk[:, t]) for t in range(steps)], paths[1], duration_ms=120,
+                       last_ms=1000)
+    return paths
 
 
 def main(argv=None) -> int:
@@ -119,6 +130,8 @@ def main(argv=None) -> int:
         raise utils.UserError(f"--interpolate must be 0 (off) or a number of walks (got {args.interpolate})")
     if args.interp_steps < 2:
         raise utils.UserError(f"--interp-steps must be at least 2 (got {args.interp_steps})")
+    if args.gif and not args.interpolate:
+        raise utils.UserError("--gif animates the latent walks: add --interpolate K (e.g. --interpolate 16 --gif)")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise utils.UserError(f"--out {out} exists and is not a folder")
@@ -136,9 +149,9 @@ def main(argv=None) -> int:
     write_samples(generator, config["nz"], args.num, out, args.seed, device, args.batch_size)
     print(f"wrote {args.num} images and {out / 'grid.png'}")
     if args.interpolate:
-        path = write_interpolation(generator, config["nz"], args.interpolate, args.interp_steps, out,
-                                   args.seed, device, args.batch_size)
-        print(f"wrote {path} ({args.interpolate} walks x {args.interp_steps} frames)")
+        paths = write_interpolation(generator, config["nz"], args.interpolate, args.interp_steps, out,
+                                    args.seed, device, args.batch_size, gif=args.gif)
+        print(f"wrote {' and '.join(map(str, paths))} ({args.interpolate} walks x {args.interp_steps} frames)")
     return 0
 
 

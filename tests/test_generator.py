@@ -91,6 +91,29 @@ def test_interpolation_grid_walks_between_the_sample_latents(params, tmp_path):
     assert not np.array_equal(tile(0, 2), tile(0, 0)) and not np.array_equal(tile(1, 0), tile(0, 0))
 
 
+def test_interpolation_gif_loops_through_the_frames_of_the_walk(params, tmp_path):
+    from PIL import ImageSequence
+
+    generator.main(["-n", "1", "--params", str(params), "--out", str(tmp_path), "--interpolate", "4",
+                    "--interp-steps", "6", "--gif", "--device", "cpu"])
+    grid = np.asarray(Image.open(tmp_path / "interpolation.png"))
+    tile = lambda image, r, c: image[2 + r * 34 : 2 + r * 34 + 32, 2 + c * 34 : 2 + c * 34 + 32].astype(int)
+    with Image.open(tmp_path / "interpolation.gif") as gif:
+        assert gif.info["loop"] == 0  # loops forever
+        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(gif)]
+    assert len(frames) == 6 and frames[0].shape == (2 * 34 + 2, 2 * 34 + 2, 3)  # 4 walks in a 2x2 grid
+    for t, frame in enumerate(frames):  # frame t shows every walk at step t (up to the GIF's 256 colours)
+        for walk in range(4):
+            error = [np.abs(tile(frame, *divmod(walk, 2)) - tile(grid, walk, u)).mean() for u in range(6)]
+            assert int(np.argmin(error)) == t and error[t] < 1
+
+
+def test_gif_without_interpolate_is_refused(params, tmp_path):
+    with pytest.raises(UserError, match="--gif animates the latent walks: add --interpolate K"):
+        generator.main(["--params", str(params), "--out", str(tmp_path / "o"), "--gif"])
+    assert not (tmp_path / "o").exists()
+
+
 def test_slerp_keeps_endpoints_and_norms():
     z0, z1 = torch.randn(4, 100), torch.randn(4, 100)
     path = generator.slerp(z0, z1, torch.linspace(0, 1, 7))

@@ -135,6 +135,8 @@ def test_short_run_writes_every_artefact(tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(out / "samples/step_000006.png").size == (4 * 66 + 2, 4 * 66 + 2)  # 16 images, 4 a row
+    with Image.open(out / "progress.gif") as gif:  # one frame per sample grid, of the EMA's grids here
+        assert (gif.n_frames, gif.size, gif.info["loop"]) == (2, (4 * 66 + 2, 4 * 66 + 2), 0)
 
     ckpt = utils.torch_load(out / "checkpoint.pt")  # weights_only=True
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (6, 1, 2)
@@ -276,6 +278,22 @@ def test_metrics_are_read_one_interval_late_and_time_the_training_steps_only(mon
     assert rows == [{"step": 2, "epoch": 0.5, **{k: float(i) for i, k in enumerate(stats.METRIC_KEYS)},
                      "img_per_s": 10 / 2.0}]  # 2 steps of 5 images in 2 s of training
     assert metrics.read() == []
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_progress_gif_has_one_frame_per_grid_in_step_order(tmp_path, ema):
+    from PIL import Image, ImageSequence
+
+    colours = {2: 40, 10: 120, 1_000_000: 200}  # a 7-digit step sorts last, not between 1 and 2
+    for step, value in colours.items():
+        utils.save_png(np.full((6, 6, 3), value, np.uint8), tmp_path / f"step_{step:06d}.png")
+        utils.save_png(np.full((6, 6, 3), value + 1, np.uint8), tmp_path / f"step_{step:06d}_ema.png")
+    assert stats.progress_gif(tmp_path, tmp_path / "progress.gif", ema=ema) == 3
+    with Image.open(tmp_path / "progress.gif") as gif:
+        firsts = [np.asarray(frame.convert("RGB"))[0, 0, 0] for frame in ImageSequence.Iterator(gif)]
+    assert firsts == [v + ema for v in colours.values()]
+    assert stats.progress_gif(tmp_path / "none", tmp_path / "empty.gif", ema=False) == 0
+    assert not (tmp_path / "empty.gif").exists()
 
 
 def test_img_per_s_in_metrics_leaves_out_samples_and_saves(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """What a run reports: the metrics read one log interval late, metrics.jsonl,
-the loss plot and the fixed-noise sample grids.
+the loss plot, the fixed-noise sample grids and progress.gif made of them.
 
     metrics = Metrics(device, world_size, batch_size=128)
     metrics.add(trainer.step(real))           # every step: device tensors, no host sync
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from time import perf_counter
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -179,3 +181,22 @@ def sample_grid(generator: nn.Module, noise: torch.Tensor, path: Path) -> None:
     images = generator(noise.to(next(generator.parameters()).device)).float()
     generator.train(was_training)
     utils.save_grid(images, path)
+
+
+def progress_gif(samples: Path, path: Path, ema: bool) -> int:
+    """Write ``path``, a looping GIF with one frame per fixed-noise grid in
+    ``samples`` (step_NNNNNN.png, or step_NNNNNN_ema.png when ``ema``) in step
+    order: the faces appearing over training. Rewritten whole (atomically) at
+    every sample step, so it always holds every grid so far. -> frames."""
+    from PIL import Image
+
+    pattern = re.compile(r"step_(\d+)" + ("_ema" if ema else "") + r"\.png")
+    grids = sorted((int(m.group(1)), p) for p in samples.glob("step_*.png") if (m := pattern.fullmatch(p.name)))
+    if not grids:
+        return 0
+    frames = []
+    for _, grid in grids:
+        with Image.open(grid) as image:
+            frames.append(np.asarray(image.convert("RGB")))
+    utils.save_gif(frames, path, duration_ms=250, last_ms=2000)
+    return len(frames)

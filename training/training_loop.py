@@ -7,10 +7,10 @@
 train.py turns the command line into these arguments; any Python caller can
 pass them directly. Its signature is the one place the defaults are written
 (``DEFAULTS``): the classic DCGAN recipe. The run folder (``out``) gets
-config.json, checkpoint.pt, metrics.jsonl, loss.png, reals.png and
-samples/step_NNNNNN.png; ``params`` is the small export generator.py and
-evaluate.py read. Returns 0, or 130 / 143 when SIGINT / SIGTERM stopped it
-(after saving).
+config.json, checkpoint.pt, metrics.jsonl, loss.png, reals.png,
+samples/step_NNNNNN.png and progress.gif (those grids, animated); ``params``
+is the small export generator.py and evaluate.py read. Returns 0, or 130 /
+143 when SIGINT / SIGTERM stopped it (after saving).
 """
 from __future__ import annotations
 
@@ -212,6 +212,7 @@ def training_loop(
                     if trainer.netG_ema is not None:
                         stats.sample_grid(trainer.sampling_ema(), fixed_noise,
                                           out / "samples" / f"step_{step:06d}_ema.png")
+                    stats.progress_gif(out / "samples", out / "progress.gif", ema=trainer.netG_ema is not None)
                 if fid:
                     if lead:  # of the EMA (else raw) generator; generator_best.params keeps the best
                         import evaluate
