@@ -1,10 +1,12 @@
 """Sample faces from a trained generator: one PNG per image plus a grid, and
-optionally a grid of smooth latent walks.
+optionally a grid (or GIF) of smooth latent walks; or the DCGAN paper's face
+arithmetic.
 
     python generator.py -n 64                                   # samples/000000.png ... + samples/grid.png
     python generator.py -n 16 --params runs/x/generator.params --seed 7 --no-ema
     python generator.py -n 8 --interpolate 6 --out walks       # + walks/interpolation.png (6 walks)
     python generator.py --interpolate 16 --gif                 # + samples/interpolation.gif (16 faces walking)
+    python generator.py --arithmetic "3,17,42 - 5,8,9 + 11,23,31"  # samples/arithmetic.png (paper's fig. 7)
 
 Image k comes from its own random generator seeded with ``seed + k`` (the
 per-seed generators of NVlabs EDM), so it is the same whatever
@@ -17,6 +19,7 @@ from the weight shapes.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,8 @@ import utils
 from network import load_generator
 
 GRID_MAX = 64  # grid.png shows the first 64 images; every image still gets its own PNG
+ARITH_VARIATIONS = 8  # noisy copies of the result in arithmetic.png's second row
+ARITH_EXAMPLE = "3,17,42 - 5,8,9 + 11,23,31"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--interpolate", type=int, default=0, metavar="K",
                         help="also write interpolation.png: K walks (rows) between random latents")
     parser.add_argument("--interp-steps", type=int, default=10, help="frames per walk, endpoints included")
+    parser.add_argument("--arithmetic", metavar="EXPR",
+                        help=f'latent arithmetic (DCGAN paper, fig. 7), e.g. "{ARITH_EXAMPLE}": each seed list '
+                             f"is one concept, the mean of those seeds' latents (seed s is image s of a --seed 0 "
+                             f"run); writes only arithmetic.png: the concepts' mean faces and the result, then "
+                             f"{ARITH_VARIATIONS} copies of the result with noise added (default: off)")
+    parser.add_argument("--arith-noise", type=float, default=0.25,
+                        help="standard deviation of the noise added to the result's latent in the second row")
     parser.add_argument("--gif", action="store_true",
                         help="with --interpolate: also write interpolation.gif, a looping animation of the walks "
                              "(frame t: every walk at step t)")
@@ -73,6 +85,48 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     w0 = torch.where(parallel, 1 - t, torch.sin((1 - t) * omega) / safe)
     w1 = torch.where(parallel, t, torch.sin(t * omega) / safe)
     return (w0[..., None] * a[:, None] + w1[..., None] * b[:, None]).to(z0.dtype)
+
+
+def parse_arithmetic(text: str) -> list[tuple[int, list[int]]]:
+    """ "3,17,42 - 5,8,9 + 11,23,31" -> [(1, [3, 17, 42]), (-1, [5, 8, 9]), (1, [11, 23, 31])]:
+    seed lists joined by + and -, at least two; anything else is a UserError."""
+    parts = re.split(r"\s*([+-])\s*", text.strip())
+    lists, signs = parts[0::2], [1] + [1 if op == "+" else -1 for op in parts[1::2]]
+    bad = next((k for k, seeds in enumerate(lists) if not re.fullmatch(r"\d+(\s*,\s*\d+)*", seeds)), None)
+    if bad is not None or len(lists) < 2:
+        why = ("at least two seed lists are needed" if bad is None else
+               f"{lists[bad]!r} is not a comma-separated list of seeds" if lists[bad] else
+               "no seed list" if len(lists) == 1 else
+               "a seed list is missing " + ("before the first sign" if bad == 0 else "after a sign"))
+        raise utils.UserError(f"--arithmetic {text!r}: {why}; write seed lists joined by + and -, "
+                              f"e.g. \"{ARITH_EXAMPLE}\"")
+    return [(sign, [int(s) for s in seeds.split(",")]) for sign, seeds in zip(signs, lists)]
+
+
+def arithmetic_latents(terms: list[tuple[int, list[int]]], nz: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (each concept's mean latent (T, nz), the signed sum of those means (nz,))."""
+    means = torch.stack([latents(seeds, nz).mean(0) for _, seeds in terms])
+    result = means[0] * terms[0][0]
+    for (sign, _), mean in zip(terms[1:], means[1:]):
+        result = result + mean if sign > 0 else result - mean
+    return means, result
+
+
+def write_arithmetic(generator, nz: int, terms, out: Path, seed: int, noise: float, device,
+                     batch_size: int) -> Path:
+    """arithmetic.png: first row the concepts' mean faces, then the result; second
+    row ARITH_VARIATIONS copies of the result with Gaussian noise (std ``noise``,
+    drawn from ``seed``) added to its latent, as the DCGAN paper's figure 7."""
+    means, result = arithmetic_latents(terms, nz)
+    jitter = noise * torch.randn(ARITH_VARIATIONS, nz, generator=torch.Generator().manual_seed(seed))
+    z = torch.cat([means, result[None], result + jitter])
+    images = np.concatenate(list(generate(generator, z, device, batch_size)))
+    width = max(len(terms) + 1, ARITH_VARIATIONS)
+    blank = np.zeros((width - len(terms) - 1, *images.shape[1:]), np.uint8)
+    rows = np.concatenate([images[: len(terms) + 1], blank, images[len(terms) + 1 :]])
+    path = out / "arithmetic.png"
+    utils.save_png(utils.image_grid(rows, nrow=width), path)
+    return path
 
 
 @torch.no_grad()
@@ -130,6 +184,9 @@ def main(argv=None) -> int:
         raise utils.UserError(f"--interpolate must be 0 (off) or a number of walks (got {args.interpolate})")
     if args.interp_steps < 2:
         raise utils.UserError(f"--interp-steps must be at least 2 (got {args.interp_steps})")
+    terms = parse_arithmetic(args.arithmetic) if args.arithmetic is not None else None
+    if not args.arith_noise >= 0:
+        raise utils.UserError(f"--arith-noise must be 0 or more (got {args.arith_noise})")
     if args.gif and not args.interpolate:
         raise utils.UserError("--gif animates the latent walks: add --interpolate K (e.g. --interpolate 16 --gif)")
     out = Path(args.out)
@@ -144,8 +201,15 @@ def main(argv=None) -> int:
     generator, config = load_generator(args.params, device, use_ema=not args.no_ema)
     print(f"{args.params}: {config['size']} px, nz {config['nz']}, ngf {config['ngf']}; "
           f"{'EMA' if config['weights'] == 'ema' else 'raw'} weights; "
-          f"device {device}; seeds {args.seed}..{args.seed + args.num - 1}")
+          f"device {device}; " + (f"seeds {args.seed}..{args.seed + args.num - 1}" if terms is None else
+                                  f"seeds as in --arithmetic, noise seed {args.seed}"))
 
+    if terms is not None:
+        path = write_arithmetic(generator, config["nz"], terms, out, args.seed, args.arith_noise, device,
+                                args.batch_size)
+        print(f"wrote {path}: {args.arithmetic.strip()} (mean faces, result; then the result with noise "
+              f"{args.arith_noise})")
+        return 0
     write_samples(generator, config["nz"], args.num, out, args.seed, device, args.batch_size)
     print(f"wrote {args.num} images and {out / 'grid.png'}")
     if args.interpolate:

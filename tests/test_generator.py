@@ -114,6 +114,55 @@ def test_gif_without_interpolate_is_refused(params, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_arithmetic_parses_seed_lists_joined_by_plus_and_minus():
+    assert generator.parse_arithmetic("3,17,42 - 5,8,9 + 11,23,31") == [(1, [3, 17, 42]), (-1, [5, 8, 9]),
+                                                                         (1, [11, 23, 31])]
+    assert generator.parse_arithmetic(" 1 ,2+3-4 ") == [(1, [1, 2]), (1, [3]), (-1, [4])]
+
+
+@pytest.mark.parametrize("text, why", [("3,17 -", "missing after a sign"), ("- 3 + 4", "missing before the first"),
+                                       ("3", "at least two"), ("3,,4 + 5", "'3,,4' is not"),
+                                       ("a - b", "'a' is not"), ("3 * 4", "'3 \\* 4' is not"),
+                                       ("", "no seed list"), ("1.5 + 2", "'1.5' is not")])
+def test_malformed_arithmetic_is_one_line_naming_the_fault(text, why):
+    with pytest.raises(UserError, match=why) as err:
+        generator.parse_arithmetic(text)
+    assert "\n" not in str(err.value) and "e.g. \"3,17,42 - 5,8,9 + 11,23,31\"" in str(err.value)
+
+
+def test_arithmetic_result_is_the_generator_at_the_signed_sum_of_mean_latents(params, tmp_path):
+    generator.main(["--params", str(params), "--out", str(tmp_path), "--arithmetic", "3,17,42 - 5,8,9 + 11,23,31",
+                    "--device", "cpu"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arithmetic.png", "generator.params"]
+    picture = np.asarray(Image.open(tmp_path / "arithmetic.png"))
+    assert picture.shape == (2 * 34 + 2, 8 * 34 + 2, 3)  # mean faces + result; 8 noisy results
+    tile = lambda r, c: picture[2 + r * 34 : 2 + r * 34 + 32, 2 + c * 34 : 2 + c * 34 + 32]
+    net = Generator(32, nz=16, ngf=4)
+    net.load_state_dict(torch.load(params, weights_only=True)["generator_ema"])
+    mean = lambda seeds: generator.latents(seeds, 16).mean(0)
+    z = torch.stack([mean([3, 17, 42]), mean([5, 8, 9]), mean([11, 23, 31]),
+                     mean([3, 17, 42]) - mean([5, 8, 9]) + mean([11, 23, 31])])
+    with torch.no_grad():
+        want = generator.utils.to_uint8(net.eval()(z))
+    for col in range(4):  # the three mean faces, then the result
+        assert np.array_equal(tile(0, col), want[col])
+    noisy = [tile(1, col) for col in range(8)]
+    assert all(not np.array_equal(face, want[3]) for face in noisy) and not np.array_equal(noisy[0], noisy[1])
+    assert not tile(0, 4).any()  # the first row's unused cells stay black
+
+
+def test_malformed_arithmetic_exits_2_with_one_line(params, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "generator.py"), "--params", str(params), "--arithmetic", "3,17 - ",
+         "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: --arithmetic '3,17 - ': a seed list is missing after a sign")
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="--arith-noise must be 0 or more"):
+        generator.main(["--params", str(params), "--arithmetic", "1 - 2", "--arith-noise", "-1",
+                        "--out", str(tmp_path / "out")])
+
+
 def test_slerp_keeps_endpoints_and_norms():
     z0, z1 = torch.randn(4, 100), torch.randn(4, 100)
     path = generator.slerp(z0, z1, torch.linspace(0, 1, 7))
