@@ -557,29 +557,52 @@ DDP_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     device = distributed.init("cpu")
     rank, world = distributed.get_rank(), distributed.get_world_size()
-    torch.manual_seed(0)  # same init on both ranks (DDP would broadcast rank 0's anyway)
+
+    def equal_on_ranks(tensor):
+        gathered = [torch.zeros_like(tensor) for _ in range(world)]
+        dist.all_gather(gathered, tensor)
+        return torch.equal(gathered[0], gathered[1])
+
+    def sn_vectors(trainer):
+        return torch.cat([b.flatten() for net in (trainer.netG, trainer.netD)
+                          for name, b in net.named_buffers() if "parametrizations" in name])
+
     config = {"ngf": 8, "ndf": 8, "nz": 16, "augment": "color,translation,cutout", "loss": "hinge", "sn": True,
               "r1": 10.0, "r1_every": 1, "lr_g": 1e-4, "lr_d": 4e-4, "ada": 0.05, "ada_kimg": 0.01,
               "lecam": 1.0, "topk": 0.5}
     loss.TOPK_DECAY = 0.5  # G learns from half of each rank's fakes from step 2 on
+    torch.manual_seed(rank)  # each rank its own init: wrapping must give every rank rank 0's weights and SN vectors
     trainer = make_trainer(config, device, world_size=world, rank=rank)
+    failures = [] if equal_on_ranks(sn_vectors(trainer)) else ["SN vectors after wrapping"]
     trainer.loss.steps_per_epoch = 1
     torch.manual_seed(100 + rank)  # each rank its own reals, noise and augmentation
     for _ in range(5):  # ADA's p moves after step 4, from both ranks' D outputs
         trainer.step(torch.rand(4, 3, 64, 64) * 2 - 1)
-    params = torch.cat([trainer.ada.p.view(1), trainer.loss.lecam_anchors] + [p.detach().flatten() for p in trainer.netD.parameters()]
+    params = torch.cat([trainer.ada.p.view(1), trainer.loss.lecam_anchors, sn_vectors(trainer)]
+                       + [p.detach().flatten() for p in trainer.netD.parameters()]
                        + [p.detach().flatten() for p in trainer.netG.parameters()])
-    gathered = [torch.zeros_like(params) for _ in range(world)]
-    dist.all_gather(gathered, params)
+    if not equal_on_ranks(params):
+        failures.append("after steps")
+
+    class DDPBefore214(torch.nn.parallel.DistributedDataParallel):  # no forward_sync_buffers yet
+        def __init__(self, module, device_ids=None, broadcast_buffers=True):
+            super().__init__(module, device_ids=device_ids, broadcast_buffers=broadcast_buffers)
+
+    torch.nn.parallel.DistributedDataParallel = DDPBefore214
+    torch.manual_seed(rank)
+    if not equal_on_ranks(sn_vectors(make_trainer(config, device, world_size=world, rank=rank))):
+        failures.append("SN vectors after wrapping with broadcast_buffers")
     dist.destroy_process_group()
-    sys.exit(0 if torch.equal(gathered[0], gathered[1]) else 3)
+    sys.exit("ranks differ: " + ", ".join(failures) if failures else 0)
 """)
 
 
 def test_ddp_keeps_ranks_identical_with_every_option_including_r1(tmp_path):
-    """Two Gloo processes, different data per rank: G and D (incl. the lazy R1
-    gradient, taken through the unwrapped D), ADA's p and LeCam's anchors
-    (all-reduced) stay identical on both ranks."""
+    """Two Gloo processes, different init and data per rank: after wrapping, G,
+    D and the spectral-norm vectors are rank 0's (with torch's
+    forward_sync_buffers and with the older broadcast_buffers); after steps G
+    and D (incl. the lazy R1 gradient, taken through the unwrapped D), the SN
+    vectors, ADA's p and LeCam's anchors (all-reduced) are identical on both ranks."""
     script = tmp_path / "ddp_options.py"
     script.write_text(DDP_SCRIPT)
     torchrun(script, str(ROOT), cwd=tmp_path)

@@ -29,6 +29,28 @@ def default_channels_last(device) -> bool:
     return torch.device(device).type in ("cuda", "cpu")
 
 
+def wrap_ddp(module: nn.Module, device_ids) -> nn.Module:
+    """DDP that syncs every buffer from rank 0 once, at wrapping, and never in
+    forward: train-mode BN uses batch statistics and rank 0 saves and samples
+    with its own running stats, so a broadcast before each of the four forwards
+    per step would change nothing rank 0 keeps; the spectral-norm vectors
+    (``--sn``), drawn from each rank's RNG, start equal and then stay equal
+    (the power iteration runs on the same weights). torch >= 2.14 says this with
+    ``forward_sync_buffers=False``; before it, ``broadcast_buffers=False`` (now
+    deprecated) skipped the first sync too, so that is done here."""
+    import inspect
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if "forward_sync_buffers" in inspect.signature(DDP).parameters:
+        return DDP(module, device_ids=device_ids, forward_sync_buffers=False)
+    wrapped = DDP(module, device_ids=device_ids, broadcast_buffers=False)
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+    return wrapped
+
+
 class Trainer:
     """G, D, their Adam optimisers, an optional EMA of G, the Loss, and the step."""
 
@@ -73,17 +95,12 @@ class Trainer:
         # ---- DDP and compile wrapping --------------------------------------- #
         self.G, self.D = self.netG, self.netD
         if world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             # Plain per-rank BatchNorm on purpose (no SyncBatchNorm): the classic
             # DCGAN normalises each D call's batch on its own (real and fake never
             # mixed), per-rank batches of 32+ give stable statistics, and SyncBN
             # would add a collective to every BN layer of all three forwards per step.
             ids = [device.index] if cuda else None
-            # broadcast_buffers=False: train-mode BN uses batch statistics, rank 0 saves and samples with its
-            # own running stats, so broadcasting them before each of the four forwards changed nothing rank 0 keeps
-            self.G = DDP(self.netG, device_ids=ids, broadcast_buffers=False)
-            self.D = DDP(self.netD, device_ids=ids, broadcast_buffers=False)
+            self.G, self.D = wrap_ddp(self.netG, ids), wrap_ddp(self.netD, ids)
         if compile:
             self.G, self.D = torch.compile(self.G), torch.compile(self.D)
 
