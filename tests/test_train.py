@@ -294,6 +294,12 @@ def test_progress_gif_has_one_frame_per_grid_in_step_order(tmp_path, ema):
     assert firsts == [v + ema for v in colours.values()]
     assert stats.progress_gif(tmp_path / "none", tmp_path / "empty.gif", ema=False) == 0
     assert not (tmp_path / "empty.gif").exists()
+    for step in range(3, 9):  # 9 grids, at most 4 frames: evenly spaced, first and newest kept
+        utils.save_png(np.full((6, 6, 3), step, np.uint8), tmp_path / f"step_{step:06d}.png")
+    assert stats.progress_gif(tmp_path, tmp_path / "capped.gif", ema=False, max_frames=4) == 4
+    with Image.open(tmp_path / "capped.gif") as gif:
+        firsts = [np.asarray(frame.convert("RGB"))[0, 0, 0] for frame in ImageSequence.Iterator(gif)]
+    assert ema or firsts == [40, 5, 7, 200]  # steps 2, 3..8, 10, 1000000: grids 0, 3, 5, 8
 
 
 def test_img_per_s_in_metrics_leaves_out_samples_and_saves(tmp_path, monkeypatch):

@@ -183,17 +183,20 @@ def sample_grid(generator: nn.Module, noise: torch.Tensor, path: Path) -> None:
     utils.save_grid(images, path)
 
 
-def progress_gif(samples: Path, path: Path, ema: bool) -> int:
+def progress_gif(samples: Path, path: Path, ema: bool, max_frames: int = 100) -> int:
     """Write ``path``, a looping GIF with one frame per fixed-noise grid in
     ``samples`` (step_NNNNNN.png, or step_NNNNNN_ema.png when ``ema``) in step
     order: the faces appearing over training. Rewritten whole (atomically) at
-    every sample step, so it always holds every grid so far. -> frames."""
+    every sample step; past ``max_frames`` grids, that many evenly spaced ones,
+    the first and the newest included, so a long run's GIF stays small. -> frames."""
     from PIL import Image
 
     pattern = re.compile(r"step_(\d+)" + ("_ema" if ema else "") + r"\.png")
     grids = sorted((int(m.group(1)), p) for p in samples.glob("step_*.png") if (m := pattern.fullmatch(p.name)))
     if not grids:
         return 0
+    if len(grids) > max_frames:
+        grids = [grids[round(i * (len(grids) - 1) / (max_frames - 1))] for i in range(max_frames)]
     frames = []
     for _, grid in grids:
         with Image.open(grid) as image:
