@@ -220,7 +220,7 @@ def numerics_id(device) -> str:
 
 @contextlib.contextmanager
 def full_fp32():
-    """Inception in true fp32 on CUDA: no TF32 in cuDNN convolutions or matmuls
+    """FID's networks (G, Inception) in true fp32 on CUDA: no TF32 in cuDNN convolutions or matmuls
     (on by default for convs, and 10-bit mantissas move FID), deterministic
     cuDNN algorithms; the previous settings come back afterwards."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
@@ -271,7 +271,8 @@ def generated_features(
     """Sample ``n`` images from ``generator`` (noise from a local torch.Generator
     seeded with ``seed``, so the global RNG is untouched and the images do not
     depend on ``batch_size``), quantise as a PNG would, -> (n, 2048) features.
-    A generator in train mode is switched to eval for this and back after."""
+    The generator runs in ``full_fp32`` as Inception does. A generator in
+    train mode is switched to eval for this and back after."""
     device = torch.device(device)
     rng = torch.Generator(device=device).manual_seed(int(seed))
     noise = torch.randn(n, nz, generator=rng, device=device)
@@ -280,7 +281,8 @@ def generated_features(
     generator.eval()
     try:
         for start in tqdm(range(0, n, batch_size), desc="features (generated)", unit="batch", leave=False):
-            images = generator(noise[start : start + batch_size])
+            with full_fp32():  # the images a CPU would make, up to rounding: no TF32 in G's convs either
+                images = generator(noise[start : start + batch_size])
             out[start : start + len(images)] = features_of(model, quantize(images), device)
     finally:
         generator.train(was_training)

@@ -343,6 +343,34 @@ def test_generator_fid_is_png_exact_keeps_train_mode_and_global_rng(inception, i
     assert evaluate.frechet_distance(saved["mu"], saved["sigma"], real["mu"], real["sigma"]) == pytest.approx(fid, rel=1e-6)
 
 
+def test_generator_pass_of_fid_runs_in_full_fp32_and_restores_the_flags():
+    """No TF32 in G's convs or matmuls while its FID images are made (a GPU FID
+    equals a CPU FID of the same weights up to pixel rounding); the training
+    settings (TF32 matmuls, cuDNN benchmark) come back afterwards."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+
+    def flags():
+        return cudnn.conv.fp32_precision, matmul.fp32_precision, cudnn.deterministic, cudnn.benchmark
+
+    class Recording(torch.nn.Module):
+        seen = []
+
+        def forward(self, z):
+            self.seen.append(flags())
+            return torch.zeros(len(z), 3, 8, 8)
+
+    before = flags()
+    try:
+        matmul.fp32_precision, cudnn.benchmark = "tf32", True
+        training = flags()
+        features = evaluate.generated_features(Recording(), 4, 3, lambda x: [torch.zeros(len(x), 2048, 1, 1)],
+                                               "cpu", batch_size=2)
+        assert features.shape == (3, 2048)
+        assert Recording.seen == [("ieee", "ieee", True, False)] * 2 and flags() == training
+    finally:
+        matmul.fp32_precision, cudnn.benchmark = before[1], before[3]
+
+
 def test_cli_scores_params_prints_one_line_and_appends_results(torch_home, tmp_path, capsys):
     data = tmp_path / "faces_32.npy"
     np.save(data, smooth_images(6, 32, seed=9))

@@ -2,6 +2,7 @@
 (defaults, --dry-run), and the run folder a short CPU run leaves behind (tiny
 nets, random 64 px data)."""
 import json
+import os
 import sys
 import types
 
@@ -13,7 +14,7 @@ import network
 import train
 import utils
 from conftest import make_trainer
-from training import stats, training_loop
+from training import distributed, stats, training_loop
 from training.trainer import Trainer
 
 TINY = ["--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8", "--device", "cpu"]
@@ -245,6 +246,26 @@ def test_deterministic_flag_is_recorded_and_leaves_global_settings_as_they_were(
     assert run(tmp_path, "--max-steps", "2", "--deterministic") == 0
     assert seen == [True, True] and not torch.are_deterministic_algorithms_enabled()
     assert json.loads((tmp_path / "run/config.json").read_text())["deterministic"] is True
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_deterministic_sets_cublas_workspace_before_the_device_starts(deterministic, monkeypatch):
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG once, when CUDA makes its handle."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # absent now, and again after the test
+    seen = []
+
+    class Started(Exception):
+        pass
+
+    def init(device):
+        seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+        raise Started  # stop before any work
+
+    monkeypatch.setattr(distributed, "init", init)
+    with pytest.raises(Started):
+        training_loop.training_loop(deterministic=deterministic)
+    assert seen == [":4096:8" if deterministic else None]
 
 
 def test_loss_plot_is_drawn_at_saves_not_on_log_steps(tmp_path, monkeypatch):

@@ -90,6 +90,8 @@ def training_loop(
     options = dict(locals())  # every argument, before any other name is bound
 
     # ---- Processes, device, the run's config ----------------------------- #
+    if deterministic:  # before CUDA starts: cuBLAS reads it once, when it makes its handle
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic matmuls
     device = distributed.init(device)
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
     lead, say = rank == 0, distributed.print0
@@ -321,14 +323,14 @@ def small_batch_warning(batch_size: int, world_size: int) -> str | None:
 @contextlib.contextmanager
 def deterministic_kernels(enabled: bool):
     """deterministic=True: deterministic algorithms (warn where an op has none),
-    cuDNN benchmark off; the previous settings come back afterwards."""
+    cuDNN benchmark off; the previous settings come back afterwards.
+    CUBLAS_WORKSPACE_CONFIG is set before this, ahead of CUDA's start."""
     if not enabled:
         yield
         return
     cudnn = torch.backends.cudnn
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               cudnn.benchmark, cudnn.deterministic)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
     torch.use_deterministic_algorithms(True, warn_only=True)
     cudnn.benchmark, cudnn.deterministic = False, True
     try:
