@@ -5,6 +5,7 @@
     python train.py --resume --out runs/128px-celeba-20260101-120000 --max-steps 20000
     torchrun --nproc_per_node 4 train.py --size 128           # DDP; --batch-size stays the global batch
     python train.py --data data/flowers_64.npy --recipe best  # small folder: DiffAugment + EMA (README "Better faces")
+    python train.py --tensorboard                             # and watch: tensorboard --logdir runs
     python train.py --recipe best --dry-run                   # print the resolved config and exit
 
 This file is the command line only: every option defaults to None, meaning
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--num-samples", type=int, help="images in each fixed-noise grid")
     flag("--fid-every", type=int, help="steps between FID evaluations (0 = off)")
     flag("--fid-n", type=int, help="generated images per FID evaluation")
+    flag("--tensorboard", action="store_true",
+         help="also write the metrics rows (losses, D's outputs, img/s, ADA's p, FID) and the sample grids as "
+              "TensorBoard events into the run folder, so tensorboard --logdir runs shows every run "
+              "(needs: pip install tensorboard)")
     flag("--channels-last", choices=("auto", "on", "off"),
          help="channels_last memory format (default: auto = on for CUDA and CPU, where it is faster; "
               "on --resume the checkpoint's)")

@@ -1,8 +1,10 @@
 """train.py and training/: the Trainer step bench.py reuses, the CLI contract
 (defaults, --dry-run), and the run folder a short CPU run leaves behind (tiny
 nets, random 64 px data)."""
+import io
 import json
 import os
+import shutil
 import sys
 import types
 
@@ -159,6 +161,54 @@ def test_run_folder_is_never_silently_overwritten(tmp_path):
         run(tmp_path, "--max-steps", "1")
 
 
+def read_events(folder):
+    """The run's TensorBoard events, read by tensorboard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def test_tensorboard_mirrors_the_metrics_rows_and_sample_grids(tmp_path):
+    assert run(tmp_path, "--max-steps", "6", "--log-every", "2", "--sample-every", "3", "--ema", "0.9",
+               "--num-samples", "4", "--tensorboard") == 0
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = read_events(out)
+    for key, tag in [("loss_D", "loss/loss_D"), ("loss_G", "loss/loss_G"), ("D_x", "D/D_x"), ("D_G_z1", "D/D_G_z1"),
+                     ("D_G_z2", "D/D_G_z2"), ("img_per_s", "speed/img_per_s")]:
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [r["step"] for r in rows] == [2, 4, 6], tag
+        np.testing.assert_allclose([s.value for s in scalars], [r[key] for r in rows], rtol=1e-6)
+    grids = events.Images("samples")  # the EMA's grids, pixel for pixel as in samples/
+    assert [g.step for g in grids] == [3, 6]
+    from PIL import Image
+
+    with Image.open(io.BytesIO(grids[-1].encoded_image_string)) as logged, \
+            Image.open(out / "samples/step_000006_ema.png") as written:
+        assert np.array_equal(np.asarray(logged.convert("RGB")), np.asarray(written.convert("RGB")))
+    assert json.loads((out / "config.json").read_text())["tensorboard"] is True
+    assert "tensorboard" not in utils.torch_load(out / "checkpoint.pt")["config"]  # a run option, not restored
+
+    # resumed from a step-2 checkpoint after a try that logged steps 3 and 4: those are dropped
+    assert run(tmp_path, "--max-steps", "2", "--tensorboard", out="again") == 0
+    shutil.copy(tmp_path / "again/checkpoint.pt", tmp_path / "step2.pt")
+    assert run(tmp_path, "--max-steps", "4", "--log-every", "1", "--tensorboard", "--resume", out="again") == 0
+    shutil.copy(tmp_path / "step2.pt", tmp_path / "again/checkpoint.pt")
+    assert run(tmp_path, "--max-steps", "4", "--log-every", "4", "--tensorboard", "--resume", out="again") == 0
+    assert [s.step for s in read_events(tmp_path / "again").Scalars("loss/loss_D")] == [2, 4]
+
+
+def test_tensorboard_without_the_package_is_one_line_before_any_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    with pytest.raises(utils.UserError, match="pip install tensorboard") as err:
+        run(tmp_path, "--max-steps", "2", "--tensorboard")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "generator.params").exists()
+    assert run(tmp_path, "--max-steps", "1") == 0  # without the flag the package is not needed
+
+
 def test_fid_every_logs_scores_and_keeps_the_best_generator(tmp_path, monkeypatch):
     scores = iter([50.0, 20.0, 35.0])
     calls = {"real": 0, "fid": []}
@@ -175,11 +225,13 @@ def test_fid_every_logs_scores_and_keeps_the_best_generator(tmp_path, monkeypatc
     fake = types.SimpleNamespace(load_inception=lambda device, weights_path=None: types.SimpleNamespace(weights_label="TF-FID weights"),
                                  real_statistics=real_statistics, generator_fid=generator_fid)
     monkeypatch.setitem(sys.modules, "evaluate", fake)
-    assert run(tmp_path, "--max-steps", "6", "--fid-every", "2", "--fid-n", "10") == 0
+    assert run(tmp_path, "--max-steps", "6", "--fid-every", "2", "--fid-n", "10", "--tensorboard") == 0
     assert calls["real"] == 1 and len(calls["fid"]) == 3
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     fids = [(r["step"], r["fid"], r["fid_n"]) for r in rows if "fid" in r]
     assert fids == [(2, 50.0, 10), (4, 20.0, 10), (6, 35.0, 10)]
+    logged = read_events(tmp_path / "run").Scalars("quality/fid")  # and as TensorBoard scalars
+    assert [(s.step, s.value) for s in logged] == [(2, 50.0), (4, 20.0), (6, 35.0)]
     assert {r["fid_weights"] for r in rows if "fid" in r} == {"TF-FID weights"}  # which Inception made each score
     best, cfg = network.load_generator(tmp_path / "generator_best.params")
     assert cfg["step"] == 4

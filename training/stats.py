@@ -1,5 +1,6 @@
 """What a run reports: the metrics read one log interval late, metrics.jsonl,
-the loss plot, the fixed-noise sample grids and progress.gif made of them.
+the loss plot, the fixed-noise sample grids and progress.gif made of them,
+and, when asked, the same rows and grids as TensorBoard events.
 
     metrics = Metrics(device, world_size, batch_size=128)
     metrics.add(trainer.step(real))           # every step: device tensors, no host sync
@@ -142,6 +143,65 @@ class History:
         if self.lead:
             self.rows.append(row)
             utils.append_jsonl(row, self.path)
+
+
+# the TensorBoard section of each metrics.jsonl key: loss.png's two panels, speed, quality
+TENSORBOARD_GROUPS = {"loss_D": "loss", "loss_G": "loss", "D_x": "D", "D_G_z1": "D", "D_G_z2": "D", "aug_p": "D",
+                      "img_per_s": "speed", "fid": "quality"}
+
+
+class TensorBoard:
+    """The metrics rows (as scalars, tagged ``group/key``) and the sample grids
+    (as the image "samples") in TensorBoard event files in ``folder``, so
+    ``tensorboard --logdir runs`` shows every run by its folder name;
+    metrics.jsonl stays the record. ``folder`` None: does nothing. The package
+    is checked here (a one-line UserError without it); the writer opens at the
+    first row on rank 0 (``lead``), so nothing is written before that, and a
+    resumed run (``purge_after``: the checkpoint's step) makes TensorBoard drop
+    the events an earlier try logged after that step. Closed on leaving ``with``."""
+
+    def __init__(self, folder: Path | None, lead: bool, purge_after: int | None = None):
+        self.folder = folder if lead else None
+        self.purge_step = None if purge_after is None else purge_after + 1
+        self.writer = None
+        if folder is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package, which is not installed: "
+                                "pip install tensorboard") from None
+            self.summary_writer = SummaryWriter
+
+    def open(self):
+        if self.writer is None and self.folder is not None:
+            self.writer = self.summary_writer(str(self.folder), purge_step=self.purge_step)
+        return self.writer
+
+    def add_row(self, row: dict) -> None:
+        if self.open():
+            for key, group in TENSORBOARD_GROUPS.items():
+                if key in row:
+                    self.writer.add_scalar(f"{group}/{key}", row[key], row["step"])
+
+    def add_grid(self, step: int, path: Path) -> None:
+        """The sample grid PNG at ``path``, as written."""
+        if self.open():
+            from PIL import Image
+
+            with Image.open(path) as image:
+                self.writer.add_image("samples", np.asarray(image.convert("RGB")), step, dataformats="HWC")
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def plot_losses(history: list[dict], path: Path) -> None:

@@ -8,7 +8,8 @@ train.py turns the command line into these arguments; any Python caller can
 pass them directly. Its signature is the one place the defaults are written
 (``DEFAULTS``): the classic DCGAN recipe. The run folder (``out``) gets
 config.json, checkpoint.pt, metrics.jsonl, loss.png, reals.png,
-samples/step_NNNNNN.png and progress.gif (those grids, animated); ``params``
+samples/step_NNNNNN.png, progress.gif (those grids, animated) and, with
+``tensorboard``, TensorBoard event files of the metrics and grids; ``params``
 is the small export generator.py and evaluate.py read. Returns 0, or 130 /
 143 when SIGINT / SIGTERM stopped it (after saving).
 """
@@ -86,6 +87,7 @@ def training_loop(
     num_samples=64,                 # images in each fixed-noise grid
     fid_every=0,                    # steps between FID evaluations (0: off)
     fid_n=5000,                     # generated images per FID
+    tensorboard=False,              # also write the metrics rows and sample grids as TensorBoard events into out
 ) -> int:
     options = dict(locals())  # every argument, before any other name is bound
 
@@ -113,6 +115,7 @@ def training_loop(
     if not resume and (out / checkpoint.NAME).exists():
         raise UserError(f"{out} already holds a {checkpoint.NAME}; pass --resume to continue it, "
                         f"or choose another --out")
+    board = stats.TensorBoard(out if tensorboard else None, lead, purge_after=state["step"] if state else None)
 
     # ---- FID reference (rank 0), before any DDP module exists ------------ #
     # the other ranks wait on a Gloo barrier with a long timeout, not inside NCCL collectives
@@ -155,7 +158,8 @@ def training_loop(
     run_config = {**config, "out": str(out), "params": str(params), "device": str(device), "precision": precision,
                   "compile": compile, "world_size": world_size, "steps_per_epoch": per_epoch, "total_steps": total,
                   "log_every": log_every, "sample_every": sample_every, "checkpoint_every": checkpoint_every,
-                  "fid_every": fid_every, "fid_n": fid_n, "num_images": int(images.shape[0])}
+                  "fid_every": fid_every, "fid_n": fid_n, "tensorboard": tensorboard,
+                  "num_images": int(images.shape[0])}
     say(("resuming" if resume else "training") + " with " + json.dumps(run_config, indent=2))
     for note in (length_note, small_batch_warning(batch_size, world_size)):
         if note:
@@ -180,7 +184,7 @@ def training_loop(
 
     postfix, stop = {}, None
     metrics.resume()  # the training clock starts
-    with distributed.StopFlag() as flag, deterministic_kernels(deterministic):
+    with distributed.StopFlag() as flag, deterministic_kernels(deterministic), board:  # board: closed on any exit
         while step < total and stop is None:
             bar = tqdm(total=per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{-(-total // per_epoch)}",
                        disable=not lead, dynamic_ncols=True, leave=True)
@@ -209,12 +213,15 @@ def training_loop(
                     stats.check_finite(row, out)
                     postfix.update(stats.progress_postfix(row))
                     history.append(row)
+                    board.add_row(row)
                 if sample and lead:
-                    stats.sample_grid(trainer.netG, fixed_noise, out / "samples" / f"step_{step:06d}.png")
+                    grid = out / "samples" / f"step_{step:06d}.png"
+                    stats.sample_grid(trainer.netG, fixed_noise, grid)
                     if trainer.netG_ema is not None:
-                        stats.sample_grid(trainer.sampling_ema(), fixed_noise,
-                                          out / "samples" / f"step_{step:06d}_ema.png")
+                        grid = grid.with_name(f"step_{step:06d}_ema.png")
+                        stats.sample_grid(trainer.sampling_ema(), fixed_noise, grid)
                     stats.progress_gif(out / "samples", out / "progress.gif", ema=trainer.netG_ema is not None)
+                    board.add_grid(step, grid)  # the EMA's grid when there is one
                 if fid:
                     if lead:  # of the EMA (else raw) generator; generator_best.params keeps the best
                         import evaluate
@@ -224,9 +231,11 @@ def training_loop(
                         value = float(evaluate.generator_fid(net.eval(), nz, real_stats, fid_n, device, seed=seed,
                                                              model=inception))
                         net.train(was_training)
-                        history.append({**head, "fid": value, "fid_n": fid_n, "fid_seed": seed,
-                                        "fid_model": "raw" if trainer.netG_ema is None else "ema",
-                                        "fid_weights": inception.weights_label})
+                        row = {**head, "fid": value, "fid_n": fid_n, "fid_seed": seed,
+                               "fid_model": "raw" if trainer.netG_ema is None else "ema",
+                               "fid_weights": inception.weights_label}
+                        history.append(row)
+                        board.add_row(row)
                         postfix["fid"] = f"{value:.2f}"
                         if best_fid is None or value < best_fid:
                             best_fid = value
@@ -240,6 +249,7 @@ def training_loop(
                         "data_fingerprint": config["data_fingerprint"]}, out / checkpoint.NAME)
                     export(params)
                     stats.plot_losses(history.rows, out / "loss.png")
+                    board.flush()
                 bar.set_postfix(postfix, refresh=False)
                 metrics.resume()  # img/s times the training steps only
                 if last:
@@ -261,7 +271,7 @@ def training_loop(
 DEFAULTS = {name: p.default for name, p in inspect.signature(training_loop).parameters.items()}
 # the options that belong to one invocation: not kept in checkpoints, so not restored on --resume
 RUN_KEYS = ("device", "precision", "compile", "out", "params", "resume", "log_every", "sample_every",
-            "checkpoint_every", "num_samples", "fid_every", "fid_n")
+            "checkpoint_every", "num_samples", "fid_every", "fid_n", "tensorboard")
 
 
 # --------------------------------------------------------------------------- #
