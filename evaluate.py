@@ -3,6 +3,7 @@
 
     python evaluate.py --params runs/64px-celeba-.../generator.params        # 50k samples vs data/celeba_64.npy
     python evaluate.py --params generator.params -n 10000 --kid --seed 1
+    python evaluate.py --params generator.params -n 10000 --pr --nn 4          # + precision/recall, copies
     python evaluate.py --real data/celeba_64.npy --fake samples/            # folders, .npy, or .npz statistics
 
 The feature extractor is pytorch-fid's FID Inception-v3 (TensorFlow 2015-12-05
@@ -18,6 +19,12 @@ sigma as pytorch-fid writes them, plus what they were computed from) and
 recomputed when the data, the extractor, the image size or the numerics
 (device type; Inception runs in full fp32 everywhere, no TF32, deterministic
 cuDNN) change: a CPU cache is not reused for a GPU score.
+
+``--pr`` adds precision and recall (k = 3) and density and coverage (k = 5)
+of the generated features against the real ones (``precision_recall.py``);
+the real features themselves and their k-NN radii are cached beside the
+statistics as ``<data>.features.npz``, under the same key. ``--nn K`` draws
+32 samples beside their K nearest training faces and reports the copy share.
 """
 from __future__ import annotations
 
@@ -36,12 +43,16 @@ import utils
 from dataloader import data_fingerprint, load_images
 from fid_inception import FEATURE_DIMS, FID_WEIGHTS_FILE, load_inception
 from fid_inception import build_inception  # noqa: F401  (evaluate.build_inception for callers)
+from precision_recall import copy_share, knn_radii, manifold_metrics, nearest_neighbours
 from utils import UserError
 
 MIN_RELIABLE_N = 2048  # fewer samples than feature dims: singular covariance, biased FID
 KID_REAL_MAX = 5000  # real activations kept in the cache for --kid (float32, ~40 MB)
 IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}  # as pytorch-fid
 STATS_FORMAT = "dcgan-fid-stats/1"
+FEATURES_FORMAT = "dcgan-fid-features/1"
+K_PR, K_DC = 3, 5  # neighbours for precision/recall (StyleGAN2-ADA's pr50k3) and density/coverage (Naeem et al.)
+NN_SAMPLES = 32  # generated faces in the --nn picture
 
 
 class SmallSampleWarning(UserWarning):
@@ -265,28 +276,45 @@ def array_features(model, images: np.ndarray, device, batch_size: int = 200, des
 
 
 @torch.no_grad()
-def generated_features(
-    generator, nz: int, n: int, model, device, batch_size: int = 200, seed: int = 0
-) -> torch.Tensor:
-    """Sample ``n`` images from ``generator`` (noise from a local torch.Generator
-    seeded with ``seed``, so the global RNG is untouched and the images do not
-    depend on ``batch_size``), quantise as a PNG would, -> (n, 2048) features.
-    The generator runs in ``full_fp32`` as Inception does. A generator in
-    train mode is switched to eval for this and back after."""
+def generated_batches(generator, nz: int, n: int, device, batch_size: int = 200, seed: int = 0, progress: bool = True):
+    """Yield the ``n`` images of ``generator`` as uint8 NCHW batches, quantised
+    as a PNG would be. The noise comes from a local torch.Generator seeded with
+    ``seed`` (the global RNG is untouched, the images do not depend on
+    ``batch_size``); G runs in ``full_fp32`` as Inception does, in eval mode
+    (a generator in train mode is switched back after)."""
     device = torch.device(device)
     rng = torch.Generator(device=device).manual_seed(int(seed))
     noise = torch.randn(n, nz, generator=rng, device=device)
-    out = torch.empty(n, FEATURE_DIMS, dtype=torch.float32, device=device)
     was_training = generator.training
     generator.eval()
     try:
-        for start in tqdm(range(0, n, batch_size), desc="features (generated)", unit="batch", leave=False):
+        starts = range(0, n, batch_size)
+        for start in tqdm(starts, desc="features (generated)", unit="batch", leave=False, disable=not progress):
             with full_fp32():  # the images a CPU would make, up to rounding: no TF32 in G's convs either
-                images = generator(noise[start : start + batch_size])
-            out[start : start + len(images)] = features_of(model, quantize(images), device)
+                yield quantize(generator(noise[start : start + batch_size]))
     finally:
         generator.train(was_training)
+
+
+def generated_features(
+    generator, nz: int, n: int, model, device, batch_size: int = 200, seed: int = 0
+) -> torch.Tensor:
+    """``n`` images of ``generator`` (``generated_batches``) -> (n, 2048) features."""
+    out = torch.empty(n, FEATURE_DIMS, dtype=torch.float32, device=device)
+    start = 0
+    for images in generated_batches(generator, nz, n, device, batch_size, seed):
+        out[start : start + len(images)] = features_of(model, images, device)
+        start += len(images)
     return out
+
+
+def first_generated_images(generator, nz: int, n: int, device, count: int, seed: int = 0) -> np.ndarray:
+    """The first ``count`` of the ``n`` images ``generated_features`` scores, uint8 NHWC."""
+    batches = generated_batches(generator, nz, n, device, count, seed, progress=False)
+    try:
+        return next(batches).permute(0, 2, 3, 1).cpu().numpy()
+    finally:
+        batches.close()  # restores G's mode now
 
 
 # --------------------------------------------------------------------------- #
@@ -317,25 +345,48 @@ def load_folder(path) -> np.ndarray:
     return images
 
 
+def _load_npz(path, what: str) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"{path} is not a readable .npz {what} file ({err})") from None
+
+
+def _key_of(data: dict) -> dict:
+    """What a cache .npz was computed from: n, size, fingerprint, extractor, numerics, format."""
+    key = {"n": int(data["n"]) if "n" in data else None}
+    for name in ("fingerprint", "extractor", "numerics", "format"):
+        if name in data:
+            key[name] = str(data[name])
+    if "size" in data:
+        key["size"] = int(data["size"])
+    return key
+
+
+def _write_npz(stats: dict, path, file_format: str, **arrays) -> None:
+    """Atomically write ``arrays`` plus the key fields of ``stats`` as .npz."""
+    arrays["format"] = np.array(file_format)
+    for name in ("n", "size"):
+        if stats.get(name) is not None:
+            arrays[name] = np.array(stats[name])
+    for name in ("fingerprint", "extractor", "numerics"):
+        if stats.get(name) is not None:
+            arrays[name] = np.array(str(stats[name]))
+    with utils.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
 def read_statistics(path) -> dict:
     """A statistics .npz (ours, or pytorch-fid's with keys mu and sigma)."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"{path} is not a readable .npz statistics file ({err})") from None
+    data = _load_npz(path, "statistics")
     if "mu" not in data or "sigma" not in data:
         raise UserError(f"{path} has no 'mu' and 'sigma' arrays (keys: {', '.join(data) or 'none'})")
     mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
     if mu.shape != (FEATURE_DIMS,) or sigma.shape != (FEATURE_DIMS, FEATURE_DIMS):
         raise UserError(f"{path} holds statistics of shape {mu.shape} / {sigma.shape}, not 2048-d pool3 ones")
-    stats = {"mu": mu, "sigma": sigma, "n": int(data["n"]) if "n" in data else None}
-    for key in ("fingerprint", "extractor", "numerics", "format"):
-        if key in data:
-            stats[key] = str(data[key])
-    if "size" in data:
-        stats["size"] = int(data["size"])
+    stats = {"mu": mu, "sigma": sigma, **_key_of(data)}
     if "kid_features" in data:
         stats["kid_features"] = data["kid_features"]
     return stats
@@ -343,17 +394,27 @@ def read_statistics(path) -> dict:
 
 def write_statistics(stats: dict, path) -> None:
     """Atomically write statistics as .npz (pytorch-fid reads mu and sigma)."""
-    arrays = {"format": np.array(STATS_FORMAT), "mu": stats["mu"], "sigma": stats["sigma"]}
-    for key in ("n", "size"):
-        if stats.get(key) is not None:
-            arrays[key] = np.array(stats[key])
-    for key in ("fingerprint", "extractor", "numerics"):
-        if stats.get(key) is not None:
-            arrays[key] = np.array(str(stats[key]))
+    arrays = {"mu": stats["mu"], "sigma": stats["sigma"]}
     if stats.get("kid_features") is not None:
         arrays["kid_features"] = np.asarray(stats["kid_features"], np.float32)
-    with utils.atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+    _write_npz(stats, path, STATS_FORMAT, **arrays)
+
+
+def read_features(path) -> dict:
+    """A features .npz (``write_features``) -> {features (n, 2048) float32, radii {k: (n,)}, key fields}."""
+    data = _load_npz(path, "features")
+    features = data.get("features")
+    if features is None or features.ndim != 2 or features.shape[1] != FEATURE_DIMS:
+        raise UserError(f"{path} holds no (n, {FEATURE_DIMS}) pool3 features")
+    radii = {int(name[len("radii_"):]): data[name] for name in data if name.startswith("radii_")}
+    return {**_key_of(data), "features": features, "radii": radii}
+
+
+def write_features(stats: dict, path) -> None:
+    """Atomically write real features (float32) and their k-NN radii ({k: (n,)}) as .npz."""
+    radii = {f"radii_{k}": torch.as_tensor(r).cpu().numpy() for k, r in stats["radii"].items()}
+    _write_npz(stats, path, FEATURES_FORMAT, features=torch.as_tensor(stats["features"]).float().cpu().numpy(),
+               **radii)
 
 
 def statistics_from_features(acts: torch.Tensor, seed: int = 0, **info) -> dict:
@@ -370,35 +431,76 @@ def cache_path_for(data_path) -> Path:
     return Path(data_path).with_suffix(".fid.npz")
 
 
+def features_path_for(data_path) -> Path:
+    """data/celeba_64.npy -> data/celeba_64.features.npz"""
+    return Path(data_path).with_suffix(".features.npz")
+
+
+def _read_cache(path: Path, reader, key: dict, n: int) -> dict | None:
+    """The cache at ``path`` when it was computed from ``key`` and ``n`` images, else None."""
+    if not path.is_file():
+        return None
+    try:
+        cached = reader(path)
+    except UserError as err:
+        warnings.warn(f"ignoring unreadable cache: {err}", stacklevel=3)
+        return None
+    return cached if all(cached.get(k) == v for k, v in key.items()) and cached.get("n") == n else None
+
+
+def _write_cache(writer, stats: dict, path: Path) -> None:
+    """Write a cache; a read-only data folder just means no cache."""
+    try:
+        writer(stats, path)
+    except UserError as err:
+        warnings.warn(f"not cached: {err}", stacklevel=3)
+
+
 def real_statistics(
-    data_path, device="cpu", batch_size: int = 200, weights_path=None, model=None, size=None, cache: bool = True
+    data_path, device="cpu", batch_size: int = 200, weights_path=None, model=None, size=None, cache: bool = True,
+    knn: tuple[int, ...] | None = None,
 ) -> dict:
     """Statistics of a preprocessed .npy dataset, read from ``<data>.fid.npz``
     when that was computed from the same data (fingerprint), extractor, image
     size and numerics (``numerics_id``: a CPU cache is not a GPU one), else
     computed and cached there (a read-only data folder just means no cache).
-    Returns {mu, sigma, n, size, fingerprint, extractor, numerics, kid_features, cached}. Pass ``model`` (``load_inception``) to reuse one."""
+    Returns {mu, sigma, n, size, fingerprint, extractor, numerics, kid_features, cached}. Pass ``model`` (``load_inception``) to reuse one.
+
+    With ``knn`` (a tuple of k, may be empty) also ``features`` ((n, 2048)
+    float32 tensor) and ``radii`` ({k: (n,)} distances to the k-th nearest
+    other real), read from or written to ``<data>.features.npz`` under the same
+    key, and ``features_cached``."""
     images = load_images(data_path, size)
     key = {"fingerprint": data_fingerprint(data_path), "size": int(images.shape[1]), "numerics": numerics_id(device)}
     model = model if model is not None else load_inception(device, weights_path)
     key["extractor"] = model.extractor_id
-    cache_file = cache_path_for(data_path)
-    if cache and cache_file.is_file():
-        try:
-            stats = read_statistics(cache_file)
-        except UserError as err:
-            warnings.warn(f"ignoring unreadable statistics cache: {err}", stacklevel=2)
-            stats = {}
-        if all(stats.get(k) == v for k, v in key.items()) and stats.get("n") == len(images):
-            return {**stats, "cached": True}
-    acts = array_features(model, images, device, batch_size, desc=Path(data_path).name)
-    stats = statistics_from_features(acts, **key)
-    if cache:
-        try:
-            write_statistics(stats, cache_file)
-        except UserError as err:
-            warnings.warn(f"real statistics not cached: {err}", stacklevel=2)
-    return {**stats, "cached": False}
+    n = len(images)
+    stats = _read_cache(cache_path_for(data_path), read_statistics, key, n) if cache else None
+    cached = _read_cache(features_path_for(data_path), read_features, key, n) if cache and knn is not None else None
+    if stats is not None and knn is None:
+        return {**stats, "cached": True}
+    if cached is not None:
+        acts = torch.from_numpy(cached["features"])
+    else:
+        acts = array_features(model, images, device, batch_size, desc=Path(data_path).name)
+    stats_cached = stats is not None
+    if stats is None:
+        stats = statistics_from_features(acts, **key)
+        if cache:
+            _write_cache(write_statistics, stats, cache_path_for(data_path))
+    if knn is None:
+        return {**stats, "cached": False}
+    radii = {k: torch.from_numpy(r) for k, r in cached["radii"].items()} if cached is not None else {}
+    missing = tuple(k for k in knn if k not in radii)
+    if missing:
+        if max(missing) >= n:
+            raise UserError(f"{data_path} has {n} images; k = {max(missing)} nearest neighbours need more")
+        found = knn_radii(acts.to(_float64_device(device)), missing)
+        radii.update((k, r.cpu()) for k, r in found.items())
+    if cache and (missing or cached is None):
+        _write_cache(write_features, {**key, "n": n, "features": acts, "radii": radii}, features_path_for(data_path))
+    return {**stats, "cached": stats_cached, "features": acts, "radii": {k: radii[k] for k in knn},
+            "features_cached": cached is not None and not missing}
 
 
 def generator_fid(
@@ -415,26 +517,59 @@ def generator_fid(
     return frechet_distance(mu, sigma, real_stats["mu"], real_stats["sigma"], device=device)
 
 
-def path_statistics(path, model, device, batch_size: int = 200, size=None) -> dict:
+def path_statistics(path, model, device, batch_size: int = 200, size=None, knn: tuple[int, ...] | None = None) -> dict:
     """Statistics of an image folder, a .npy of uint8 images (cached beside it),
-    or a .npz of statistics."""
+    or a .npz of statistics. With ``knn`` (see ``real_statistics``) also the
+    ``features``, their ``radii`` (a folder: none, computed where used) and
+    the ``images``; a .npz of statistics has none of them."""
     path = Path(path)
     if path.is_dir():
         images = load_folder(path)
         if size is not None and images.shape[1:3] != (size, size):
             raise UserError(f"the images in {path} are {images.shape[2]}x{images.shape[1]}, not {size} px")
         acts = array_features(model, images, device, batch_size, desc=path.name)
-        return statistics_from_features(acts, size=images.shape[1] if images.shape[1] == images.shape[2] else None)
+        stats = statistics_from_features(acts, size=images.shape[1] if images.shape[1] == images.shape[2] else None)
+        return stats if knn is None else {**stats, "features": acts, "radii": {}, "images": images}
     if path.suffix == ".npz":
+        if knn is not None:
+            raise UserError(f"{path} holds statistics only; --pr and --nn need the images (a folder or a .npy)")
         stats = read_statistics(path)
         if size is not None and stats.get("size") not in (None, size):
             raise UserError(f"{path} holds statistics of {stats['size']} px images, not {size} px")
         return stats
     if path.suffix == ".npy":
-        return real_statistics(path, device, batch_size, model=model, size=size)
+        stats = real_statistics(path, device, batch_size, model=model, size=size, knn=knn)
+        return stats if knn is None else {**stats, "images": load_images(path, size)}
     if not path.exists():
         raise UserError(f"not found: {path}")
     raise UserError(f"{path} is not an image folder, a .npy of images, or a .npz of statistics")
+
+
+def manifold_scores(real: dict, fake_features, device) -> dict:
+    """Precision, recall (k = 3), density, coverage (k = 5) of ``fake_features``
+    against ``real`` (``path_statistics(..., knn=(K_PR, K_DC))``), reusing the
+    reals' cached radii; float64 distances on ``device`` (CPU for MPS)."""
+    dev = _float64_device(device)
+    real_n, fake_n = len(real["features"]), len(fake_features)
+    if real_n <= K_DC or fake_n <= K_PR:
+        raise UserError(f"--pr needs more than {K_DC} real and {K_PR} generated images (got {real_n} and {fake_n})")
+    return manifold_metrics(real["features"].to(dev), fake_features.to(dev), K_PR, K_DC,
+                            real_radii=real.get("radii") or None)
+
+
+def nearest_neighbour_picture(samples: np.ndarray, sample_features, train: dict, k: int, path, device) -> None:
+    """A grid, one row per sample: the sample (uint8 NHWC), then its ``k``
+    nearest training images in Inception feature space, written to ``path``."""
+    dev = _float64_device(device)
+    _, index = nearest_neighbours(sample_features.to(dev), train["features"].to(dev), k)
+    rows = [np.concatenate([samples[i : i + 1], train["images"][np.asarray(row)]]) for i, row in enumerate(index.cpu().tolist())]
+    utils.save_grid(np.concatenate(rows), path, nrow=k + 1)
+
+
+def _pr_text(scores: dict, real_name, fake_name=None) -> str:
+    fake = f"fake: {fake_name}, {scores['fake_n']}" if fake_name else f"generated: {scores['fake_n']}"
+    return (f"  precision {scores['precision']:.3f} recall {scores['recall']:.3f} density {scores['density']:.3f} "
+            f"coverage {scores['coverage']:.3f} (real: {real_name}, {scores['real_n']}; {fake})")
 
 
 # --------------------------------------------------------------------------- #
@@ -463,6 +598,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--real", default=None, help="compare image sets instead: the reference set")
     parser.add_argument("--fake", default=None, help="the set to score against --real")
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw generator, not its EMA weights")
+    parser.add_argument("--pr", action="store_true",
+                        help=f"also precision and recall (k = {K_PR}), density and coverage (k = {K_DC}) "
+                             f"against the real set; its features are cached beside a .npy")
+    parser.add_argument("--nn", type=int, default=0, metavar="K",
+                        help=f"memorisation check (with --params): {NN_SAMPLES} samples beside their K nearest "
+                             f"--data faces in Inception features, and the copy share; 0: off")
+    parser.add_argument("--nn-out", default=None,
+                        help="the --nn picture; default: nearest_neighbours.png beside --params")
     return parser
 
 
@@ -482,6 +625,14 @@ def _validate(args) -> None:
             raise UserError(f"not found: {path}")
     if args.save_stats is not None and Path(args.save_stats).is_dir():
         raise UserError(f"--save-stats {args.save_stats} is a folder; give a file name ending in .npz")
+    if args.nn < 0:
+        raise UserError(f"--nn must be 0 (off) or a number of neighbours (got {args.nn})")
+    if args.nn and args.real is not None:
+        raise UserError("--nn needs --params (generated samples to check against --data), not --real/--fake")
+    if args.pr or args.nn:
+        for path in (args.real, args.fake) if args.real is not None else (args.data,):
+            if path is not None and Path(path).suffix == ".npz":
+                raise UserError(f"{path} holds statistics only; --pr and --nn need the images (a folder or a .npy)")
 
 
 def _kid_features(stats: dict, what: str):
@@ -518,34 +669,52 @@ def _run(args) -> int:
     if not data.exists():
         raise UserError(f"real data not found: {data} (make it with `python preprocess.py --sizes {size}`)")
     model = load_inception(device, args.inception_weights)
-    real = path_statistics(data, model, device, args.batch_size, size=size)
-    acts = generated_features(generator, int(config["nz"]), args.num_samples, model, device, args.batch_size, args.seed)
+    knn = ((K_PR, K_DC) if args.pr else ()) if args.pr or args.nn else None
+    real = path_statistics(data, model, device, args.batch_size, size=size, knn=knn)
+    if args.nn and args.nn >= real["n"]:
+        raise UserError(f"--nn {args.nn} needs more than {args.nn} training images in {data} (got {real['n']})")
+    nz = int(config["nz"])
+    acts = generated_features(generator, nz, args.num_samples, model, device, args.batch_size, args.seed)
     fake = statistics_from_features(acts, seed=args.seed, size=size, extractor=model.extractor_id)
     warn_if_small_sample(args.num_samples, real.get("n"))
     fid = frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"], device=device)
     kid = None
     if args.kid:
         kid = kernel_inception_distance(acts, _kid_features(real, str(data)), seed=args.seed, device=device)
+    scores = manifold_scores(real, acts, device) if args.pr else {}
+    if args.nn:
+        shown = min(NN_SAMPLES, args.num_samples)
+        picture = Path(args.nn_out or Path(args.params).parent / "nearest_neighbours.png")
+        samples = first_generated_images(generator, nz, args.num_samples, device, shown, args.seed)
+        nearest_neighbour_picture(samples, acts[:shown], real, args.nn, picture, device)
+        dev = _float64_device(device)
+        share, flags = copy_share(acts.to(dev), real["features"].to(dev))
+        scores.update(copy_share=share, nn_k=args.nn, nn_picture=str(picture))
+        print(f"copy share {share:.4f}: {int(flags.sum())} of {args.num_samples} generated faces are closer to a "
+              f"training face than it is to its nearest other one; {shown} beside their {args.nn} nearest "
+              f"in {data}: {picture}")
     if args.save_stats:
         write_statistics(fake, args.save_stats)
     seconds = time.time() - start
     real_n = real.get("n")
     print(_result_line(fid, kid, model, f"n={args.num_samples} generated vs {real_n or '?'} real, {size} px, "
-                                        f"seed {args.seed}, {seconds:.0f} s"))
+                                        f"seed {args.seed}, {seconds:.0f} s",
+                       _pr_text(scores, data) if args.pr else ""))
     record = {
         "fid": fid, "kid_mean": kid and kid[0], "kid_std": kid and kid[1], "n": args.num_samples, "seed": args.seed,
         "real_n": real_n, "size": size, "params": str(Path(args.params)), "weights": config["weights"],
         "data": str(data), "data_fingerprint": real.get("fingerprint"), "extractor": model.extractor_id,
         "inception_weights": model.weights_label, "real_inception_weights": model.real_weights, "device": str(device), "seconds": round(seconds, 1), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **{k: v for k, v in scores.items() if k != "real_n"},
     }
     utils.append_jsonl(record, Path(args.params).parent / "results.jsonl")
     return 0
 
 
-def _result_line(fid, kid, model, details: str) -> str:
+def _result_line(fid, kid, model, details: str, extra: str = "") -> str:
     """One line: the scores, then what they were computed from, the Inception weights last."""
     kid_text = f"  KID {kid[0]:.5f} ± {kid[1]:.5f}" if kid is not None else ""
-    return f"FID {fid:.2f}{kid_text}  ({details}; {model.weights_label})"
+    return f"FID {fid:.2f}{kid_text}{extra}  ({details}; {model.weights_label})"
 
 
 def _save_real(args, device, start) -> int:
@@ -561,14 +730,15 @@ def _save_real(args, device, start) -> int:
 
 def _compare_sets(args, device, start) -> int:
     model = load_inception(device, args.inception_weights)
-    real = path_statistics(args.real, model, device, args.batch_size)
+    knn = (K_PR, K_DC) if args.pr else None
+    real = path_statistics(args.real, model, device, args.batch_size, knn=knn)
     if args.fake is None:
         if args.save_stats is None:
             raise UserError("--real needs --fake (or --save-stats to write its statistics)")
         write_statistics(real, args.save_stats)
         print(f"saved statistics of {real['n']} images of {args.real} to {args.save_stats}")
         return 0
-    fake = path_statistics(args.fake, model, device, args.batch_size)
+    fake = path_statistics(args.fake, model, device, args.batch_size, knn=() if args.pr else None)
     warn_if_small_sample(fake.get("n"), real.get("n"))
     fid = frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"], device=device)
     kid = None
@@ -577,8 +747,9 @@ def _compare_sets(args, device, start) -> int:
                                         seed=args.seed, device=device)
     if args.save_stats:
         write_statistics(fake, args.save_stats)
+    pr_text = _pr_text(manifold_scores(real, fake["features"], device), args.real, args.fake) if args.pr else ""
     print(_result_line(fid, kid, model, f"{fake.get('n') or '?'} in {args.fake} vs {real.get('n') or '?'} in "
-                                        f"{args.real}, {time.time() - start:.0f} s"))
+                                        f"{args.real}, {time.time() - start:.0f} s", pr_text))
     return 0
 
 

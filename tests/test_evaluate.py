@@ -439,3 +439,119 @@ def test_statistics_cache_is_keyed_by_device_numerics(inception, tmp_path, monke
         assert (cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("ieee", "ieee")
         assert cudnn.deterministic and not cudnn.benchmark
     assert (cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark) == before
+
+
+# --------------------------------------------------------------------------- #
+# --pr: precision / recall, density / coverage; --nn: the memorisation check
+# --------------------------------------------------------------------------- #
+PR_LINE = (r"FID \d+\.\d\d  precision (\d\.\d{3}) recall (\d\.\d{3}) density (\d+\.\d{3}) coverage (\d\.\d{3}) "
+           r"\(real: (.+), (\d+); (generated|fake: .+, \d+)(?:: (\d+))?\)  \(")
+
+
+def test_pr_scores_generated_against_real_and_caches_the_real_features(inception, tmp_path, capsys, monkeypatch):
+    data = tmp_path / "faces_32.npy"
+    train = smooth_images(10, 32, seed=11)
+    np.save(data, train)
+    params = tmp_path / "run" / "generator.params"
+    torch.manual_seed(0)
+    generator = Generator(size=32, nz=16, ngf=4)
+    save_generator_params(params, {"size": 32, "nz": 16, "ngf": 4}, generator.state_dict())
+    args = ["--params", str(params), "--data", str(data), "-n", "6", "--batch-size", "6", "--device", "cpu", "--pr"]
+    assert evaluate.main(args) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.match(PR_LINE, line)
+    assert match and match.group(5) == str(data) and match.group(6) == "10" and match.group(8) == "6", line
+    record = json.loads((params.parent / "results.jsonl").read_text().splitlines()[-1])
+    assert (record["k_pr"], record["k_dc"], record["real_n"], record["fake_n"]) == (3, 5, 10, 6)
+    # the roles: reals are the reference manifold, the samples are scored against it
+    cached = evaluate.read_features(tmp_path / "faces_32.features.npz")
+    assert cached["n"] == 10 and sorted(cached["radii"]) == [3, 5] and cached["features"].shape == (10, 2048)
+    np.testing.assert_allclose(cached["features"][:2], evaluate.array_features(inception, train[:2], "cpu").numpy(),
+                               atol=1e-5)  # the reals' features (up to the batch's rounding)
+    fake_features = evaluate.generated_features(generator, 16, 6, inception, "cpu", batch_size=6)
+    expected = evaluate.manifold_metrics(cached["features"], fake_features, 3, 5)
+    for name in ("precision", "recall", "density", "coverage"):
+        assert record[name] == pytest.approx(expected[name], abs=1e-9), name
+    assert float(match.group(1)) == pytest.approx(expected["precision"], abs=5e-4)
+
+    calls = []  # a second run takes the real features and their radii from the cache
+    monkeypatch.setattr(evaluate, "array_features", lambda *a, **k: calls.append(a) or pytest.fail("reals recomputed"))
+    monkeypatch.setattr(evaluate, "knn_radii", lambda *a, **k: pytest.fail("real radii recomputed"))
+    assert evaluate.main(args) == 0 and calls == []
+    again = json.loads((params.parent / "results.jsonl").read_text().splitlines()[-1])
+    assert {k: again[k] for k in expected} == {k: record[k] for k in expected}
+    assert re.match(PR_LINE, capsys.readouterr().out.strip().splitlines()[-1]).groups() == match.groups()
+
+
+def test_pr_of_two_sets_names_the_real_one_and_swapping_swaps_precision_and_recall(inception, image_sets, tmp_path, capsys):
+    """.npy sets: the second run takes both sets' features from their caches."""
+    a = image_sets["a"]["images"]
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "mixed.npy", np.concatenate([a[:5], smooth_images(4, 32, seed=12, brightness=60)]))
+    real, fake = str(tmp_path / "a.npy"), str(tmp_path / "mixed.npy")
+    assert evaluate.main(["--real", real, "--fake", fake, "--device", "cpu", "--pr"]) == 0
+    forward = re.match(PR_LINE, capsys.readouterr().out.strip())
+    assert forward and forward.group(5) == real and forward.group(7) == f"fake: {fake}, 9"
+    assert float(forward.group(1)) >= 5 / 9  # the five exact copies of reals lie inside the real manifold
+    assert evaluate.main(["--real", fake, "--fake", real, "--device", "cpu", "--pr"]) == 0
+    backward = re.match(PR_LINE, capsys.readouterr().out.strip())
+    assert (backward.group(1), backward.group(2)) == (forward.group(2), forward.group(1))
+    (tmp_path / "x.npz").touch()
+    with pytest.raises(utils.UserError, match="statistics only; --pr and --nn need the images"):
+        evaluate.main(["--real", str(tmp_path / "x.npz"), "--fake", real, "--pr"])
+
+
+class CopyingGenerator(torch.nn.Module):
+    """Returns ``table[i]`` for the i-th noise row evaluate.py draws (seed 0),
+    whatever the batch: some rows are exact training images."""
+
+    def __init__(self, table, nz):
+        super().__init__()
+        self.noise = torch.randn(len(table), nz, generator=torch.Generator().manual_seed(0))
+        self.table = torch.from_numpy(table).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def forward(self, z):
+        rows = [int(torch.where((self.noise == zi).all(dim=1))[0][0]) for zi in z]
+        return self.table[rows]
+
+
+def test_nn_picture_shows_planted_copies_beside_their_training_faces_and_counts_them(
+        inception, tmp_path, capsys, monkeypatch):
+    import network
+    from precision_recall import copy_share
+
+    train = smooth_images(12, 32, seed=13)
+    data = tmp_path / "faces_32.npy"
+    np.save(data, train)
+    planted = {1: 4, 3: 9, 6: 0}  # generated row -> the training face it copies
+    table = smooth_images(8, 32, seed=14, brightness=30)
+    for row, face in planted.items():
+        table[row] = train[face]
+    params = tmp_path / "generator.params"
+    save_generator_params(params, {"size": 32, "nz": 16, "ngf": 4}, Generator(size=32, nz=16, ngf=4).state_dict())
+    fake = CopyingGenerator(table, 16)
+    monkeypatch.setattr(network, "load_generator", lambda *a, **k: (fake, {"size": 32, "nz": 16, "weights": "fake"}))
+    out = tmp_path / "nn.png"
+    assert evaluate.main(["--params", str(params), "--data", str(data), "-n", "8", "--batch-size", "3",
+                          "--device", "cpu", "--nn", "2", "--nn-out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    assert grid.shape == (2 + 8 * 34, 2 + 3 * 34, 3)  # 8 rows: the sample, then its 2 nearest
+
+    def cell(row, col):
+        return grid[2 + row * 34 : 34 + row * 34, 2 + col * 34 : 34 + col * 34]
+
+    for row in range(8):
+        np.testing.assert_array_equal(cell(row, 0), table[row])
+    for row, face in planted.items():
+        np.testing.assert_array_equal(cell(row, 1), train[face])
+    train_features = evaluate.read_features(tmp_path / "faces_32.features.npz")["features"]  # cached by the run
+    expected, flags = copy_share(evaluate.array_features(inception, table, "cpu", batch_size=8), train_features)
+    assert flags[list(planted)].all()
+    record = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1])
+    assert record["copy_share"] == pytest.approx(expected) and record["nn_k"] == 2 and "precision" not in record
+    assert f"copy share {expected:.4f}: {int(flags.sum())} of 8 generated faces" in printed
+    with pytest.raises(utils.UserError, match="--nn needs --params"):
+        evaluate.main(["--real", str(data), "--fake", str(data), "--nn", "2"])
+    with pytest.raises(utils.UserError, match="needs more than 12 training images"):
+        evaluate.main(["--params", str(params), "--data", str(data), "-n", "8", "--device", "cpu", "--nn", "12"])
