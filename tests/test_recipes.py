@@ -278,11 +278,12 @@ def test_hinge_and_bce_values_on_known_logits():
     (loss_real, total_real), (loss_fake, total_fake) = hinge.d_real(real), hinge.d_fake(fake)
     assert loss_real.item() == pytest.approx((0 + 0.5 + 2.0) / 3) and total_real is loss_real  # no LeCam
     assert loss_fake.item() == pytest.approx((0 + 1.0 + 2.5) / 3) and total_fake is loss_fake
-    assert hinge.g(fake).item() == pytest.approx(0.5 / 3)
+    loss_g, total_g = hinge.g(fake)
+    assert loss_g.item() == pytest.approx(0.5 / 3) and total_g is loss_g  # one process: backpropagate the loss
     bce, classic = nn.BCEWithLogitsLoss(), loss_of("bce")
     assert torch.equal(classic.d_real(real)[0], bce(real, torch.ones(3)))
     assert torch.equal(classic.d_fake(fake)[0], bce(fake, torch.zeros(3)))
-    assert classic.g(fake).item() == pytest.approx(torch.nn.functional.softplus(-fake).mean().item())
+    assert classic.g(fake)[0].item() == pytest.approx(torch.nn.functional.softplus(-fake).mean().item())
     with pytest.raises(ValueError, match="unknown loss 'wasserstein'"):
         loss_of("wasserstein")
 
@@ -548,7 +549,8 @@ def test_every_option_runs_under_bf16_autocast():
     assert all(p.dtype == torch.float32 for p in trainer.netD.parameters())
 
 
-DDP_SCRIPT = textwrap.dedent("""
+# the start of every torchrun worker here: repo on sys.path, Gloo joined, one thread
+WORKER_HEAD = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, sys.argv[1] + "/tests")
@@ -557,6 +559,9 @@ DDP_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     device = distributed.init("cpu")
     rank, world = distributed.get_rank(), distributed.get_world_size()
+""")
+
+DDP_SCRIPT = WORKER_HEAD + textwrap.dedent("""
 
     def equal_on_ranks(tensor):
         gathered = [torch.zeros_like(tensor) for _ in range(world)]
@@ -570,14 +575,26 @@ DDP_SCRIPT = textwrap.dedent("""
     config = {"ngf": 8, "ndf": 8, "nz": 16, "augment": "color,translation,cutout", "loss": "hinge", "sn": True,
               "r1": 10.0, "r1_every": 1, "lr_g": 1e-4, "lr_d": 4e-4, "ada": 0.05, "ada_kimg": 0.01,
               "lecam": 1.0, "topk": 0.5}
-    loss.TOPK_DECAY = 0.5  # G learns from half of each rank's fakes from step 2 on
+    loss.TOPK_DECAY = 0.5  # G learns from half of the global batch's fakes from step 2 on
     torch.manual_seed(rank)  # each rank its own init: wrapping must give every rank rank 0's weights and SN vectors
     trainer = make_trainer(config, device, world_size=world, rank=rank)
     failures = [] if equal_on_ranks(sn_vectors(trainer)) else ["SN vectors after wrapping"]
     trainer.loss.steps_per_epoch = 1
     torch.manual_seed(100 + rank)  # each rank its own reals, noise and augmentation
-    for _ in range(5):  # ADA's p moves after step 4, from both ranks' D outputs
+    calls = {"all_reduce": 0, "all_gather": 0}
+    for name in calls:  # the collectives the options make themselves (DDP's gradient buckets are not these)
+        def counted(*args, name=name, original=getattr(dist, name), **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+        setattr(dist, name, counted)
+    for step in range(1, 6):  # ADA's p moves after step 4, from both ranks' D outputs
         trainer.step(torch.rand(4, 3, 64, 64) * 2 - 1)
+        if step == 4:  # a checkpoint here resumes every rank exactly from rank 0's LeCam state
+            running = trainer.loss.lecam_running.clone()
+    if calls != {"all_reduce": 1 + 2, "all_gather": 5}:  # ADA at step 4, LeCam at steps 1 and 4; top-k each step
+        failures.append(f"collectives {calls}")
+    if not equal_on_ranks(running):
+        failures.append("LeCam's running average after step 4")
     params = torch.cat([trainer.ada.p.view(1), trainer.loss.lecam_anchors, sn_vectors(trainer)]
                        + [p.detach().flatten() for p in trainer.netD.parameters()]
                        + [p.detach().flatten() for p in trainer.netG.parameters()])
@@ -602,7 +619,77 @@ def test_ddp_keeps_ranks_identical_with_every_option_including_r1(tmp_path):
     D and the spectral-norm vectors are rank 0's (with torch's
     forward_sync_buffers and with the older broadcast_buffers); after steps G
     and D (incl. the lazy R1 gradient, taken through the unwrapped D), the SN
-    vectors, ADA's p and LeCam's anchors (all-reduced) are identical on both ranks."""
+    vectors, ADA's p and LeCam's anchors (the ranks' moving averages averaged
+    every LECAM_SYNC_EVERY steps, not every step) are identical on both ranks;
+    top-k makes one all_gather per step."""
     script = tmp_path / "ddp_options.py"
     script.write_text(DDP_SCRIPT)
+    torchrun(script, str(ROOT), cwd=tmp_path)
+
+
+GLOBAL_TOPK_SCRIPT = WORKER_HEAD + textwrap.dedent("""
+    failures = []
+
+    # Loss.g on known logits: rank r holds the r-th half of the batch
+    for halves, kind in (([[3.0, 2.0, 1.0, 0.0], [-1.0, -2.0, -3.0, -4.0]], "bce"),  # rank 1 has no pick
+                         ([[1.0, 1.0, 0.0, 2.0], [1.0, 0.0, 1.0, 1.0]], "hinge")):  # ties across ranks
+        full = torch.tensor(halves).flatten().requires_grad_(True)
+        local = torch.tensor(halves[rank]).requires_grad_(True)
+        one, ranks = (loss.Loss(kind, 0, 16, 0, 0.375, world_size=w) for w in (1, world))
+        one.steps_per_epoch = ranks.steps_per_epoch = one.steps = ranks.steps = 1000  # fraction 0.375: k = 3 of 8
+        value, total = one.g(full)
+        total.backward()
+        global_value, total = ranks.g(local)
+        total.backward()  # DDP averages over ranks: world_size x this rank's share of the 1-process gradient
+        if not torch.equal(global_value, value) or not torch.allclose(local.grad, world * full.grad.view(world, -1)[rank]):
+            failures.append(f"{kind} top-k on known logits: {global_value} {local.grad} vs {value} {full.grad}")
+
+    # Trainer.step: 2 ranks on halves of a batch == 1 process on the whole batch (same weights, reals, noise);
+    # eval-mode BatchNorm so a half batch normalises as the whole does
+    loss.TOPK_DECAY = 0.5
+    config = {"ngf": 8, "ndf": 8, "nz": 16, "topk": 0.3}
+    trainers = []
+    for w in (world, 1):
+        torch.manual_seed(0)
+        trainer = make_trainer(config, device, world_size=w, rank=rank)
+        trainer.netG.eval(), trainer.netD.eval()
+        trainer.loss.steps_per_epoch = 1
+        trainers.append(trainer)
+    data = torch.Generator().manual_seed(1)
+    picks, randn, top_k = [], torch.randn, loss.top_k
+    def recording_top_k(out_gen, fraction, world_size=1):
+        chosen = top_k(out_gen, fraction, world_size)
+        if world_size > 1:
+            picks.append(int((out_gen.view(-1) >= chosen.min()).sum()))
+        return chosen
+    loss.top_k = recording_top_k
+    for _ in range(3):  # fractions 1, 0.5, 0.3: k = 8, 4, 3 of the global 8
+        real = torch.rand(8, 3, 64, 64, generator=data) * 2 - 1
+        z = torch.randn(8, 16, 1, 1, generator=data)
+        losses_g = []
+        for trainer, part in zip(trainers, (slice(4 * rank, 4 * rank + 4), slice(None))):
+            torch.randn = lambda *args, **kwargs: z[part]
+            losses_g.append(trainer.step(real[part])["loss_G"])
+            torch.randn = randn
+        if not torch.allclose(*losses_g, atol=1e-6):  # every rank reports the global top-k loss
+            failures.append(f"loss_G {losses_g}")
+    for name, net in (("G", "netG"), ("D", "netD")):
+        for a, b in zip(getattr(trainers[0], net).parameters(), getattr(trainers[1], net).parameters()):
+            if (a - b).abs().max() > 1e-6:
+                failures.append(f"{name} differs from the 1-process step by {(a - b).abs().max():.2e}")
+                break
+    if rank == 0 and picks[1:] == [2, 2]:
+        failures.append(f"the data split the picks evenly, so it cannot tell per-rank from global top-k: {picks}")
+    dist.destroy_process_group()
+    sys.exit(f"rank {rank}: " + ", ".join(failures) if failures else 0)
+""")
+
+
+def test_topk_picks_from_the_global_batch_2_ranks_equal_1_rank_on_the_same_data(tmp_path):
+    """Top-k under DDP ranks all ranks' fakes: two Gloo ranks, each with half of
+    a batch, take the same G (and D) update as one process on the whole batch
+    with the same weights and noise (within 1e-6), a rank with no pick included,
+    ties picked alike on every rank."""
+    script = tmp_path / "global_topk.py"
+    script.write_text(GLOBAL_TOPK_SCRIPT)
     torchrun(script, str(ROOT), cwd=tmp_path)

@@ -8,6 +8,14 @@
     top-k  G learns only from the fakes D scores highest, all of the batch in epoch 1, x0.99 each
            epoch, never below nu of it (Sinha et al. 2020)
 
+Under DDP both see the global batch. Top-k ranks all ranks' fakes (one
+all_gather of B_local scores per step) and each rank's G loss is the global
+top-k mean, so the averaged gradient is the one-process gradient. LeCam keeps
+each rank's moving average locally and averages the ranks' every
+``LECAM_SYNC_EVERY`` steps (the average is linear, so this is the moving average
+of the global means): the anchors in use are equal on all ranks and at most
+LECAM_SYNC_EVERY - 1 steps old, next to the average's 100-step memory.
+
 Each term is a batch mean, gated by one condition in the method that uses it.
 ``Trainer.step`` calls, in order: ``r1`` (when ``r1_due()``), ``d_real``,
 ``d_fake``, ``d_step_done``, ``g``, ``g_step_done``. A new regulariser is a
@@ -24,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 LECAM_DECAY = 0.99  # the anchors' moving average (Tseng et al.'s value)
+LECAM_SYNC_EVERY = 4  # DDP: steps between averaging the ranks' LeCam moving averages (one 2-float all_reduce)
 TOPK_DECAY = 0.99  # top-k: the share shrinks by this factor per epoch, down to --topk (Sinha et al.)
 
 
@@ -74,9 +83,24 @@ def lecam_fake(out_fake: torch.Tensor, anchor_real: torch.Tensor) -> torch.Tenso
     return F.relu(anchor_real - out_fake).square().mean()
 
 
-def top_k(out_gen: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The ceil(fraction * B) largest of D's logits on a batch of B fakes."""
+def global_scores(scores: torch.Tensor) -> torch.Tensor:
+    """All ranks' per-image scores in rank order (every rank holds the same
+    batch size), with a gradient only into this rank's: one all_gather."""
+    import torch.distributed as dist
+
+    gathered = [torch.empty_like(scores) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, scores.detach())
+    gathered[dist.get_rank()] = scores
+    return torch.cat(gathered)
+
+
+def top_k(out_gen: torch.Tensor, fraction: float, world_size: int = 1) -> torch.Tensor:
+    """The ceil(fraction * B) largest of D's logits on a batch of B fakes; under
+    DDP (world_size > 1) of the global batch, every rank picking the same ones
+    (the same topk on the same gathered scores, ties included)."""
     scores = out_gen.reshape(out_gen.shape[0], -1).mean(dim=1)
+    if world_size > 1:
+        scores = global_scores(scores)
     k = max(1, min(scores.numel(), math.ceil(fraction * scores.numel())))
     return scores.topk(k, sorted=False).values
 
@@ -97,6 +121,7 @@ class Loss:
         self.steps = 0  # steps taken: the lazy R1 and top-k schedules
         self.steps_per_epoch: int | None = None  # top-k's epoch length (the loop sets it)
         self.lecam_anchors = None  # (2,) moving averages of D's mean logit on reals, fakes; None until step 1
+        self.lecam_running = None  # DDP: this rank's moving average since the ranks' last average
 
     # -- D ------------------------------------------------------------------- #
     def r1_due(self) -> bool:
@@ -121,19 +146,23 @@ class Loss:
         return loss, loss + self.lecam_weight * lecam_fake(out_fake, self.lecam_anchors[0])
 
     def d_step_done(self, out_real: torch.Tensor, out_fake: torch.Tensor) -> None:
-        """LeCam: move the anchors toward this step's mean logits (all ranks' under DDP)."""
+        """LeCam: move the moving average toward this step's mean logits; the
+        anchors are it, or under DDP the ranks' average of it every LECAM_SYNC_EVERY steps."""
         if self.lecam_weight <= 0:
             return
         means = torch.stack([out_real.detach().mean(), out_fake.detach().mean()])
-        if self.world_size > 1:
+        running = self.lecam_anchors if self.world_size == 1 else self.lecam_running
+        running = means if running is None else torch.lerp(running, means, 1.0 - LECAM_DECAY)
+        if self.world_size == 1:
+            self.lecam_anchors = running
+            return
+        self.lecam_running = running
+        if self.lecam_anchors is None or (self.steps + 1) % LECAM_SYNC_EVERY == 0:  # step 1, then every k-th
             import torch.distributed as dist
 
-            dist.all_reduce(means)
-            means /= self.world_size
-        if self.lecam_anchors is None:
-            self.lecam_anchors = means
-        else:
-            self.lecam_anchors = torch.lerp(self.lecam_anchors, means, 1.0 - LECAM_DECAY)
+            dist.all_reduce(running)  # in place: every rank continues from the global average
+            running /= self.world_size
+            self.lecam_anchors = running.clone()
 
     # -- G ------------------------------------------------------------------- #
     def topk_fraction(self) -> float:
@@ -142,18 +171,28 @@ class Loss:
             raise RuntimeError("Loss.steps_per_epoch must be set for topk")
         return max(self.topk_min, TOPK_DECAY ** (self.steps // self.steps_per_epoch))
 
-    def g(self, out_gen: torch.Tensor) -> torch.Tensor:
-        scored = out_gen if not self.topk_min else top_k(out_gen, self.topk_fraction())
-        return self.gen_loss(scored)
+    def g(self, out_gen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (G's loss, what to backpropagate). Under DDP with top-k the loss is
+        the global top-k mean, its gradient reaching this rank's picks only, so
+        it is scaled by world_size against DDP's average over ranks."""
+        if not self.topk_min:
+            loss = self.gen_loss(out_gen)
+            return loss, loss
+        loss = self.gen_loss(top_k(out_gen, self.topk_fraction(), self.world_size))
+        return loss, loss if self.world_size == 1 else loss * self.world_size
 
     def g_step_done(self) -> None:
         self.steps += 1
 
     # -- state --------------------------------------------------------------- #
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "lecam_anchors": self.lecam_anchors}
+        return {"steps": self.steps, "lecam_anchors": self.lecam_anchors, "lecam_running": self.lecam_running}
 
     def load_state_dict(self, state: dict, device) -> None:
         self.steps = int(state.get("steps", 0))
         anchors = state.get("lecam_anchors") if self.lecam_weight > 0 else None
         self.lecam_anchors = None if anchors is None else anchors.to(device, torch.float32)
+        # DDP: every rank resumes rank 0's running average, exact at a multiple of LECAM_SYNC_EVERY steps
+        running = state.get("lecam_running") if self.lecam_weight > 0 and self.world_size > 1 else None
+        running = self.lecam_anchors if running is None else running.to(device, torch.float32)
+        self.lecam_running = None if running is None or self.world_size == 1 else running.clone()

@@ -205,8 +205,8 @@ class Trainer:
         with self._unreduced(self.D):  # DDP: D's gradients from G's loss are discarded, so never reduced
             with self._autocast():
                 out_gen = self.D(self._augment(fake)).float()
-                loss_g = loss.g(out_gen)
-            loss_g.backward()
+                loss_g, total = loss.g(out_gen)
+            total.backward()
         self.optG.step()
         loss.g_step_done()
         if self.netG_ema is not None:
