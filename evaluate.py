@@ -320,9 +320,13 @@ def first_generated_images(generator, nz: int, n: int, device, count: int, seed:
 # --------------------------------------------------------------------------- #
 # Inputs: .npy data, image folders, .npz statistics
 # --------------------------------------------------------------------------- #
-def load_folder(path) -> np.ndarray:
+def load_folder(path, size: int | None = None) -> np.ndarray:
     """Every image in a folder (pytorch-fid's extensions), sorted by name ->
-    uint8 (N, H, W, 3), decoded as pytorch-fid does (PIL ``convert("RGB")``)."""
+    uint8 (N, H, W, 3), decoded as pytorch-fid does (PIL ``convert("RGB")``).
+    With ``size``, images of another size are cropped and resized to it exactly
+    as preprocess.py makes training data (the CelebA face box for 178x218
+    aligned photos, else the centred square), so a generator is scored against
+    faces framed like the ones it learnt."""
     from PIL import Image
 
     path = Path(path)
@@ -333,7 +337,10 @@ def load_folder(path) -> np.ndarray:
     for k, file in enumerate(tqdm(files, desc=f"reading {path.name}", unit="img", leave=False)):
         try:
             with Image.open(file) as img:
-                array = np.asarray(img.convert("RGB"))
+                if size is not None and img.size != (size, size):
+                    array = _preprocessed(file, img.size, size)
+                else:
+                    array = np.asarray(img.convert("RGB"))
         except OSError as err:
             raise UserError(f"cannot read image {file}: {err}") from None
         if images is None:
@@ -343,6 +350,15 @@ def load_folder(path) -> np.ndarray:
                             f"{images.shape[2]}x{images.shape[1]}; all images in a folder must have one size")
         images[k] = array
     return images
+
+
+def _preprocessed(file: Path, image_size: tuple[int, int], size: int) -> np.ndarray:
+    """One image file cropped and resized as ``preprocess.py`` does -> uint8 (size, size, 3)."""
+    import preprocess
+
+    crop = preprocess.CELEBA_CROP if image_size == preprocess.CELEBA_IMAGE_SIZE else "square"
+    (buffer,) = preprocess.load_image(str(file.parent), file.name, (size,), crop)
+    return np.frombuffer(buffer, np.uint8).reshape(size, size, 3)
 
 
 def _load_npz(path, what: str) -> dict:
@@ -524,9 +540,7 @@ def path_statistics(path, model, device, batch_size: int = 200, size=None, knn: 
     the ``images``; a .npz of statistics has none of them."""
     path = Path(path)
     if path.is_dir():
-        images = load_folder(path)
-        if size is not None and images.shape[1:3] != (size, size):
-            raise UserError(f"the images in {path} are {images.shape[2]}x{images.shape[1]}, not {size} px")
+        images = load_folder(path, size)
         acts = array_features(model, images, device, batch_size, desc=path.name)
         stats = statistics_from_features(acts, size=images.shape[1] if images.shape[1] == images.shape[2] else None)
         return stats if knn is None else {**stats, "features": acts, "radii": {}, "images": images}
@@ -595,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-stats", default=None,
                         help="write the generated (or --fake) statistics here as .npz; with --real "
                              "alone, write the statistics of --real and stop")
-    parser.add_argument("--real", default=None, help="compare image sets instead: the reference set")
+    parser.add_argument("--real", default=None,
+                        help="the real set: with --fake, compare two image sets; alone, score --params against it "
+                             "(as --data; a folder of other-size photos is cropped and resized as preprocess.py does)")
     parser.add_argument("--fake", default=None, help="the set to score against --real")
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw generator, not its EMA weights")
     parser.add_argument("--pr", action="store_true",
@@ -643,6 +659,11 @@ def _kid_features(stats: dict, what: str):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.real is not None and args.fake is None and args.save_stats is None:
+        if not Path(args.params).is_file():
+            raise UserError(f"--real {args.real} alone scores --params against it, but {args.params} was not found; "
+                            f"to compare two image sets add --fake B")
+        args.data, args.real = args.real, None  # --params P --real FOLDER: FOLDER is the real set
     _validate(args)
     with warnings.catch_warnings(record=True) as caught:  # each shown once, as one line (no source line)
         warnings.simplefilter("always", SmallSampleWarning)

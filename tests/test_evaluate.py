@@ -397,6 +397,28 @@ def test_cli_scores_params_prints_one_line_and_appends_results(torch_home, tmp_p
     assert again["fid"] == pytest.approx(record["fid"], rel=1e-9)
 
 
+def test_params_against_a_folder_of_photos_scores_as_the_preprocessed_array(inception, tmp_path, capsys):
+    """`--params P --real FOLDER`: photos of another size are cropped and resized as
+    preprocess.py makes training data, so the score equals `--data` on its .npy."""
+    import preprocess
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k, img in enumerate(smooth_images(8, 48, seed=21)):  # 40x48 portrait photos, as CelebA is taller than wide
+        Image.fromarray(img[:, 4:44]).save(photos / f"{k:03d}.png")
+    assert preprocess.main(["--src", str(photos), "--out", str(tmp_path / "data"), "--name", "p", "--sizes", "32"]) == 0
+    params = tmp_path / "run" / "generator.params"
+    save_generator_params(params, {"size": 32, "nz": 16, "ngf": 4}, Generator(size=32, nz=16, ngf=4).state_dict())
+    common = ["--params", str(params), "-n", "6", "--batch-size", "6", "--device", "cpu"]
+    assert evaluate.main(common + ["--real", str(photos)]) == 0
+    assert evaluate.main(common + ["--data", str(tmp_path / "data" / "p_32.npy")]) == 0
+    folder_row, array_row = [json.loads(line) for line in (params.parent / "results.jsonl").read_text().splitlines()]
+    assert folder_row["data"] == str(photos) and folder_row["real_n"] == 8
+    assert folder_row["fid"] == pytest.approx(array_row["fid"], rel=1e-6)
+    with pytest.raises(utils.UserError, match="alone scores --params .* add --fake B"):
+        evaluate.main(["--params", str(tmp_path / "missing.params"), "--real", str(photos)])
+
+
 def test_missing_data_hint_is_a_preprocess_command_that_parses(tmp_path):
     import preprocess
 
