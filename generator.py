@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 import utils
-from network import load_generator
+from network import export_ema, load_generator
 
 GRID_MAX = 64  # grid.png shows the first 64 images; every image still gets its own PNG
 ARITH_VARIATIONS = 8  # noisy copies of the result in arithmetic.png's second row
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{ARITH_VARIATIONS} copies of the result with noise added (default: off)")
     parser.add_argument("--arith-noise", type=float, default=0.25,
                         help="standard deviation of the noise added to the result's latent in the second row")
+    parser.add_argument("--export", metavar="PATH", default=None,
+                        help="write the EMA weights of --params alone to PATH (the file to share: half the size) "
+                             "and stop")
     parser.add_argument("--gif", action="store_true",
                         help="with --interpolate: also write interpolation.gif, a looping animation of the walks "
                              "(frame t: every walk at step t)")
@@ -197,6 +200,13 @@ def main(argv=None) -> int:
             f"params file not found: {args.params}. Train a generator first (`python train.py ...` writes "
             f"generator.params; see README quick start), or pass --params PATH to one "
             f"(e.g. --params runs/<run>/generator.params)")
+    if args.export is not None:
+        if Path(args.export).resolve() == Path(args.params).resolve():
+            raise utils.UserError("--export PATH must differ from --params (the run keeps its raw weights)")
+        config = export_ema(args.params, args.export)
+        print(f"wrote {args.export}: the EMA weights of {args.params} ({config['size']} px, ngf {config['ngf']}, "
+              f"step {config.get('step', '?')}), {Path(args.export).stat().st_size / 2**20:.1f} MiB")
+        return 0
     device = utils.resolve_device(args.device)
     generator, config = load_generator(args.params, device, use_ema=not args.no_ema)
     print(f"{args.params}: {config['size']} px, nz {config['nz']}, ngf {config['ngf']}; "

@@ -168,13 +168,14 @@ def recompute_bn_stats(generator: nn.Module, n: int = 512, batch_size: int = 64,
 # --------------------------------------------------------------------------- #
 # generator.params: {"format", "config", "generator", "generator_ema"}
 # --------------------------------------------------------------------------- #
-def save_generator_params(path, config: dict, generator_state: dict, ema_state: dict | None = None) -> None:
-    """Write the small export generator.py / evaluate.py read, atomically."""
+def save_generator_params(path, config: dict, generator_state: dict | None, ema_state: dict | None = None) -> None:
+    """Write the small export generator.py / evaluate.py read, atomically
+    (``generator_state`` None: the EMA weights alone, see ``export_ema``)."""
     torch_save(
         {
             "format": PARAMS_FORMAT,
             "config": dict(config),
-            "generator": {k: v.detach().cpu() for k, v in generator_state.items()},
+            "generator": None if generator_state is None else {k: v.detach().cpu() for k, v in generator_state.items()},
             "generator_ema": None if ema_state is None else {k: v.detach().cpu() for k, v in ema_state.items()},
         },
         path,
@@ -194,6 +195,17 @@ def infer_config(state: dict) -> dict:
         "ngf": int(first.shape[1]) // 2 ** (levels - 1),
         "nc": int(last.shape[1]),
     }
+
+
+def export_ema(src, dst) -> dict:
+    """``src`` generator.params -> ``dst`` holding its EMA weights alone (the
+    raw generator dropped: half the file), the file to share; -> its config."""
+    blob = torch_load(src, what="generator.params file")
+    if not (isinstance(blob, dict) and blob.get("format") == PARAMS_FORMAT and blob.get("generator_ema") is not None):
+        raise UserError(f"{src} has no EMA weights to export (train with --ema, e.g. --recipe best)")
+    config = {**blob["config"], "weights": "ema"}
+    save_generator_params(dst, config, None, blob["generator_ema"])
+    return config
 
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
@@ -218,6 +230,9 @@ def load_generator(path, device="cpu", use_ema: bool = True) -> tuple[Generator,
                       hint="pass --params generator.params (written by train.py, e.g. runs/<run>/generator.params)")
     if isinstance(blob, dict) and blob.get("format") == PARAMS_FORMAT:
         config = {**DEFAULT_CONFIG, **blob["config"]}
+        if blob.get("generator") is None and not use_ema:
+            raise UserError(f"{path} holds the EMA weights alone (an export); the raw weights (--no-ema) are in "
+                            f"the run's own generator.params")
         ema = use_ema and blob.get("generator_ema") is not None
         state = blob["generator_ema"] if ema else blob["generator"]
         config["weights"] = "ema" if ema else "raw"

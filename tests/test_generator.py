@@ -78,6 +78,25 @@ def test_ema_weights_by_default_raw_with_no_ema(params, tmp_path):
     assert np.array_equal(pngs(tmp_path / "raw")["000000.png"], want["generator"])
 
 
+def test_export_keeps_the_ema_weights_alone_and_samples_the_same_faces(params, tmp_path):
+    exported = tmp_path / "shared" / "faces.params"
+    assert generator.main(["--params", str(params), "--export", str(exported)]) == 0
+    blob = torch.load(exported, weights_only=True)
+    assert blob["generator"] is None and blob["config"]["weights"] == "ema"
+    assert exported.stat().st_size < 0.7 * params.stat().st_size
+    for source, out in ((params, "from_run"), (exported, "from_export")):
+        generator.main(["-n", "3", "--params", str(source), "--out", str(tmp_path / out), "--device", "cpu"])
+    a, b = pngs(tmp_path / "from_run"), pngs(tmp_path / "from_export")
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match=r"EMA weights alone.*\(--no-ema\)"):
+        generator.main(["-n", "1", "--params", str(exported), "--no-ema", "--out", str(tmp_path / "r")])
+    raw_only = tmp_path / "raw.params"
+    save_generator_params(raw_only, CONFIG, Generator(32, nz=16, ngf=4).state_dict())
+    with pytest.raises(UserError, match="no EMA weights to export"):
+        generator.main(["--params", str(raw_only), "--export", str(tmp_path / "x.params")])
+    assert not (tmp_path / "x.params").exists()
+
+
 def test_interpolation_grid_walks_between_the_sample_latents(params, tmp_path):
     generator.main(["-n", "2", "--params", str(params), "--out", str(tmp_path), "--interpolate", "3",
                     "--interp-steps", "5", "--device", "cpu"])
