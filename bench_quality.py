@@ -350,12 +350,13 @@ def run_variants(args) -> None:
 # Report: table, FID curve, final grid beside real held-out faces
 # --------------------------------------------------------------------------- #
 def table(rows: list[dict]) -> str:
-    lines = ["| data | size | variant | nets (ngf/ndf, batch) | step | images seen | weights | FID | recall | KID | "
-             "selection FID |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | size | variant | nets (ngf/ndf, batch) | step | images seen | weights | FID | precision | recall "
+             "| KID | selection FID |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["data"], r["size"], r["variant"], r["step"], r["weights"])):
         nets, seen = (f"{r['ngf']}/{r['ndf']}, {r['batch_size']}", f"{r['images_seen']:,}") if r["ngf"] else ("-", "-")
         lines.append(f"| {r['data']} | {r['size']} | {r['variant']} | {nets} | {r['step'] or '-'} | {seen} | "
-                     f"{r['weights']} | {r['fid']:.1f} | " + (f"{r['recall']:.2f}" if "recall" in r else "-")
+                     f"{r['weights']} | {r['fid']:.1f} | "
+                     + " | ".join(f"{r[key]:.2f}" if key in r else "-" for key in ("precision", "recall"))
                      + f" | {r['kid']:.4f} ± {r['kid_std']:.4f} | "
                      + (f"{r['fid_sel']:.1f} |" if "fid_sel" in r else "- |"))
     return "\n".join(lines)
@@ -454,17 +455,18 @@ def collapse_table(rows: list[dict]) -> str:
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
-    """One row of (FID, KID) panels per network size; a line per variant and weights."""
+    """One row of (FID, KID, precision and recall) panels per network size; a
+    line per variant and weights (precision and recall where the rows have them)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     floor = [r for r in rows if r["variant"] == "real faces"]
     rows = [r for r in rows if r["variant"] != "real faces"]
     nets = sorted({(r["ngf"], r["ndf"], r["batch_size"]) for r in rows}, reverse=True)
-    fig = Figure(figsize=(13, 3.6 * len(nets)))
+    fig = Figure(figsize=(18, 3.6 * len(nets)))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(nets), 2, squeeze=False)
-    for (ax_fid, ax_kid), net in zip(axes, nets):
+    axes = fig.subplots(len(nets), 3, squeeze=False)
+    for (ax_fid, ax_kid, ax_pr), net in zip(axes, nets):
         mine = [r for r in rows if (r["ngf"], r["ndf"], r["batch_size"]) == net]
         for curve in sorted({(r["variant"], r["weights"]) for r in mine}):
             points = sorted((r["images_seen"], r["fid"], r["kid"]) for r in mine if (r["variant"], r["weights"]) == curve)
@@ -474,6 +476,12 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
             for ax, values in ((ax_fid, fid), (ax_kid, kid)):
                 ax.plot(seen, values, style, marker="o", markersize=4 if bold else 3, linewidth=2.5 if bold else 1,
                         label=f"{curve[0]} {curve[1]}")
+            scored = sorted((r["images_seen"], r["precision"], r["recall"]) for r in mine
+                            if (r["variant"], r["weights"]) == curve and "recall" in r)
+            if scored:
+                pr_seen, precision, recall = zip(*scored)
+                line, = ax_pr.plot(pr_seen, recall, style, marker="o", markersize=3, label=f"{curve[0]} {curve[1]}")
+                ax_pr.plot(pr_seen, precision, style, marker="x", markersize=4, color=line.get_color(), alpha=0.5)
         for ax, key in ((ax_fid, "fid"), (ax_kid, "kid")):
             for r in floor:
                 ax.axhline(r[key], color="grey", linestyle=":", label=f"real faces (n={r['fid_n']})")
@@ -482,6 +490,8 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
         ax_fid.set(xlabel="images seen", ylabel=f"FID (n={mine[0]['fid_n']} vs {mine[0]['real_n']} held out)",
                    title=f"ngf {net[0]} / ndf {net[1]}, batch {net[2]}")
         ax_kid.set(xlabel="images seen", ylabel="KID")
+        ax_pr.set(xlabel="images seen", ylabel="recall (o), precision (x)", ylim=(0, 1))
+        ax_pr.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}k")
         ax_kid.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside: no line hidden
     fig.suptitle(title)
     fig.tight_layout()

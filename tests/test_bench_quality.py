@@ -132,11 +132,12 @@ def test_scores_against_the_held_out_and_the_selection_faces_from_one_sample(tmp
     assert 0 <= with_features["precision"] <= 1
 
 
-def test_table_shows_recall_beside_fid_and_a_dash_for_rows_without_it():
+def test_table_shows_precision_and_recall_beside_fid_and_dashes_for_rows_without_them():
     row = {"data": "t", "size": 64, "variant": "classic", "ngf": 4, "ndf": 4, "batch_size": 4, "step": 2,
            "images_seen": 8, "weights": "ema", "fid": 300.0, "kid": 0.3, "kid_std": 0.01}
-    text = bench_quality.table([{**row, "recall": 0.25}, {**row, "weights": "raw"}])
-    assert "| ema | 300.0 | 0.25 | 0.3000 ± 0.0100 |" in text and "| raw | 300.0 | - | 0.3000 ± 0.0100 |" in text
+    text = bench_quality.table([{**row, "precision": 0.6, "recall": 0.25}, {**row, "weights": "raw"}])
+    assert "| ema | 300.0 | 0.60 | 0.25 | 0.3000 ± 0.0100 |" in text
+    assert "| raw | 300.0 | - | - | 0.3000 ± 0.0100 |" in text
 
 
 def test_report_from_a_committed_rows_file_draws_table_and_curve_and_skips_absent_grids(tmp_path, capsys):
@@ -144,9 +145,11 @@ def test_report_from_a_committed_rows_file_draws_table_and_curve_and_skips_absen
     on a clone that lacks the run folders; the grids are skipped with one line."""
     rows, assets = tmp_path / "rows.jsonl", tmp_path / "assets"
     for variant, step, fid in (("classic", 500, 340.0), ("classic", 1000, 300.0), ("best", 1000, 150.0)):
+        scores = {"precision": 0.5, "recall": 0.1} if variant == "best" else {}  # older rows have none: no P/R point
         utils.append_jsonl({"variant": variant, "data": "t", "size": 128, "ngf": 4, "ndf": 4, "batch_size": 4,
                             "step": step, "images_seen": 4 * step, "weights": "ema", "fid": fid, "kid": 0.3,
-                            "kid_std": 0.01, "fid_n": 10, "real_n": 4, "params": str(tmp_path / "gone.params")}, rows)
+                            "kid_std": 0.01, "fid_n": 10, "real_n": 4, "params": str(tmp_path / "gone.params"),
+                            **scores}, rows)
     argv = ["--src", str(tmp_path / "no-such-folder"), "--name", "t", "--size", "128", "--out", str(tmp_path / "out"),
             "--assets", str(assets), "--results", str(rows), "--report"]
     assert bench_quality.main(argv) == 0
