@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--ndf", type=int, help="discriminator width")
     flag("--seed", type=int, help="seed for weights, noise and data order")
     flag("--device", help="auto, cpu, cuda, cuda:N or mps")
-    flag("--precision", choices=("auto", "fp32", "bf16"), help="auto = bf16 autocast on CUDA, fp32 elsewhere")
+    flag("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+         help="auto = bf16 autocast on GPUs with native bf16 (compute capability 8.0+: A100, RTX 30xx, H100), "
+              "fp16 autocast with loss scaling on older CUDA GPUs (T4, V100, RTX 20xx), fp32 on CPU and MPS; "
+              "fp16 steps with inf/NaN gradients are skipped and counted (skipped_d, skipped_g in metrics.jsonl)")
     flag("--compile", action="store_true", help="torch.compile G and D (first steps are slow)")
     flag("--ema", type=float, metavar="DECAY", help="keep an EMA of G's weights with this decay (e.g. 0.999; 0 = off)")
     flag("--out", help="run folder (default: runs/<size>px-<data>-<date-time>; on --resume the newest run in runs/)")

@@ -22,6 +22,8 @@ import utils
 from utils import UserError
 
 METRIC_KEYS = ("loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2")
+# fp16: D and G steps the loss scaler skipped (inf/NaN gradients); a row holds the interval's count, not a mean
+SKIP_KEYS = ("skipped_d", "skipped_g")
 
 
 class Metrics:
@@ -34,11 +36,13 @@ class Metrics:
     long finished, so logging never stalls the GPU. Steps that read the device
     anyway (save, samples, FID) read at once, so the NaN check comes before
     every save. ``pause`` / ``resume`` bracket the maintenance work (samples,
-    FID, checkpoints) so img/s times the training steps only."""
+    FID, checkpoints) so img/s times the training steps only. Keys in
+    SKIP_KEYS are counted: the row holds their sum over the interval."""
 
     def __init__(self, device: torch.device, world_size: int, batch_size: int, keys: tuple[str, ...] = METRIC_KEYS):
         self.device, self.world_size, self.batch_size, self.keys = device, world_size, batch_size, keys
         self.sums = torch.zeros(len(keys), device=device)
+        self.counted = torch.tensor([k in SKIP_KEYS for k in keys], device=device)  # (K,) sum, not mean
         self.steps = 0
         self.seconds, self.started = 0.0, perf_counter()  # training time in this interval
         self.pending: list[tuple[dict, float, torch.Tensor, object]] = []  # (step/epoch, img/s, host means, event)
@@ -70,7 +74,7 @@ class Metrics:
         if self.steps == 0:
             return
         img_per_s = self.steps * self.batch_size / max(self.seconds, 1e-9)
-        means = self.sums / self.steps
+        means = torch.where(self.counted, self.sums, self.sums / self.steps)
         if self.world_size > 1:
             import torch.distributed as dist
 
@@ -92,13 +96,18 @@ class Metrics:
         for head, img_per_s, host, event in self.pending:
             if event is not None:
                 event.synchronize()
-            rows.append({**head, **dict(zip(self.keys, host.tolist())), "img_per_s": img_per_s})
+            values = {k: round(v) if k in SKIP_KEYS else v for k, v in zip(self.keys, host.tolist())}
+            rows.append({**head, **values, "img_per_s": img_per_s})
         self.pending.clear()
         return rows
 
 
 def check_finite(row: dict, out: Path) -> None:
-    """A NaN/inf loss stops the run before anything is saved."""
+    """A NaN/inf loss stops the run before anything is saved. Under fp16 an
+    inf/NaN in the (scaled) gradients is expected now and then: the scaler
+    skips that step and lowers its scale (``skipped_d`` / ``skipped_g``), the
+    losses stay finite and the run goes on; a non-finite loss comes from the
+    forward pass, which no loss scale mends, so it still stops the run."""
     values = [row[k] for k in METRIC_KEYS]
     if not all(math.isfinite(v) for v in values):
         raise UserError(
@@ -114,6 +123,8 @@ def progress_postfix(row: dict) -> dict:
     postfix = {"D": f"{row['loss_D']:.3f}", "G": f"{row['loss_G']:.3f}", "img_s": f"{row['img_per_s']:.0f}"}
     if "aug_p" in row:
         postfix["p"] = f"{row['aug_p']:.2f}"
+    if "skipped_d" in row:  # fp16: steps the loss scaler skipped in this interval, D/G
+        postfix["skip"] = f"{row['skipped_d']}/{row['skipped_g']}"
     return postfix
 
 
@@ -147,7 +158,7 @@ class History:
 
 # the TensorBoard section of each metrics.jsonl key: loss.png's two panels, speed, quality
 TENSORBOARD_GROUPS = {"loss_D": "loss", "loss_G": "loss", "D_x": "D", "D_G_z1": "D", "D_G_z2": "D", "aug_p": "D",
-                      "img_per_s": "speed", "fid": "quality"}
+                      "img_per_s": "speed", "fid": "quality", "skipped_d": "fp16", "skipped_g": "fp16"}
 
 
 class TensorBoard:

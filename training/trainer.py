@@ -3,12 +3,16 @@ of G, DDP and torch.compile wrapping, the D phase and the G phase of a step.
 
     trainer = Trainer(config, "cuda", precision="bf16", compile=True)
     out = trainer.step(real)        # real (B, 3, S, S) in [-1, 1] -> dict of 0-dim device tensors
+    precision, why = resolve_precision("auto", "cuda", (7, 5), "Tesla T4")  # -> ("fp16", "auto: Tesla T4, ...")
 
 ``config`` is a complete training config (``training_loop.DEFAULTS`` with
 your changes). ``.netG`` / ``.netD`` are the plain modules (what gets saved);
 the step runs through ``.G`` / ``.D``, which may be DDP- and/or
 compile-wrapped. ``.step`` never synchronises with the host, so on a GPU the
-CPU runs ahead; read the numbers when logging.
+CPU runs ahead; read the numbers when logging. ``precision`` is fp32, bf16
+(autocast) or fp16 (autocast with a loss scaler per optimiser; the step also
+returns ``skipped_d`` / ``skipped_g``, 1.0 where the scaler skipped it);
+``resolve_precision`` turns ``auto`` into one of them for a device.
 """
 from __future__ import annotations
 
@@ -22,6 +26,40 @@ from network import build_discriminator, build_generator, recompute_bn_stats, st
 from training import augment
 from training.loss import Loss
 from utils import UserError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device_type: str, capability: tuple[int, int] | None = None,
+                      name: str = "GPU") -> tuple[str, str]:
+    """``precision`` (auto, fp32, bf16 or fp16) -> (fp32 | bf16 | fp16, why), for
+    a device of ``device_type`` whose CUDA compute ``capability`` and ``name``
+    are given (pure, so testable without CUDA). auto: bf16 autocast where the
+    GPU has native bf16 (compute capability 8.0+, Ampere and later); fp16
+    autocast with loss scaling on older CUDA GPUs (T4, V100), where bf16 is
+    emulated and slow; fp32 on CPU and MPS."""
+    if precision not in ("auto", *PRECISIONS):
+        raise UserError(f"unknown precision {precision!r} (use auto, {', '.join(PRECISIONS)})")
+    gpu = "" if capability is None else f"{name}, compute capability {capability[0]}.{capability[1]}"
+    native_bf16 = capability is not None and capability >= (8, 0)
+    if precision != "auto":
+        if precision == "bf16" and device_type == "cuda" and capability is not None and not native_bf16:
+            return precision, f"as typed; {gpu} has no native bf16, so it is emulated and slow: --precision fp16"
+        return precision, "as typed"
+    if device_type != "cuda" or capability is None:
+        return "fp32", f"auto: {device_type}"
+    if native_bf16:
+        return "bf16", f"auto: {gpu}, native bf16"
+    return "fp16", f"auto: {gpu}, no native bf16"
+
+
+def device_capability(device) -> tuple[tuple[int, int] | None, str]:
+    """-> (CUDA compute capability or None, device name) for resolve_precision."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None, device.type
+    return torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device)
 
 
 def default_channels_last(device) -> bool:
@@ -58,9 +96,10 @@ class Trainer:
                  channels_last: bool | None = None, world_size: int = 1, rank: int = 0):
         self.config = config = dict(config)
         self.device = device = torch.device(device)
-        if precision not in ("fp32", "bf16"):
-            raise UserError(f"unknown precision {precision!r} (use fp32 or bf16)")
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
         self.precision, self.world_size = precision, world_size
+        self.amp_dtype = AMP_DTYPES.get(precision)  # None: fp32, no autocast
         self.channels_last = default_channels_last(device) if channels_last is None else bool(channels_last)
         cuda = device.type == "cuda"
         if cuda:
@@ -74,6 +113,11 @@ class Trainer:
         fused = True if cuda else None  # fused Adam: one kernel for all parameters
         self.optG = torch.optim.Adam(self.netG.parameters(), lr=self.lr_g, betas=betas, fused=fused)
         self.optD = torch.optim.Adam(self.netD.parameters(), lr=self.lr_d, betas=betas, fused=fused)
+        # fp16: dynamic loss scaling, one scaler per optimiser (a D overflow must not shrink G's scale).
+        # Disabled (fp32, bf16) they pass losses and steps through untouched. With fused Adam (CUDA)
+        # the skip decision stays on the device; unfused (CPU, MPS) the scaler reads it on the host.
+        self.scalerD = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.scalerG = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
         # ---- EMA of G -------------------------------------------------------- #
         self.ema_decay = float(config["ema"] or 0.0)
@@ -154,7 +198,20 @@ class Trainer:
 
     # -- the step ------------------------------------------------------------ #
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                              enabled=self.amp_dtype is not None)
+
+    @staticmethod
+    def _scaled_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        """``scaler.step`` + ``update``. -> 1.0 if the scaler skipped the step
+        (inf/NaN in the unscaled gradients), else 0.0, as a 0-dim device tensor
+        (no host sync); None when the scaler is off."""
+        scaler.step(optimizer)
+        if not scaler.is_enabled():
+            return None
+        skipped = sum(scaler._found_inf_per_device(optimizer).values())  # read before update() clears it
+        scaler.update()
+        return skipped
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         """--augment: DiffAugment on every batch D sees (reals and fakes alike);
@@ -178,26 +235,29 @@ class Trainer:
         z = torch.randn(b, self.config["nz"], 1, 1, device=self.device)
         # D's input in the dtype and layout of G's fakes (a no-op for fp32 feeder batches): under
         # --compile D then builds two graphs (input without / with grad) instead of four
-        real = real.to(torch.bfloat16 if self.precision == "bf16" else real.dtype,
+        real = real.to(self.amp_dtype or real.dtype,
                        memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
         # ---- D phase: real batch, then G's batch detached ------------------- #
+        # fp16: every term D backpropagates (R1, LeCam's halves) is scaled by scalerD, so
+        # scalerD.step unscales D's whole gradient at once (else: pass-through)
+        scale_d, scale_g = self.scalerD.scale, self.scalerG.scale
         self.optD.zero_grad(set_to_none=True)
         if loss.r1_due():
             # fp32 outside autocast, through the plain netD (compiled graphs have no double
             # backward); under DDP its local gradient is all-reduced with the fake half's below
-            loss.r1(self.netD, real, self._augment if self.augment_policy else None).backward()
+            scale_d(loss.r1(self.netD, real, self._augment if self.augment_policy else None)).backward()
         with self._unreduced(self.D):  # DDP: the real half's gradients are reduced with the fake half's
             with self._autocast():
                 out_real = self.D(self._augment(real)).float()
                 loss_real, total = loss.d_real(out_real)
-            total.backward()
+            scale_d(total).backward()
         with self._autocast():
             fake = self.G(z)
             out_fake = self.D(self._augment(fake.detach())).float()
             loss_fake, total = loss.d_fake(out_fake)
-        total.backward()
-        self.optD.step()
+        scale_d(total).backward()
+        skipped_d = self._scaled_step(self.scalerD, self.optD)
         loss.d_step_done(out_real, out_fake)
 
         # ---- G phase: the same fake batch through the updated D ------------- #
@@ -206,8 +266,8 @@ class Trainer:
             with self._autocast():
                 out_gen = self.D(self._augment(fake)).float()
                 loss_g, total = loss.g(out_gen)
-            total.backward()
-        self.optG.step()
+            scale_g(total).backward()
+        skipped_g = self._scaled_step(self.scalerG, self.optG)
         loss.g_step_done()
         if self.netG_ema is not None:
             self.update_ema()
@@ -222,6 +282,7 @@ class Trainer:
             "D_G_z1": torch.sigmoid(out_fake.detach()).mean(),
             "D_G_z2": torch.sigmoid(out_gen.detach()).mean(),
             **({} if self.ada is None else {"aug_p": self.ada.p}),
+            **({} if skipped_d is None else {"skipped_d": skipped_d, "skipped_g": skipped_g}),  # fp16
         }
 
     # -- state ---------------------------------------------------------------- #
@@ -237,6 +298,9 @@ class Trainer:
             "ema_updates": self.ema_updates,
             "ada": None if self.ada is None else self.ada.state_dict(),
             "loss": self.loss.state_dict(),
+            # fp16's loss scales and growth trackers (None otherwise); absent in older checkpoints
+            "scalers": ({"D": self.scalerD.state_dict(), "G": self.scalerG.state_dict()}
+                        if self.precision == "fp16" else None),
         }
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
@@ -252,6 +316,9 @@ class Trainer:
             self.loss.load_state_dict(state.get("loss", state), self.device)  # format 1 kept it flat
             if self.ada is not None and state.get("ada") is not None:  # else (--ada typed on --resume) p starts at 0
                 self.ada.load_state_dict(state["ada"])
+            if self.precision == "fp16" and state.get("scalers"):  # else (bf16/fp32 before) they start afresh
+                self.scalerD.load_state_dict(state["scalers"]["D"])
+                self.scalerG.load_state_dict(state["scalers"]["G"])
             self._sampling_ema = None
             match_param_layout(self.optG)
             match_param_layout(self.optD)

@@ -31,7 +31,7 @@ import dataloader
 import utils
 from network import save_generator_params
 from training import checkpoint, distributed, stats
-from training.trainer import Trainer
+from training.trainer import Trainer, device_capability, resolve_precision
 from utils import UserError
 
 DEFAULT_EPOCHS = 5  # when neither epochs nor max_steps is given
@@ -75,7 +75,7 @@ def training_loop(
     deterministic=False,            # deterministic kernels: a resumed GPU run then equals an uninterrupted one
     channels_last=None,             # memory format (None: on for CUDA and CPU)
     device="auto",                  # auto, cpu, cuda, cuda:N or mps
-    precision="auto",               # auto (bf16 on CUDA, fp32 elsewhere), fp32 or bf16
+    precision="auto",               # auto (bf16 on Ampere+ CUDA, fp16 on older CUDA, fp32 elsewhere), fp32, bf16, fp16
     compile=False,                  # torch.compile G and D
     # ---- the run folder and what happens at intervals
     out=None,                       # run folder (None: runs/<size>px-<data>-<date-time>, or the newest on resume)
@@ -97,7 +97,7 @@ def training_loop(
     device = distributed.init(device)
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
     lead, say = rank == 0, distributed.print0
-    precision = precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision, precision_why = resolve_precision(precision, device.type, *device_capability(device))
     config = {k: v for k, v in options.items() if k not in RUN_KEYS}  # what checkpoints and exports keep
     config["data"] = data = data or f"data/celeba_{size}.npy"
 
@@ -134,9 +134,10 @@ def training_loop(
                       world_size=world_size, rank=rank)
     config["channels_last"] = trainer.channels_last  # resolved, so a resume keeps it
     step = epoch = batch_in_epoch = 0
-    best_fid = None
+    best_fid = scaler_note = None
     if state is not None:
         trainer.load_state_dict(state["trainer"], source=str(ckpt_path))
+        scaler_note = precision_change_note(state["trainer"], precision)
         step, epoch, batch_in_epoch, best_fid = state["step"], state["epoch"], state["batch_in_epoch"], \
             state.get("best_fid")
         batch_in_epoch = batch_in_epoch * state["config"]["batch_size"] // batch_size  # same place, in images
@@ -161,7 +162,8 @@ def training_loop(
                   "fid_every": fid_every, "fid_n": fid_n, "tensorboard": tensorboard,
                   "num_images": int(images.shape[0])}
     say(("resuming" if resume else "training") + " with " + json.dumps(run_config, indent=2))
-    for note in (length_note, small_batch_warning(batch_size, world_size)):
+    say(f"precision {precision} ({precision_why})")
+    for note in (length_note, small_batch_warning(batch_size, world_size), scaler_note):
         if note:
             say(note, file=sys.stderr)
     history = stats.History(out / "metrics.jsonl", lead)
@@ -171,7 +173,8 @@ def training_loop(
             history.resume(step)  # drop metrics lines logged after the checkpoint
         else:
             utils.save_grid(np.asarray(images[:num_samples]), out / "reals.png")
-    metric_keys = stats.METRIC_KEYS + (() if trainer.ada is None else ("aug_p",))
+    metric_keys = stats.METRIC_KEYS + (() if trainer.ada is None else ("aug_p",)) \
+        + (stats.SKIP_KEYS if precision == "fp16" else ())
     metrics = stats.Metrics(device, world_size, batch_size, metric_keys)
 
     def export(path: Path) -> None:
@@ -289,6 +292,18 @@ def open_data(path: Path, size: int, batch_size: int, world_size: int) -> tuple[
     if batch_size % world_size:
         raise UserError(f"--batch-size {batch_size} is not divisible by the {world_size} processes")
     return images, dataloader.data_fingerprint(path)
+
+
+def precision_change_note(trainer_state: dict, precision: str) -> str | None:
+    """A resume across fp16 and bf16/fp32 (precision is chosen per invocation):
+    what happens to fp16's loss scales."""
+    saved = trainer_state.get("scalers")
+    if saved and precision != "fp16":
+        return (f"note: the checkpoint's fp16 loss scales (D {saved['D']['scale']:g}, G {saved['G']['scale']:g}) "
+                f"are not used under --precision {precision}")
+    if not saved and precision == "fp16":
+        return "note: the checkpoint has no fp16 loss scales (it trained in bf16 or fp32): they start at 65536"
+    return None
 
 
 def default_out(size: int, data: str) -> Path:
