@@ -218,8 +218,9 @@ def selection_data(train_npy: Path, n: int, split: str = "tail") -> Path:
 
 
 def reference_row(args, train_npy: Path, real: dict, model, device, rows: list[dict]) -> dict | None:
-    """FID/KID of ``--fid-n`` real training faces against the held-out ones: what a
-    perfect generator would score at this n (FID's small-sample floor); once per size and n."""
+    """FID/KID (and precision/recall) of ``--fid-n`` real training faces against the
+    held-out ones: what a perfect generator would score at this n (FID's small-sample
+    floor; precision and recall below 1 from k-NN at small n); once per size and n."""
     import evaluate
 
     if any(r["variant"] == "real faces" and r["size"] == args.size and r["fid_n"] == args.fid_n
@@ -231,7 +232,8 @@ def reference_row(args, train_npy: Path, real: dict, model, device, rows: list[d
     mu, sigma = evaluate.activations_to_statistics(acts)
     kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
     fid = evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"], device=device)
-    return {"fid": fid, "kid": kid, "kid_std": kid_std,
+    pr = evaluate.manifold_scores(real, acts, device) if real.get("features") is not None else {}
+    return {"fid": fid, "kid": kid, "kid_std": kid_std, **{k: pr[k] for k in ("precision", "recall") if k in pr},
             "weights": "-", "step": 0, "variant": "real faces", "data": data_tag(args), "size": args.size, "ngf": 0,
             "ndf": 0, "batch_size": 0, "images_seen": 0, "fid_n": args.fid_n, "real_n": real["n"],
             "inception": model.weights_label, "params": "", "device": str(device)}
@@ -325,7 +327,8 @@ def run_variants(args) -> None:
     floor = reference_row(args, train_npy, real, model, device, read_rows(results))
     if floor:
         utils.append_jsonl(floor, results)
-        print(f"real training faces vs held-out (the floor at this n): FID {floor['fid']:.2f}  KID {floor['kid']:.4f}")
+        print(f"real training faces vs held-out (the floor at this n): FID {floor['fid']:.2f}  KID {floor['kid']:.4f}"
+              f"  precision {floor['precision']:.3f}  recall {floor['recall']:.3f}")
     done = read_rows(results)
     for variant in args.variants:
         for step in range(args.eval_every, args.steps + 1, args.eval_every):
@@ -342,7 +345,8 @@ def run_variants(args) -> None:
                            device=str(device))
                 utils.append_jsonl(row, results)
                 print(f"{variant:8s} {args.size} px step {step:6d} {weights}: FID {row['fid']:.2f}  "
-                      f"KID {row['kid']:.4f} ± {row['kid_std']:.4f}  (selection set: FID {row['fid_sel']:.2f})",
+                      f"KID {row['kid']:.4f} ± {row['kid_std']:.4f}  precision {row['precision']:.3f}  "
+                      f"recall {row['recall']:.3f}  (selection set: FID {row['fid_sel']:.2f})",
                       flush=True)
 
 

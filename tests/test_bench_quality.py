@@ -5,6 +5,8 @@ import json
 import numpy as np
 from PIL import Image
 
+import pytest
+
 import bench_quality
 import utils
 
@@ -130,6 +132,29 @@ def test_scores_against_the_held_out_and_the_selection_faces_from_one_sample(tmp
     with_features = bench_quality.score(snapshot, "ema", {"": {**held, "features": feats[:10].float()}}, model, 4, "cpu")
     assert with_features["fid"] == rows["ema"]["fid"] and 0 <= with_features["recall"] <= 1
     assert 0 <= with_features["precision"] <= 1
+
+
+def test_floor_row_scores_real_training_faces_with_precision_and_recall_when_the_reals_have_features(tmp_path):
+    import argparse
+
+    import numpy as np
+    import torch
+
+    import evaluate
+    from test_evaluate import random_fid_inception_state, smooth_images
+
+    model = evaluate.build_inception(random_fid_inception_state())  # random weights: plumbing only
+    model.weights_label = "random weights"
+    train = tmp_path / "t_train_32.npy"
+    np.save(train, smooth_images(8, 32, seed=3))
+    feats = evaluate.array_features(model, smooth_images(8, 32, seed=4), "cpu")
+    real = {**evaluate.statistics_from_features(feats), "kid_features": feats, "n": 8}
+    args = argparse.Namespace(size=32, fid_n=6, split="tail", name="t")
+    plain = bench_quality.reference_row(args, train, real, model, "cpu", [])
+    scored = bench_quality.reference_row(args, train, {**real, "features": feats}, model, "cpu", [])
+    assert "recall" not in plain and scored["fid"] == pytest.approx(plain["fid"])
+    assert 0 <= scored["precision"] <= 1 and 0 <= scored["recall"] <= 1
+    assert bench_quality.reference_row(args, train, real, model, "cpu", [scored]) is None  # once per size and n
 
 
 def test_table_shows_precision_and_recall_beside_fid_and_dashes_for_rows_without_them():
