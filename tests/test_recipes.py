@@ -265,6 +265,104 @@ def test_augment_is_applied_to_every_batch_d_sees_real_and_fake(monkeypatch):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.netG.parameters())
 
 
+def test_augment_draws_then_applies_like_the_ops_themselves():
+    """draw + apply (what --compile runs) makes the same RNG draws in the same
+    order as the ops drawing their own, so the images and the RNG state after
+    them are the same; with p each op's keep draw comes first."""
+    x = images(6, 16).contiguous(memory_format=torch.channels_last)
+    names = augment.parse_policy("color,translation,cutout")
+    for p in (None, torch.tensor(0.5)):
+        torch.manual_seed(1)
+        own = x
+        for op in (augment.brightness, augment.saturation, augment.contrast, augment.translation, augment.cutout):
+            if p is None:
+                own = op(own)
+            else:
+                keep = torch.rand(6, 1, 1, 1) >= p
+                own = torch.where(keep, own, op(own))
+        state = torch.get_rng_state()
+        torch.manual_seed(1)
+        drawn = augment.apply(x, names, augment.draw(x, names, with_p=p is not None), p)
+        assert torch.equal(drawn, own.contiguous(memory_format=torch.channels_last))
+        assert torch.equal(torch.get_rng_state(), state)
+
+
+def counting_compile(frames: list, backend="aot_eager"):
+    """torch.compile whose every compiled graph appends to one list per compiled object."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    real_compile = torch.compile
+
+    def compile_(fn, **kwargs):
+        counter = CompileCounterWithBackend(backend)
+        frames.append(counter)
+        return real_compile(fn, backend=counter)
+
+    return compile_
+
+
+def test_compiled_augmentation_gives_eager_images_without_recompiles_as_p_moves(monkeypatch):
+    """--compile: D's augmentation is compiled code (two graphs: input without
+    and with grad), its draws eager, so a compiled step equals the eager step
+    bit for bit (aot_eager runs the traced graphs as they are) with cutout,
+    ADA and the EMA; a moving ADA p recompiles nothing."""
+    import torch._dynamo
+
+    policy, trainers, counters = "color,translation,cutout", [], []
+    for compile in (False, True):
+        torch._dynamo.reset()
+        if compile:
+            monkeypatch.setattr(torch, "compile", counting_compile(counters))
+        torch.manual_seed(0)
+        trainer = make_trainer({**TINY_CONFIG, "augment": policy, "ema": 0.9, "ada": 0.05, "ada_kimg": 0.01},
+                               "cpu", compile=compile)
+        for step in range(6):
+            if step >= 2:
+                trainer.ada.p = torch.tensor(step / 10)  # a new p tensor every step
+            with torch._dynamo.config.patch(error_on_recompile=step > 0):  # step 0 builds every graph
+                trainer.step(images(8, 64, seed=step))
+        trainers.append(trainer)
+    eager, compiled = trainers
+    assert compiled.augment_apply is not augment.apply
+    assert [c.frame_count for c in counters] == [1, 2, 2]  # G; D; the augmentation: no graph breaks
+    assert tensors_equal(eager.netD.state_dict(), compiled.netD.state_dict())
+    assert tensors_equal(eager.netG.state_dict(), compiled.netG.state_dict())
+    assert tensors_equal(eager.netG_ema.state_dict(), compiled.netG_ema.state_dict())
+    names = augment.parse_policy(policy)
+    x = images(8, 64).contiguous(memory_format=torch.channels_last)
+    draws = augment.draw(x, names, with_p=True)
+    assert torch.equal(compiled.augment_apply(x, names, draws, torch.tensor(0.3)),
+                       augment.apply(x, names, draws, torch.tensor(0.3)))
+    torch._dynamo.reset()
+
+
+def test_compile_recipe_best_runs_with_inductor_on_cpu(tmp_path):
+    """The real thing: --compile --recipe best on CPU with inductor (C++), five
+    graphs in all (G; D and the augmentation, each without and with grad), no
+    graph break; its augmentation gives eager's images to float rounding.
+    Tens of seconds the first time, seconds with inductor's cache."""
+    import shutil
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from torch._inductor import cpp_builder
+
+    if shutil.which(cpp_builder.get_cpp_compiler()) is None:
+        pytest.skip("inductor on CPU needs a C++ compiler")
+    torch._dynamo.reset()
+    counters.clear()
+    data = make_data(tmp_path)
+    assert train.main(argv(tmp_path, data, "--recipe", "best", "--compile", "--max-steps", "2")) == 0
+    assert counters["stats"]["unique_graphs"] == 5 and not counters["graph_break"]
+    names = augment.parse_policy(augment.DEFAULT_POLICY)
+    x = images(8, 64).contiguous(memory_format=torch.channels_last)  # the run's batch: its compiled graph serves
+    draws = augment.draw(x, names, with_p=False)
+    out = torch.compile(augment.apply)(x, names, draws, None)
+    assert counters["stats"]["unique_graphs"] == 5  # the run's graph, not a new one
+    torch.testing.assert_close(out, augment.apply(x, names, draws, None), rtol=0, atol=1e-6)
+    torch._dynamo.reset()
+
+
 # --------------------------------------------------------------------------- #
 # Losses, R1, spectral norm, TTUR
 # --------------------------------------------------------------------------- #

@@ -38,31 +38,40 @@ def _rand(x: torch.Tensor, *shape: int) -> torch.Tensor:
     return torch.rand(*shape, device=x.device)
 
 
-def brightness(x: torch.Tensor) -> torch.Tensor:
-    """Add U(-0.5, 0.5) to each image."""
-    return x + (_rand(x, x.shape[0], 1, 1, 1) - 0.5)
+# Each op takes the images and its U[0, 1) draws (drawn here when not given);
+# draw() makes them for a whole policy, apply() uses them, so the random part
+# can run eagerly and the arithmetic compiled (Trainer under --compile).
+def brightness(x: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
+    """Add U(-0.5, 0.5) to each image; r (B, 1, 1, 1)."""
+    r = _rand(x, x.shape[0], 1, 1, 1) if r is None else r
+    return x + (r - 0.5)
 
 
-def saturation(x: torch.Tensor) -> torch.Tensor:
-    """Scale each pixel's distance from its grey value by U(0, 2)."""
+def saturation(x: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
+    """Scale each pixel's distance from its grey value by U(0, 2); r (B, 1, 1, 1)."""
+    r = _rand(x, x.shape[0], 1, 1, 1) if r is None else r
     grey = x.mean(dim=1, keepdim=True)
-    return (x - grey) * (_rand(x, x.shape[0], 1, 1, 1) * 2) + grey
+    return (x - grey) * (r * 2) + grey
 
 
-def contrast(x: torch.Tensor) -> torch.Tensor:
-    """Scale each image's distance from its mean by U(0.5, 1.5)."""
+def contrast(x: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
+    """Scale each image's distance from its mean by U(0.5, 1.5); r (B, 1, 1, 1)."""
+    r = _rand(x, x.shape[0], 1, 1, 1) if r is None else r
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * (_rand(x, x.shape[0], 1, 1, 1) + 0.5) + mean
+    return (x - mean) * (r + 0.5) + mean
 
 
-def translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
+def translation(x: torch.Tensor, ry: torch.Tensor | None = None, rx: torch.Tensor | None = None,
+                ratio: float = 0.125) -> torch.Tensor:
     """Shift each image by up to ``ratio`` of its size in x and y (integer
-    pixels, zero fill): one gather from the zero-padded batch."""
+    pixels, zero fill): one gather from the zero-padded batch; ry, rx (B, 1)."""
     b, _, h, w = x.shape
+    ry = _rand(x, b, 1) if ry is None else ry
+    rx = _rand(x, b, 1) if rx is None else rx
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
     # per-image shifts in [-sh, sh] x [-sw, sw]
-    dy = (_rand(x, b, 1) * (2 * sh + 1)).long() - sh                       # (B, 1)
-    dx = (_rand(x, b, 1) * (2 * sw + 1)).long() - sw                       # (B, 1)
+    dy = (ry * (2 * sh + 1)).long() - sh                                    # (B, 1)
+    dx = (rx * (2 * sw + 1)).long() - sw                                    # (B, 1)
     padded = F.pad(x, [sw, sw, sh, sh])                                     # (B, C, H+2sh, W+2sw)
     rows = torch.arange(h, device=x.device) + sh - dy                       # (B, H) source rows
     cols = torch.arange(w, device=x.device) + sw - dx                       # (B, W) source cols
@@ -71,13 +80,16 @@ def translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     return out.permute(0, 3, 1, 2)                                          # (B, C, H, W), channels_last strides
 
 
-def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
+def cutout(x: torch.Tensor, ry: torch.Tensor | None = None, rx: torch.Tensor | None = None,
+           ratio: float = 0.5) -> torch.Tensor:
     """Zero one square of side ``ratio`` * size per image, centred anywhere in
-    the image (it may be clipped by the border)."""
+    the image (it may be clipped by the border); ry, rx (B, 1, 1)."""
     b, _, h, w = x.shape
+    ry = _rand(x, b, 1, 1) if ry is None else ry
+    rx = _rand(x, b, 1, 1) if rx is None else rx
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    cy = (_rand(x, b, 1, 1) * h).long()                                     # (B, 1, 1) centre row
-    cx = (_rand(x, b, 1, 1) * w).long()
+    cy = (ry * h).long()                                                    # (B, 1, 1) centre row
+    cx = (rx * w).long()
     ys = torch.arange(h, device=x.device)[None, :, None]                    # (1, H, 1)
     xs = torch.arange(w, device=x.device)[None, None, :]                    # (1, 1, W)
     inside = ((ys - cy + ch // 2) >= 0) & ((ys - cy + ch // 2) < ch) \
@@ -90,6 +102,10 @@ OPS = {
     "translation": (translation,),
     "cutout": (cutout,),
 }
+# each op's U[0, 1) draws, in the order it makes them: their shapes after the batch dimension
+DRAWS = {brightness: ((1, 1, 1),), saturation: ((1, 1, 1),), contrast: ((1, 1, 1),),
+         translation: ((1,), (1,)), cutout: ((1, 1), (1, 1))}
+KEEP_DRAW = (1, 1, 1)  # with a probability p: one draw per op before its own, (B, 1, 1, 1) >= p keeps an image
 
 
 def parse_policy(policy: str | None) -> tuple[str, ...]:
@@ -103,6 +119,32 @@ def parse_policy(policy: str | None) -> tuple[str, ...]:
     return names
 
 
+def draw(x: torch.Tensor, names: tuple[str, ...], with_p: bool) -> list[torch.Tensor]:
+    """Every U[0, 1) draw ``apply(x, names, ...)`` needs, in the order the ops
+    would make them themselves (``with_p``: each op's keep draw first), so
+    draw + apply gives the images and RNG state of augmenting op by op."""
+    b = x.shape[0]
+    shapes = [shape for name in names for op in OPS[name] for shape in ((KEEP_DRAW,) if with_p else ()) + DRAWS[op]]
+    return [_rand(x, b, *shape) for shape in shapes]
+
+
+def apply(x: torch.Tensor, names: tuple[str, ...], draws: list[torch.Tensor],
+          p: torch.Tensor | float | None = None) -> torch.Tensor:
+    """The policy's ops on ``x`` with the given ``draws`` (from ``draw``, with_p
+    = p is not None): no randomness of its own, so torch.compile can take it
+    whole and still give eager's images. Same shape and memory format out."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    it = iter(draws)
+    for name in names:
+        for op in OPS[name]:
+            if p is None:
+                x = op(x, *(next(it) for _ in DRAWS[op]))
+            else:
+                keep = next(it) >= p                                          # (B, 1, 1, 1) images left as they are
+                x = torch.where(keep, x, op(x, *(next(it) for _ in DRAWS[op])))
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 def diff_augment(x: torch.Tensor, policy: str = DEFAULT_POLICY, p: torch.Tensor | float | None = None) -> torch.Tensor:
     """Images (B, C, H, W) -> the same batch augmented, each image with its own
     random parameters; differentiable w.r.t. ``x``, same shape and memory format.
@@ -113,15 +155,7 @@ def diff_augment(x: torch.Tensor, policy: str = DEFAULT_POLICY, p: torch.Tensor 
     names = parse_policy(policy)
     if not names:
         return x
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    for name in names:
-        for op in OPS[name]:
-            if p is None:
-                x = op(x)
-            else:
-                keep = _rand(x, x.shape[0], 1, 1, 1) >= p                     # (B, 1, 1, 1) images left as they are
-                x = torch.where(keep, x, op(x))
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return apply(x, names, draw(x, names, p is not None), p)
 
 
 class AdaptiveAugment:

@@ -145,8 +145,13 @@ class Trainer:
             # would add a collective to every BN layer of all three forwards per step.
             ids = [device.index] if cuda else None
             self.G, self.D = wrap_ddp(self.netG, ids), wrap_ddp(self.netD, ids)
+        # D's augmentation: under --compile its arithmetic is compiled too (one graph without and one
+        # with grad), its few random draws stay eager so the RNG and the images are eager's
+        self.augment_apply = augment.apply
         if compile:
             self.G, self.D = torch.compile(self.G), torch.compile(self.D)
+            if self.augment_policy:
+                self.augment_apply = torch.compile(augment.apply)
 
     @property
     def lr_g(self) -> float:
@@ -215,12 +220,23 @@ class Trainer:
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         """--augment: DiffAugment on every batch D sees (reals and fakes alike);
-        with --ada each op on each image with the adaptive probability p."""
+        with --ada each op on each image with the adaptive probability p.
+        Eager (R1's double backward needs it), or see ``_augment_for_d``."""
         if not self.augment_policy:
             return images
         if self.ada is None:
             return augment.diff_augment(images, self.config["augment"])
         return augment.diff_augment(images, self.config["augment"], self.ada.p)
+
+    def _augment_for_d(self, images: torch.Tensor) -> torch.Tensor:
+        """``_augment`` for D's three calls per step: under --compile the
+        random draws are made eagerly, in eager's order, and applied by the
+        compiled ``augment.apply`` (p a tensor input: no recompile as it moves)."""
+        if self.augment_apply is augment.apply:
+            return self._augment(images)
+        p = None if self.ada is None else self.ada.p
+        draws = augment.draw(images, self.augment_policy, with_p=p is not None)
+        return self.augment_apply(images, self.augment_policy, draws, p)
 
     def _unreduced(self, module):
         """DDP's no_sync for ``module`` (gradients stay local), else nothing."""
@@ -249,12 +265,12 @@ class Trainer:
             scale_d(loss.r1(self.netD, real, self._augment if self.augment_policy else None)).backward()
         with self._unreduced(self.D):  # DDP: the real half's gradients are reduced with the fake half's
             with self._autocast():
-                out_real = self.D(self._augment(real)).float()
+                out_real = self.D(self._augment_for_d(real)).float()
                 loss_real, total = loss.d_real(out_real)
             scale_d(total).backward()
         with self._autocast():
             fake = self.G(z)
-            out_fake = self.D(self._augment(fake.detach())).float()
+            out_fake = self.D(self._augment_for_d(fake.detach())).float()
             loss_fake, total = loss.d_fake(out_fake)
         scale_d(total).backward()
         skipped_d = self._scaled_step(self.scalerD, self.optD)
@@ -264,7 +280,7 @@ class Trainer:
         self.optG.zero_grad(set_to_none=True)
         with self._unreduced(self.D):  # DDP: D's gradients from G's loss are discarded, so never reduced
             with self._autocast():
-                out_gen = self.D(self._augment(fake)).float()
+                out_gen = self.D(self._augment_for_d(fake)).float()
                 loss_g, total = loss.g(out_gen)
             scale_g(total).backward()
         skipped_g = self._scaled_step(self.scalerG, self.optG)
