@@ -228,3 +228,50 @@ def test_a_resume_switches_between_fp16_and_fp32_with_a_note(tmp_path, capsys):
     assert "no fp16 loss scales (it trained in bf16 or fp32): they start at 65536" in capsys.readouterr().err
     ckpt = utils.torch_load(tmp_path / "run/checkpoint.pt")
     assert ckpt["step"] == 4 and ckpt["trainer"]["scalers"]["G"]["_growth_tracker"] <= 1
+
+
+DDP_FP16_SCRIPT = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[1] + "/tests")
+from conftest import make_trainer
+from training import distributed
+torch.set_num_threads(1)
+device = distributed.init("cpu")
+rank, world = distributed.get_rank(), distributed.get_world_size()
+config = {"ngf": 8, "ndf": 8, "nz": 16, "augment": "color,translation", "loss": "hinge", "r1": 1.0, "r1_every": 2,
+          "lecam": 0.3, "topk": 0.5}
+trainer = make_trainer(config, device, precision="fp16", world_size=world, rank=rank)
+trainer.loss.steps_per_epoch = 1
+torch.manual_seed(100 + rank)  # each rank its own reals, noise and augmentation
+skipped = []
+for step in range(5):
+    hook = None
+    if step == 2 and rank == 1:  # an overflow on one rank only: the reduced gradient carries it to both
+        hook = next(trainer.netD.parameters()).register_hook(lambda grad: grad * float("inf"))
+    out = trainer.step(torch.rand(4, 3, 64, 64) * 2 - 1)
+    if hook is not None:
+        hook.remove()
+    skipped.append((out["skipped_d"].item(), out["skipped_g"].item()))
+state = torch.tensor([trainer.scalerD.get_scale(), trainer.scalerG.get_scale()] + [v for s in skipped for v in s])
+params = torch.cat([state] + [p.detach().flatten() for net in (trainer.netD, trainer.netG) for p in net.parameters()])
+gathered = [torch.zeros_like(params) for _ in range(world)]
+dist.all_gather(gathered, params)
+assert torch.equal(gathered[0], gathered[1]), "ranks differ"
+assert skipped[2][0] == 1.0, skipped
+print("ok", rank, skipped, flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_fp16_under_ddp_skips_on_every_rank_together_and_keeps_ranks_identical(tmp_path):
+    """Two Gloo processes, each its own data: an inf in one rank's D gradient
+    reaches both through the all-reduce, so both skip that step and halve
+    their scale; weights, scales and skip counts stay identical on both ranks
+    (R1, LeCam and top-k on)."""
+    from conftest import ROOT, torchrun
+
+    script = tmp_path / "ddp_fp16.py"
+    script.write_text(DDP_FP16_SCRIPT)
+    proc = torchrun(script, str(ROOT), cwd=tmp_path)
+    assert proc.stdout.count("ok") == 2
