@@ -6,6 +6,7 @@ each. Prints a table and one JSON line.
     python bench.py                                     # ../shared/data/celeba_sample if present, else synthetic
     python bench.py --device cuda --steps 50 --sizes 64 128 --out-json bench.json
     python bench.py --steps 3 --sizes 64 --small --synthetic 256      # smoke run, seconds on a CPU
+    python bench.py --gpu-check --out gpu_check                       # the one-command GPU check (gpu_check.py)
 
 The two training paths:
   ours     training.trainer.Trainer(...).step(batch), fed by dataloader.DeviceFeeder from
@@ -83,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true",
                         help="print a torch.profiler table (top ops) for the timed steps of each training row")
     parser.add_argument("--out-json", default=None, help="also write the JSON result here")
+    check = parser.add_argument_group("the one-command GPU check (gpu_check.py): every stage in its own process "
+                                      "and time limit; --data is its image folder")
+    check.add_argument("--gpu-check", action="store_true",
+                       help="run the GPU check into --out: gpu_check.json and gpu_check.md (the BENCHMARKS.md table)")
+    check.add_argument("--dry-run", action="store_true", help="with --gpu-check: every stage on the CPU, tiny")
+    check.add_argument("--out", default="gpu_check", help="with --gpu-check: the folder it writes")
+    check.add_argument("--budget", type=float, default=570,
+                       help="with --gpu-check: seconds for all stages together, shared as gpu_check.STAGES says")
+    check.add_argument("--stages", nargs="+", default=None,
+                       choices=["setup", "sync", "train64", "train128", "resume", "sample", "speed"],
+                       help="with --gpu-check: only these stages (setup always runs; default: all)")
     return parser
 
 
@@ -183,16 +195,21 @@ def _child(conn, fn, kwargs) -> None:
         conn.close()
 
 
-def isolated(fn, **kwargs) -> dict:
+def isolated(fn, timeout: float | None = None, **kwargs) -> dict:
     """Run ``fn(**kwargs)`` in a fresh spawned (non-daemon, so it may start
-    its own workers) process; return its result dict plus its peak memory."""
+    its own workers) process; return its result dict plus its peak memory.
+    After ``timeout`` seconds the process is killed and the row failed."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_child, args=(send, fn, kwargs))
     process.start()
     send.close()
     try:
-        result = receive.recv()
+        if timeout is not None and not receive.poll(timeout):
+            process.kill()
+            result = {"status": "failed", "reason": f"killed after its time limit of {timeout:.0f} s"}
+        else:
+            result = receive.recv()
     except EOFError:
         result = {"status": "failed", "reason": "the measuring process died"}
     process.join()
@@ -231,6 +248,29 @@ def maybe_profile(enabled: bool, label: str):
     key = "self_cuda_time_total" if len(activities) > 1 else "self_cpu_time_total"
     print(f"\n--- profile: {label} (sorted by {key}) ---")
     print(prof.key_averages().table(sort_by=key, row_limit=15))
+
+
+@contextlib.contextmanager
+def default_compile_backend(backend: str | None):
+    """torch.compile calls that name no backend use ``backend`` meanwhile
+    (aot_eager: dynamo and AOTAutograd without Inductor's C++ / Triton code
+    generation, which takes a minute on a CPU); None changes nothing."""
+    import torch
+
+    if backend is None:
+        yield
+        return
+    original = torch.compile
+
+    def compile_with(*args, **kwargs):
+        kwargs.setdefault("backend", backend)
+        return original(*args, **kwargs)
+
+    torch.compile = compile_with
+    try:
+        yield
+    finally:
+        torch.compile = original
 
 
 def net_config(size: int, small: bool) -> dict:
@@ -327,18 +367,22 @@ def endless(feeder):
 
 
 def measure_ours(npy: str, size: int, device: str, batch_size: int, steps: int, warmup: int,
-                 precision: str, compile: bool, channels_last: str, small: bool, profile: bool) -> dict:
-    """training.trainer.Trainer's real step fed by dataloader.DeviceFeeder."""
+                 precision: str, compile: bool, channels_last: str, small: bool, profile: bool,
+                 recipe: str = "classic", compile_backend: str | None = None) -> dict:
+    """training.trainer.Trainer's real step fed by dataloader.DeviceFeeder,
+    with train.py's --recipe options; warmup_s includes torch.compile's work."""
     import dataloader
+    from train import recipe_options
     from training.trainer import Trainer
     from training.training_loop import DEFAULTS
 
     device = utils.resolve_device(device)
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    config = {**DEFAULTS, **net_config(size, small), "batch_size": batch_size}  # the classic recipe
+    config = {**DEFAULTS, **recipe_options(recipe), **net_config(size, small), "batch_size": batch_size}
     memory_format = {"auto": None, "on": True, "off": False}[channels_last]
-    trainer = Trainer(config, device, precision=precision, compile=compile, channels_last=memory_format)
+    with default_compile_backend(compile_backend):
+        trainer = Trainer(config, device, precision=precision, compile=compile, channels_last=memory_format)
     channels_last = bool(getattr(trainer, "channels_last", False))
     feeder = dataloader.DeviceFeeder(npy, batch_size=batch_size, device=device, seed=0,
                                      channels_last=channels_last)
@@ -347,9 +391,11 @@ def measure_ours(npy: str, size: int, device: str, batch_size: int, steps: int, 
 
     stream = endless(feeder)
     out = None
+    start = time.perf_counter()
     for _ in range(warmup):
         out = trainer.step(next(stream))
     sync(device)
+    warmup_s = time.perf_counter() - start
     count = 0
     with maybe_profile(profile, f"ours {size} px"):
         start = time.perf_counter()
@@ -360,8 +406,9 @@ def measure_ours(npy: str, size: int, device: str, batch_size: int, steps: int, 
         loss_g = float(out["loss_G"])  # one host read at the end (also a device sync)
         sync(device)
         seconds = time.perf_counter() - start
-    return {"status": "ok", "img_s": count / seconds, "seconds": seconds, "images": count,
-            "precision": precision, "compile": compile, "channels_last": channels_last, "loss_g_last": loss_g}
+    return {"status": "ok", "img_s": count / seconds, "seconds": seconds, "images": count, "warmup_s": warmup_s,
+            "precision": precision, "compile": compile, "recipe": recipe, "channels_last": channels_last,
+            "loss_g_last": loss_g}
 
 
 def measure_feeder(npy: str, device: str, batch_size: int, batches: int, channels_last: str = "auto") -> dict:
@@ -531,7 +578,8 @@ def fallback_arrays(root: Path, out: Path, sizes: list) -> dict:
 # --------------------------------------------------------------------------- #
 # Report
 # --------------------------------------------------------------------------- #
-def machine() -> dict:
+def machine(gpu: bool = True) -> dict:
+    """CPU, torch, Python, the commit; ``gpu``: also the GPU's name (this starts CUDA in this process)."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -541,7 +589,7 @@ def machine() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
+    if gpu and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -578,6 +626,11 @@ def table(results: dict) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.gpu_check:
+        import gpu_check
+
+        args.argv = list(argv if argv is not None else sys.argv[1:])
+        return gpu_check.run_check(args)
     from network import SIZES
 
     bad = [s for s in args.sizes if s not in SIZES]

@@ -1,0 +1,144 @@
+"""bench.py --gpu-check (gpu_check.py): the dry run of every stage on the CPU,
+so the one-command GPU check cannot rot; the host-sync probe must see a
+planted .item(); a stage that hangs or crashes fails alone; the targets'
+verdicts; no GPU without --dry-run is one line, exit 2.
+
+    python -m pytest -q tests/test_gpu_check.py
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench
+import gpu_check
+import utils
+from utils import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dry_run_every_stage_ok_and_both_files_well_formed(tmp_path):
+    out = tmp_path / "check"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--gpu-check", "--dry-run", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name, limit, _ in gpu_check.plan(gpu_check.DEFAULT_BUDGET, None):  # the plan, with limits, comes first
+        assert f"  {name:<9}{limit:>5} s" in done.stdout
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["dry_run"] is True and list(report["stages"]) == [n for n, _, _ in gpu_check.STAGES]
+    assert {"cpu", "cores", "torch", "python", "device"} <= set(report["machine"])
+    for name, stage in report["stages"].items():
+        assert stage["status"] == "ok", (name, stage.get("reason"), (out / stage["log"]).read_text()[-3000:])
+        assert stage["seconds"] <= stage["limit_s"] and (out / stage["log"]).is_file(), name
+    stages = report["stages"]
+    assert stages["sync"]["host_syncs"] == 0 and stages["sync"]["steps"] >= 1
+    assert stages["train64"]["fid"] and stages["train64"]["files"]["progress.gif"]
+    assert stages["train128"]["exit_code"] == 130 and stages["train128"]["resumed_to"] > stages["train128"]["stopped_at"]
+    assert stages["resume"]["differ_count"] == 0 and stages["resume"]["tensors_compared"] > 50
+    assert stages["sample"]["pngs"] == 65 and stages["sample"]["fid"] is not None
+    rows = stages["speed"]["rows"]
+    assert all(row["status"] == "ok" and row["img_s"] > 0 for row in rows.values()), rows
+    assert {row["path"] for row in rows.values()} == {"ours", "classic", "evaluate"}
+    assert any(row.get("recompiles") for row in rows.values())  # TORCH_LOGS reached the log and was counted
+    assert len(report["targets"]) == 9 and all(t["result"] == "-" for t in report["targets"])  # a dry run judges none
+    md = (out / "gpu_check.md").read_text()
+    assert "DRY RUN" in md and md.count("\n| ") >= len(stages) + len(rows) + 9
+    for name in stages:
+        assert f"| {name} | ok |" in md
+
+
+def test_sync_probe_finds_a_planted_item_in_a_real_training_step(one_thread):
+    from training.trainer import Trainer
+    from training.training_loop import DEFAULTS
+
+    config = {**DEFAULTS, "ngf": 8, "ndf": 8, "nz": 16, "batch_size": 4, "augment": "color,translation",
+              "ada": 0.6, "lecam": 0.3, "r1": 0.1, "r1_every": 2, "ema": 0.99}
+    trainer = Trainer(config, "cpu")
+    real = torch.rand(4, 3, 64, 64) * 2 - 1
+    trainer.step(real)
+    clean = gpu_check.probe_host_syncs(lambda: trainer.step(real), 2, "cpu")
+    assert clean["host_syncs"] == 0 and clean["where"] == {}
+
+    def planted():
+        out = trainer.step(real)
+        return out["loss_G"].item()  # the planted host read
+
+    found = gpu_check.probe_host_syncs(planted, 3, "cpu")
+    assert found["host_syncs"] == 3
+    (where, count), = found["where"].items()
+    assert count == 3 and where.startswith("tests/test_gpu_check.py:") and "(planted)" in where
+    assert "_local_scalar_dense" in where
+
+
+def test_sync_reasons_cover_data_dependent_shapes_and_blocking_copies():
+    aten = torch.ops.aten
+    meta, cpu = torch.device("meta"), torch.device("cpu")
+    x = torch.empty(4, device=meta)
+    reason = gpu_check._sync_reason
+    assert "nonzero" in reason(aten.nonzero.default, (x,), {}, meta)
+    assert "boolean mask" in reason(aten.index.Tensor, (x, [torch.empty(4, dtype=torch.bool, device=meta)]), {}, meta)
+    assert reason(aten.index.Tensor, (x, [torch.empty(4, dtype=torch.long, device=meta)]), {}, meta) is None
+    assert "blocking copy meta -> cpu" in reason(aten._to_copy.default, (x,), {"device": cpu}, meta)
+    assert reason(aten._to_copy.default, (x,), {"device": cpu, "non_blocking": True}, meta) is None
+    assert reason(aten.add.Tensor, (x, x), {}, meta) is None
+    assert reason(aten._local_scalar_dense.default, (torch.ones(()),), {}, meta) is None  # a host tensor: no sync
+
+
+def test_a_hanging_or_crashing_stage_fails_alone_with_its_reason(tmp_path):
+    (tmp_path / "logs").mkdir()
+    hang = gpu_check.run_stage("sync", [sys.executable, "-c", "import time; print('started', flush=True); "
+                                                              "time.sleep(60)"], 1.5, tmp_path, dict(os.environ))
+    assert hang["status"] == "failed" and "time limit 2 s" in hang["reason"] and hang["seconds"] < 30
+    assert "started" in (tmp_path / hang["log"]).read_text()
+    crash = gpu_check.run_stage("speed", [sys.executable, "-c", "raise SystemExit('CUDA error: an illegal memory "
+                                                                "access')"], 30, tmp_path, dict(os.environ))
+    assert crash["status"] == "failed" and "exit code 1: CUDA error: an illegal memory access" in crash["reason"]
+
+
+def fake_report(**speeds) -> dict:
+    def row(path, size, img_s, compile=True, recipe="classic"):
+        return {"status": "ok", "path": path, "size": size, "batch": 128, "img_s": img_s, "compile": compile,
+                "recipe": recipe}
+
+    rows = {"a": row("ours", 64, speeds["ours64"]), "b": row("classic", 64, speeds["classic64"], False),
+            "c": row("ours", 128, 6000.0), "d": row("ours", 64, speeds["best64"], recipe="best"),
+            "FID features": {**row("evaluate", 64, 2500.0), "batch": 200}}
+    return {"dry_run": False, "date": "today", "command": "python bench.py --gpu-check", "budget_s": 570,
+            "machine": {"gpu": "H100"}, "stages": {
+                "speed": {"status": "ok", "rows": rows, "seconds": 100, "limit_s": 200, "log": "logs/speed.log"},
+                "sync": {"status": "ok", "host_syncs": 0, "steps": 20, "cuda_sync_warnings": 0},
+                "resume": {"status": "failed", "reason": "2 of 145 tensors differ", "differ_count": 2},
+                "train64": {"status": "ok", "fid_cost_pct": 3.2, "fid_n": 5000}}}
+
+
+def test_targets_pass_and_fail_against_the_issue_numbers():
+    report = fake_report(ours64=25000.0, classic64=2000.0, best64=21000.0)
+    verdicts = {t["target"].split(" (")[0]: t["result"] for t in gpu_check.targets(report)}
+    assert verdicts == {
+        "64 px training >= 20,000 img/s at batch 128": "pass", "64 px >= 10x the classic loop": "pass",
+        "128 px training >= 5,000 img/s": "pass", "FID features >= 3,000 img/s": "FAIL",
+        "--fid-every < 5 % of training time": "pass",
+        "--recipe best --compile within 10 % of the classic recipe's img/s": "FAIL",  # 0.84x
+        "evaluate.py >= 3,000 img/s end to end": "-",  # not measured
+        "no host sync in a training step": "pass", "--deterministic resume equals an uninterrupted run": "FAIL"}
+    report["targets"] = gpu_check.targets(report)
+    md = gpu_check.markdown(report)
+    assert "| resume | **failed**: 2 of 145 tensors differ |" in md and "| 64 px >= 10x the classic loop | 12.5x" in md
+
+
+def test_without_a_gpu_the_check_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        utils.run_cli(bench.main, ["--gpu-check", "--out", str(tmp_path / "check")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --gpu-check needs a CUDA GPU") and "--dry-run" in err
+    assert not (tmp_path / "check").exists()
+    with pytest.raises(UserError, match="--budget"):
+        bench.main(["--gpu-check", "--dry-run", "--budget", "10", "--out", str(tmp_path / "check")])
