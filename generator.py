@@ -34,6 +34,9 @@ ARITH_VARIATIONS = 8  # noisy copies of the result in arithmetic.png's second ro
 ARITH_EXAMPLE = "3,17,42 - 5,8,9 + 11,23,31"
 
 
+PRETRAINED = "assets/celeba_64.params"  # the README's quick start: 64 px CelebA, --recipe best, EMA weights
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=utils.HelpFormatter
@@ -197,9 +200,9 @@ def main(argv=None) -> int:
         raise utils.UserError(f"--out {out} exists and is not a folder")
     if not Path(args.params).exists():
         raise utils.UserError(
-            f"params file not found: {args.params}. Train a generator first (`python train.py ...` writes "
-            f"generator.params; see README quick start), or pass --params PATH to one "
-            f"(e.g. --params runs/<run>/generator.params)")
+            f"params file not found: {args.params}. Sample the pretrained CelebA faces with --params "
+            f"{PRETRAINED}, or train a generator first (`python train.py ...` writes generator.params; see "
+            f"README quick start), or pass --params PATH to one (e.g. --params runs/<run>/generator.params)")
     if args.export is not None:
         if Path(args.export).resolve() == Path(args.params).resolve():
             raise utils.UserError("--export PATH must differ from --params (the run keeps its raw weights)")

@@ -211,7 +211,8 @@ def test_missing_params_is_one_line_without_traceback(tmp_path):
 
 def test_default_params_missing_says_how_to_get_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a fresh clone: no generator.params yet
-    with pytest.raises(UserError, match=r"params file not found: generator\.params\. Train a generator first "
+    with pytest.raises(UserError, match=r"params file not found: generator\.params\. Sample the pretrained CelebA "
+                                        r"faces with --params assets/celeba_64\.params, or train a generator first "
                                         r"\(`python train.py \.\.\.` writes generator\.params.*--params PATH"):
         generator.main(["-n", "1"])
     assert not (tmp_path / "samples").exists()
