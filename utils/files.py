@@ -1,56 +1,24 @@
-"""Small pieces every stage shares: one-line user errors, atomic writes, safe
-loading, device choice, and image grids.
+"""Files that are never left half-written, and loading that never runs code:
+atomic writes (temp + fsync + rename), JSON, ``torch.save``/``torch.load``
+(weights_only) with one-line errors, and naming a file of the wrong kind.
 
-Every script ends with ``if __name__ == "__main__": utils.run_cli(main)`` so a
-bad input prints one sentence (no traceback) and exits non-zero, and Ctrl-C
-exits 130.
+    with atomic_path("out.npy") as tmp:
+        np.save(tmp, array)
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import json
 import os
 import pickle
 import secrets
-import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
+from utils.cli import UserError
 
 
-class UserError(Exception):
-    """A problem with the user's input or environment, reported as one line."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows each default once: options whose help already says
-    what the default is (a computed one, left as None) get no "(default: None)"."""
-
-    def _get_help_string(self, action):
-        if action.default is None or "default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def run_cli(main, argv=None) -> None:
-    """Run ``main(argv)``; turn UserError into one stderr line + exit 2."""
-    try:
-        code = main(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    raise SystemExit(code or 0)
-
-
-# --------------------------------------------------------------------------- #
-# Atomic writes
-# --------------------------------------------------------------------------- #
 def _create_temp(folder: Path, prefix: str, suffix: str) -> str:
     """Create a new empty file with a random name in ``folder`` and return its
     path. Unlike ``tempfile.mkstemp`` (always mode 0600) it is created with
@@ -211,85 +179,3 @@ def _torch_load_error(path: Path, what: str, hint: str, err: Exception) -> UserE
                              f"(only plain tensors and containers are accepted; weights_only=True)")
         return UserError(f"{what} {path} is not a valid torch file ({first})")
     return UserError(f"{what} {path} is truncated or corrupt and cannot be read ({first[:160]})")
-
-
-# --------------------------------------------------------------------------- #
-# Devices
-# --------------------------------------------------------------------------- #
-def resolve_device(name: str = "auto"):
-    """'auto' -> cuda if available, else mps, else cpu. Asking for a device
-    that is not there is a UserError."""
-    import torch
-
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("--device mps was asked for, but MPS is not available (use --device cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
-
-
-# --------------------------------------------------------------------------- #
-# Images
-# --------------------------------------------------------------------------- #
-def quantize(images):
-    """Float images in [-1, 1] (torch, NCHW) -> uint8 NCHW on the same device,
-    rounded exactly as ``torchvision.utils.save_image`` rounds before writing a PNG."""
-    import torch
-
-    return images.detach().float().add(1).mul(127.5).add(0.5).clamp(0, 255).to(torch.uint8)
-
-
-def to_uint8(images):
-    """Float images in [-1, 1] (torch, NCHW) -> uint8 NHWC numpy (``quantize``d)."""
-    return quantize(images).cpu().permute(0, 2, 3, 1).numpy()
-
-
-def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> one uint8 (H', W', 3) grid, ``nrow`` images a row."""
-    n, h, w, c = images.shape
-    nrow = nrow or int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / nrow))
-    grid = np.zeros((rows * (h + padding) + padding, nrow * (w + padding) + padding, c), np.uint8)
-    for k in range(n):
-        r, col = divmod(k, nrow)
-        y, x = padding + r * (h + padding), padding + col * (w + padding)
-        grid[y : y + h, x : x + w] = images[k]
-    return grid
-
-
-def save_png(array: np.ndarray, path) -> None:
-    """Write a uint8 HxWx3 array as PNG, atomically."""
-    from PIL import Image
-
-    with atomic_path(path, suffix=".tmp.png") as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-
-
-def save_gif(frames, path, duration_ms: int = 200, last_ms: int | None = None) -> None:
-    """Write uint8 HxWx3 arrays as a looping GIF (one adaptive palette per
-    frame), atomically; ``last_ms`` holds the last frame longer. Fast octree
-    quantisation: 7 ms for a 64-face grid, 40x faster than Pillow's default."""
-    from PIL import Image
-
-    images = [Image.fromarray(frame).quantize(256, method=Image.Quantize.FASTOCTREE) for frame in frames]
-    durations = [duration_ms] * (len(images) - 1) + [last_ms or duration_ms]
-    with atomic_path(path, suffix=".tmp.gif") as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], loop=0,
-                       duration=durations if len(images) > 1 else duration_ms)
-
-
-def save_grid(images, path, nrow: int | None = None) -> None:
-    """Save a grid PNG from uint8 NHWC numpy or float [-1, 1] NCHW torch."""
-    if not isinstance(images, np.ndarray):
-        images = to_uint8(images)
-    save_png(image_grid(images, nrow), path)
