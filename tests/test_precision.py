@@ -13,7 +13,7 @@ import train
 import utils
 from conftest import make_trainer
 from training import augment, stats
-from training.trainer import resolve_precision
+from training.device import resolve_precision
 
 TINY = ["--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8", "--device", "cpu"]
 TINY_CONFIG = {"ngf": 8, "ndf": 8, "nz": 16}

@@ -31,7 +31,8 @@ import dataloader
 import utils
 from network import save_generator_params
 from training import checkpoint, distributed, stats
-from training.trainer import Trainer, device_capability, resolve_precision
+from training.device import device_capability, resolve_precision
+from training.trainer import Trainer
 from utils import UserError
 
 DEFAULT_EPOCHS = 5  # when neither epochs nor max_steps is given

@@ -1,0 +1,11 @@
+"""Training: the loop and what it drives.
+
+    training_loop.py  the loop, read top to bottom; its signature holds every option's default
+    trainer.py        G, D, their optimisers, EMA and the step
+    loss.py           every loss term and the regularisers' state
+    augment.py        DiffAugment / ADA and the augmentation pipe D's inputs go through
+    device.py         device, precision and DDP helpers
+    checkpoint.py     the resume checkpoint and RNG states
+    distributed.py    process-group helpers
+    stats.py          metrics, logs, sample grids, TensorBoard
+"""
