@@ -13,7 +13,7 @@ Images are decoded by ``--workers`` processes and streamed straight into the
 output file, so memory stays bounded whatever the number of images; outputs
 appear atomically (temp file, then rename) and a re-run with the same input and
 options does nothing unless ``--force``. ``--synthetic N`` writes cartoon faces
-drawn by ``synthetic.py`` the same way.
+drawn by ``preprocessing/synthetic.py`` the same way.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import utils
+from preprocessing import synthetic
 from utils import UserError
 
 FORMAT_VERSION = 1
@@ -482,14 +483,32 @@ def validate(args) -> None:
         raise UserError(f"--out {args.out} exists and is not a folder")
 
 
+def make_synthetic(args, sizes: tuple) -> int:
+    """``preprocess.py --synthetic N``: N faces of ``--seed`` written for every size not up to date."""
+    name = args.name or "synthetic"
+    signature = {"format": FORMAT_VERSION, "source": "synthetic", "faces_version": synthetic.FACES_VERSION,
+                 "n": args.synthetic, "seed": args.seed}
+    todo = sizes_to_build(args, name, sizes, signature)
+    if not todo:
+        return 0
+
+    def meta(size):
+        return {"source": f"synthetic cartoon faces (seed {args.seed})", "count": None, "size": size,
+                "crop": None, "filter": f"box (PIL reduce) from a {synthetic.synthetic_canvas(size)} px drawing",
+                "seed": args.seed, "signature": dict(signature, size=size)}
+
+    tasks = [(i, args.seed, todo) for i in range(args.synthetic)]
+    write_outputs(args.out, name, todo, args.synthetic, tasks, synthetic.synthetic_task,
+                  min(args.workers, args.synthetic), None, meta, desc=f"synthetic {'/'.join(map(str, todo))}px")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     validate(args)
     sizes = tuple(dict.fromkeys(args.sizes))  # unique, order kept
     if args.synthetic is not None:
-        import synthetic  # draws the faces, written by write_outputs below
-
-        return synthetic.make_synthetic(args, sizes)
+        return make_synthetic(args, sizes)
 
     if args.download:
         src = download_celeba(args.out)

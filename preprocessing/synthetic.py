@@ -3,7 +3,8 @@
 Each face (skin, hair style, eyes with gaze, brows, nose, mouth, glasses, a
 small pose jitter) is a function of ``numpy.random.default_rng([seed, index])``
 alone, drawn at ``synthetic_canvas(size)`` px and reduced to each size.
-``preprocess.py --synthetic N`` writes them with its .npy/.json/preview writer:
+``synthetic_task`` is preprocess.py's worker for them: ``preprocess.py --synthetic N``
+writes them with its .npy/.json/preview writer:
 
     python preprocess.py --synthetic 2000                   # -> data/synthetic_{64,128}.npy
     python preprocess.py --synthetic 64 --sizes 32 --seed 1 --out /tmp/faces
@@ -14,8 +15,6 @@ import math
 
 import numpy as np
 from PIL import Image, ImageDraw
-
-from preprocess import FORMAT_VERSION, sizes_to_build, write_outputs
 
 SKIN = [(255, 224, 196), (241, 194, 158), (224, 172, 128), (198, 134, 94), (160, 102, 66), (112, 70, 45),
         (84, 52, 36), (250, 210, 180)]
@@ -218,7 +217,11 @@ def synthetic_canvas(size: int) -> int:
     return max(256, 2 * size)
 
 
-def _synthetic_task(task):
+FACES_VERSION = 2  # part of the outputs' signature: a new drawing makes old arrays out of date
+
+
+def synthetic_task(task):
+    """(index, seed, sizes) -> (index, [RGB bytes of each size], None): one face at every size."""
     index, seed, sizes = task
     out = {}
     for canvas in sorted({synthetic_canvas(s) for s in sizes}):
@@ -227,23 +230,3 @@ def _synthetic_task(task):
             if synthetic_canvas(s) == canvas:  # box average when s divides the canvas, an exact antialiased reduction
                 out[s] = (img.reduce(canvas // s) if canvas % s == 0 else img.resize((s, s), Image.LANCZOS)).tobytes()
     return index, [out[s] for s in sizes], None
-
-
-def make_synthetic(args, sizes: tuple) -> int:
-    """``preprocess.py --synthetic N``: N faces of ``--seed`` written for every size not up to date."""
-    name = args.name or "synthetic"
-    signature = {"format": FORMAT_VERSION, "source": "synthetic", "faces_version": 2, "n": args.synthetic,
-                 "seed": args.seed}
-    todo = sizes_to_build(args, name, sizes, signature)
-    if not todo:
-        return 0
-
-    def meta(size):
-        return {"source": f"synthetic cartoon faces (seed {args.seed})", "count": None, "size": size,
-                "crop": None, "filter": f"box (PIL reduce) from a {synthetic_canvas(size)} px drawing",
-                "seed": args.seed, "signature": dict(signature, size=size)}
-
-    tasks = [(i, args.seed, todo) for i in range(args.synthetic)]
-    write_outputs(args.out, name, todo, args.synthetic, tasks, _synthetic_task, min(args.workers, args.synthetic),
-                  None, meta, desc=f"synthetic {'/'.join(map(str, todo))}px")
-    return 0

@@ -1,0 +1,1 @@
+"""What preprocess.py reads besides photos: ``synthetic``, the offline cartoon faces."""
