@@ -159,8 +159,8 @@ def test_feeder_rejects_bad_arguments():
 @pytest.mark.parametrize("storage", ["device", "pinned"])
 @pytest.mark.parametrize("which", ["cuda", "last"])
 def test_feeder_cuda_storage_matches_cpu(storage, which):
-    """'last': the highest-numbered GPU while GPU 0 stays current (issue 13.5:
-    the pinned copies and their events must live on the feeder's GPU)."""
+    """'last': the highest-numbered GPU while GPU 0 stays current (the pinned
+    copies and their events must live on the feeder's GPU)."""
     images = id_images(40)
     device = "cuda" if which == "cuda" else f"cuda:{torch.cuda.device_count() - 1}"
     gpu = DeviceFeeder(images, batch_size=8, device=device, seed=1, flip=True, storage=storage)
