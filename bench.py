@@ -1,0 +1,11 @@
+"""Speed bench and GPU check (benchmarks/speed.py, benchmarks/gpu_check.py).
+
+    python bench.py --steps 3 --sizes 64 --small --synthetic 256     # smoke run, seconds on a CPU
+    python bench.py --device cuda --steps 50 --sizes 64 128 --out-json bench.json
+    python bench.py --gpu-check --out gpu_check                      # the GPU check (docs/gpu_check.md)
+"""
+import utils
+from benchmarks.speed import build_parser, main  # noqa: F401
+
+if __name__ == "__main__":
+    utils.run_cli(main)

@@ -1,0 +1,10 @@
+"""Quality bench: held-out FID, KID, precision and recall of training recipes (benchmarks/quality.py).
+
+    python bench_quality.py --size 64 --variants classic best --steps 2000 --eval-every 500
+    python bench_quality.py --size 64 --report                  # table + assets/quality_celeba_64.png
+"""
+import utils
+from benchmarks.quality import build_parser, main  # noqa: F401
+
+if __name__ == "__main__":
+    utils.run_cli(main)
