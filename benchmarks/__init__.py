@@ -4,4 +4,5 @@
     speed       our pipeline against the classic DCGAN loop, in img/s (python bench.py)
     quality     held-out FID, KID, precision and recall of training recipes (python bench_quality.py)
     gpu_check   the GPU check, every stage in its own process and time limit (python bench.py --gpu-check)
+    host_sync   the check's probe for host syncs in a training step (.item(), data-dependent shapes, copies)
 """

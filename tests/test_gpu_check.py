@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import utils
-from benchmarks import gpu_check, speed
+from benchmarks import gpu_check, host_sync, speed
 from utils import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,14 +62,14 @@ def test_sync_probe_finds_a_planted_item_in_a_real_training_step(one_thread):
     trainer = Trainer(config, "cpu")
     real = torch.rand(4, 3, 64, 64) * 2 - 1
     trainer.step(real)
-    clean = gpu_check.probe_host_syncs(lambda: trainer.step(real), 2, "cpu")
+    clean = host_sync.probe_host_syncs(lambda: trainer.step(real), 2, "cpu")
     assert clean["host_syncs"] == 0 and clean["where"] == {}
 
     def planted():
         out = trainer.step(real)
         return out["loss_G"].item()  # the planted host read
 
-    found = gpu_check.probe_host_syncs(planted, 3, "cpu")
+    found = host_sync.probe_host_syncs(planted, 3, "cpu")
     assert found["host_syncs"] == 3
     (where, count), = found["where"].items()
     assert count == 3 and where.startswith("tests/test_gpu_check.py:") and "(planted)" in where
@@ -80,7 +80,7 @@ def test_sync_reasons_cover_data_dependent_shapes_and_blocking_copies():
     aten = torch.ops.aten
     meta, cpu = torch.device("meta"), torch.device("cpu")
     x = torch.empty(4, device=meta)
-    reason = gpu_check._sync_reason
+    reason = host_sync._sync_reason
     assert "nonzero" in reason(aten.nonzero.default, (x,), {}, meta)
     assert "boolean mask" in reason(aten.index.Tensor, (x, [torch.empty(4, dtype=torch.bool, device=meta)]), {}, meta)
     assert reason(aten.index.Tensor, (x, [torch.empty(4, dtype=torch.long, device=meta)]), {}, meta) is None
