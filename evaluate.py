@@ -6,25 +6,20 @@
     python evaluate.py --params generator.params -n 10000 --pr --nn 4          # + precision/recall, copies
     python evaluate.py --real data/celeba_64.npy --fake samples/            # folders, .npy, or .npz statistics
 
-The feature extractor is pytorch-fid's FID Inception-v3 (TensorFlow 2015-12-05
-weights, 2048-d pool3 features), found and loaded by ``fid_inception.py``.
-Images take pytorch-fid's path: uint8 -> float in [0, 1] -> the network
-(bilinear resize to 299, scale to [-1, 1]).
-Generated images are first rounded to uint8 exactly as ``save_image`` rounds
-before writing a PNG, so a generator scores what its saved samples would
-score, without the PNG round-trip.
-
-Real statistics are cached beside the data as ``<data>.fid.npz`` (keys mu,
-sigma as pytorch-fid writes them, plus what they were computed from) and
-recomputed when the data, the extractor, the image size or the numerics
-(device type; Inception runs in full fp32 everywhere, no TF32, deterministic
-cuDNN) change: a CPU cache is not reused for a GPU score.
+The command line over ``metrics/``: the FID Inception-v3 network
+(pytorch-fid's, TensorFlow 2015-12-05 weights, 2048-d pool3 features) comes
+from ``metrics/inception.py``; ``metrics/features.py`` feeds it (generated
+images rounded as their saved PNGs would be) and caches the real set's
+statistics beside its data as ``<data>.fid.npz``, recomputed when the data,
+the extractor, the image size or the device's numerics change;
+``metrics/fid.py`` takes the distances.
 
 ``--pr`` adds precision and recall (k = 3) and density and coverage (k = 5)
-of the generated features against the real ones (``precision_recall.py``);
-the real features themselves and their k-NN radii are cached beside the
-statistics as ``<data>.features.npz``, under the same key. ``--nn K`` draws
-32 samples beside their K nearest training faces and reports the copy share.
+of the generated features against the real ones
+(``metrics/precision_recall.py``); the real features and their k-NN radii are
+cached as ``<data>.features.npz``. ``--nn K`` draws 32 samples beside their K
+nearest training faces and reports the copy share. Each score of --params is
+appended to ``results.jsonl`` beside it.
 """
 from __future__ import annotations
 
@@ -46,15 +41,6 @@ from utils import UserError
 NN_SAMPLES = 32  # generated faces in the --nn picture
 
 
-def _pr_text(scores: dict, real_name, fake_name=None) -> str:
-    fake = f"fake: {fake_name}, {scores['fake_n']}" if fake_name else f"generated: {scores['fake_n']}"
-    return (f"  precision {scores['precision']:.3f} recall {scores['recall']:.3f} density {scores['density']:.3f} "
-            f"coverage {scores['coverage']:.3f} (real: {real_name}, {scores['real_n']}; {fake})")
-
-
-# --------------------------------------------------------------------------- #
-# Command line
-# --------------------------------------------------------------------------- #
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="FID (and KID) of a generator or of two image sets, equal to pytorch-fid's.",
@@ -198,12 +184,6 @@ def _run(args) -> int:
     return 0
 
 
-def _result_line(fid, kid, model, details: str, extra: str = "") -> str:
-    """One line: the scores, then what they were computed from, the Inception weights last."""
-    kid_text = f"  KID {kid[0]:.5f} ± {kid[1]:.5f}" if kid is not None else ""
-    return f"FID {fid:.2f}{kid_text}{extra}  ({details}; {model.weights_label})"
-
-
 def _save_real(args, device, start) -> int:
     data = Path(args.data)
     if "{size}" in args.data:
@@ -238,6 +218,22 @@ def _compare_sets(args, device, start) -> int:
     print(_result_line(fid, kid, model, f"{fake.get('n') or '?'} in {args.fake} vs {real.get('n') or '?'} in "
                                         f"{args.real}, {time.time() - start:.0f} s", pr_text))
     return 0
+
+
+# --------------------------------------------------------------------------- #
+# The result lines
+# --------------------------------------------------------------------------- #
+def _result_line(fid, kid, model, details: str, extra: str = "") -> str:
+    """One line: the scores, then what they were computed from, the Inception weights last."""
+    kid_text = f"  KID {kid[0]:.5f} ± {kid[1]:.5f}" if kid is not None else ""
+    return f"FID {fid:.2f}{kid_text}{extra}  ({details}; {model.weights_label})"
+
+
+def _pr_text(scores: dict, real_name, fake_name=None) -> str:
+    """The --pr part of the result line; the real set is named first."""
+    fake = f"fake: {fake_name}, {scores['fake_n']}" if fake_name else f"generated: {scores['fake_n']}"
+    return (f"  precision {scores['precision']:.3f} recall {scores['recall']:.3f} density {scores['density']:.3f} "
+            f"coverage {scores['coverage']:.3f} (real: {real_name}, {scores['real_n']}; {fake})")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ distance is computed in row blocks of at most ``max_elements`` entries, on the
 features' device, so 50,000 x 2,048 features need memory for one block, not
 for the 50,000 x 50,000 matrix.
 
-    from precision_recall import manifold_metrics
+    from metrics.precision_recall import manifold_metrics
     manifold_metrics(real_features, fake_features)   # {"precision": ..., "recall": ..., ...}
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""evaluate.py and fid_inception.py: the distance against closed forms, KID,
+"""evaluate.py and metrics/: the distance against closed forms, KID,
 the statistics cache, input kinds, PNG-exact quantisation, the offline message,
 and equality with ``python -m pytorch_fid`` -- all on pytorch-fid's real
 network built from a randomly initialised weights file in a temporary
@@ -446,7 +446,7 @@ def test_cli_rejects_bad_input_before_work(tmp_path):
 
 
 def test_statistics_cache_is_keyed_by_device_numerics(inception, tmp_path, monkeypatch):
-    """Issue 13.7: a cache made on CPU is not reused for a GPU score (TF32 and
+    """A cache made on CPU is not reused for a GPU score (TF32 and
     cuDNN change GPU features); Inception runs with TF32 off, flags restored."""
     data = tmp_path / "tiny_32.npy"
     np.save(data, smooth_images(4, 32, seed=5))

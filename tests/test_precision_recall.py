@@ -1,4 +1,4 @@
-"""precision_recall.py: precision, recall, density and coverage equal to the
+"""metrics/precision_recall.py: precision, recall, density and coverage equal to the
 reference prdc package, their limits, the real/fake roles, chunking, and the
 copy indicator on planted copies."""
 import numpy as np
