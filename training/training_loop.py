@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 
 import dataloader
 import utils
+from metrics import features, inception
 from network import save_generator_params
 from training import checkpoint, distributed, stats
 from training.device import device_capability, resolve_precision
@@ -120,13 +122,11 @@ def training_loop(
 
     # ---- FID reference (rank 0), before any DDP module exists ------------ #
     # the other ranks wait on a Gloo barrier with a long timeout, not inside NCCL collectives
-    inception = real_stats = None
+    inception_net = real_stats = None
     if fid_every:
         if lead:  # no Inception weights offline is a UserError here, before any output
-            import evaluate
-
-            inception = evaluate.load_inception(device)
-            real_stats = evaluate.real_statistics(data, device, model=inception)
+            inception_net = inception.load_inception(device)
+            real_stats = features.real_statistics(data, device, model=inception_net)
         distributed.wait_for_rank0()
 
     # ---- Networks, optimisers, loss; the state of a resumed run ---------- #
@@ -228,16 +228,16 @@ def training_loop(
                     board.add_grid(step, grid)  # the EMA's grid when there is one
                 if fid:
                     if lead:  # of the EMA (else raw) generator; generator_best.params keeps the best
-                        import evaluate
-
                         net = trainer.sampling_generator()
                         was_training = net.training
-                        value = float(evaluate.generator_fid(net.eval(), nz, real_stats, fid_n, device, seed=seed,
-                                                             model=inception))
+                        fid_start = time.perf_counter()
+                        value = float(features.generator_fid(net.eval(), nz, real_stats, fid_n, device, seed=seed,
+                                                             model=inception_net))
+                        fid_seconds = time.perf_counter() - fid_start  # the sample, feature and distance time
                         net.train(was_training)
-                        row = {**head, "fid": value, "fid_n": fid_n, "fid_seed": seed,
+                        row = {**head, "fid": value, "fid_n": fid_n, "fid_seed": seed, "fid_s": round(fid_seconds, 3),
                                "fid_model": "raw" if trainer.netG_ema is None else "ema",
-                               "fid_weights": inception.weights_label}
+                               "fid_weights": inception_net.weights_label}
                         history.append(row)
                         board.add_row(row)
                         postfix["fid"] = f"{value:.2f}"
