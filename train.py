@@ -30,18 +30,16 @@ import sys
 import utils
 from training import augment, checkpoint, distributed
 from training.loss import LOSSES, TOPK_DECAY
-from training.training_loop import DEFAULTS, RUN_KEYS, training_loop
+from training.training_loop import ARCH_KEYS, DEFAULTS, RECIPE_KEYS, RUN_KEYS, training_loop
 from utils import UserError
 
-# What --recipe sets (unless the same option is typed). classic: every one at
-# its DEFAULTS value, the DCGAN paper's recipe; best: measured best on the
-# held-out CelebA faces (BENCHMARKS.md).
-RECIPE_KEYS = ("loss", "sn", "augment", "r1", "lr_g", "lr_d", "ema", "ema_bn_recompute", "lecam", "topk")
+# What --recipe sets (its RECIPE_KEYS options, unless the same option is typed).
+# classic: every one at its DEFAULTS value, the DCGAN paper's recipe; best:
+# measured best on the held-out CelebA faces (BENCHMARKS.md).
 RECIPES = {
     "classic": {},
     "best":    {"augment": augment.DEFAULT_POLICY, "ema": 0.999, "ema_bn_recompute": True},
 }
-ARCH_KEYS = ("size", "nz", "ngf", "ndf", "nc", "sn")  # fixed for a run (--sn changes D's layers)
 
 
 def recipe_options(name: str) -> dict:

@@ -96,8 +96,7 @@ def test_the_start_line_says_the_precision_and_why(tmp_path, capsys):
 # --------------------------------------------------------------------------- #
 def test_fp16_runs_every_option_on_cpu_with_finite_losses():
     torch.manual_seed(0)
-    trainer = make_trainer(EVERY_TERM, "cpu", precision="fp16")
-    trainer.loss.steps_per_epoch = 1
+    trainer = make_trainer(EVERY_TERM, "cpu", precision="fp16", steps_per_epoch=1)
     for real in batches(4):
         out = trainer.step(real)
     assert all(torch.isfinite(v) for v in out.values())
@@ -114,8 +113,7 @@ def test_fp16_scales_every_d_and_g_term():
     trainers = []
     for precision in ("fp32", "fp16"):
         torch.manual_seed(0)
-        trainer = make_trainer(EVERY_TERM, "cpu", precision=precision)
-        trainer.loss.steps_per_epoch = 1
+        trainer = make_trainer(EVERY_TERM, "cpu", precision=precision, steps_per_epoch=1)
         if precision == "fp16":
             trainer.amp_dtype = None  # the scalers stay on, autocast goes off
         torch.manual_seed(1)
@@ -241,8 +239,7 @@ device = distributed.init("cpu")
 rank, world = distributed.get_rank(), distributed.get_world_size()
 config = {"ngf": 8, "ndf": 8, "nz": 16, "augment": "color,translation", "loss": "hinge", "r1": 1.0, "r1_every": 2,
           "lecam": 0.3, "topk": 0.5}
-trainer = make_trainer(config, device, precision="fp16", world_size=world, rank=rank)
-trainer.loss.steps_per_epoch = 1
+trainer = make_trainer(config, device, precision="fp16", world_size=world, rank=rank, steps_per_epoch=1)
 torch.manual_seed(100 + rank)  # each rank its own reals, noise and augmentation
 skipped = []
 for step in range(5):

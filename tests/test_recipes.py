@@ -1,7 +1,7 @@
 """The options beyond the classic recipe (DiffAugment, hinge, spectral
 norm, TTUR, lazy R1, ADA, LeCam, top-k, EMA BatchNorm recompute, --recipe). Each changes what it
 should, round-trips through checkpoint and generator.params, resumes exactly,
-and the classic recipe stays bit-identical to the step as it was before them.
+and the classic recipe stays bit-identical to the plain DCGAN step written out below.
 CPU, tiny nets, seconds."""
 import json
 import textwrap
@@ -54,10 +54,10 @@ def images(b=4, size=16, seed=0):
 
 
 # --------------------------------------------------------------------------- #
-# The classic step and nets as they were before the options existed (frozen copies)
+# The plain DCGAN step and nets, written out: the reference the classic recipe equals
 # --------------------------------------------------------------------------- #
 def classic_step(self, real):
-    """The Trainer's step before the options beyond the classic recipe, verbatim but for the name."""
+    """The classic DCGAN step on a Trainer's nets and optimisers: BCE, D on reals then fakes, then G."""
     criterion = nn.BCEWithLogitsLoss()
     b = real.shape[0]
     z = torch.randn(b, self.config["nz"], 1, 1, device=self.device)
@@ -86,7 +86,7 @@ def classic_step(self, real):
 
 
 def classic_discriminator(size=64, ndf=8, nc=3):
-    """network.Discriminator's layer stack before --sn existed."""
+    """The classic DCGAN discriminator's layer stack (network.Discriminator without --sn)."""
     levels = network.num_levels(size)
     widths = [ndf * 2**i for i in range(levels)]
     layers = [nn.Conv2d(nc, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
@@ -98,10 +98,10 @@ def classic_discriminator(size=64, ndf=8, nc=3):
     return d
 
 
-def test_classic_trainer_is_bit_identical_to_the_frozen_classic_step_and_nets():
-    """Trainer with every option at its default == G, D, Adam and step as
-    they were: same weights, BN buffers, Adam moments and EMA, bit for bit,
-    and the same RNG position afterwards (no extra draws)."""
+def test_classic_trainer_is_bit_identical_to_the_plain_classic_step_and_nets():
+    """Trainer with every option at its default == the plain G, D, Adam and
+    step: same weights, BN buffers, Adam moments and EMA, bit for bit, and
+    the same RNG position afterwards (no extra draws)."""
     real = torch.rand(3, 8, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
     torch.manual_seed(0)
     new = make_trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
@@ -111,7 +111,7 @@ def test_classic_trainer_is_bit_identical_to_the_frozen_classic_step_and_nets():
 
     torch.manual_seed(0)
     ref = make_trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
-    torch.manual_seed(0)  # rebuild the nets the way they were built before the options
+    torch.manual_seed(0)  # the plain nets, from the same seed
     g = network.Generator(64, nz=16, ngf=8).to(memory_format=torch.channels_last)
     d = classic_discriminator().to(memory_format=torch.channels_last)
     ref.netD.main = d
@@ -127,18 +127,18 @@ def test_classic_trainer_is_bit_identical_to_the_frozen_classic_step_and_nets():
     assert torch.equal(new.optD.state_dict()["state"][0]["exp_avg_sq"], ref.optD.state_dict()["state"][0]["exp_avg_sq"])
 
 
-def test_recipe_classic_run_is_bit_identical_to_the_default_and_the_frozen_step(tmp_path, monkeypatch):
+def test_recipe_classic_run_is_bit_identical_to_the_default_and_the_plain_step(tmp_path, monkeypatch):
     data = make_data(tmp_path)
     common = ["--max-steps", "5", "--ema", "0.9", "--flip"]
     assert train.main(argv(tmp_path, data, *common, out="default", params="default.params")) == 0
     assert train.main(argv(tmp_path, data, *common, "--recipe", "classic", out="classic", params="classic.params")) == 0
     monkeypatch.setattr(Trainer, "step", classic_step)
-    assert train.main(argv(tmp_path, data, *common, out="frozen", params="frozen.params")) == 0
-    blobs = [utils.torch_load(tmp_path / f"{name}.params") for name in ("default", "classic", "frozen")]
+    assert train.main(argv(tmp_path, data, *common, out="plain", params="plain.params")) == 0
+    blobs = [utils.torch_load(tmp_path / f"{name}.params") for name in ("default", "classic", "plain")]
     for blob in blobs[1:]:
         assert tensors_equal(blob["generator"], blobs[0]["generator"])
         assert tensors_equal(blob["generator_ema"], blobs[0]["generator_ema"])  # no BN recompute in classic
-    ckpts = [utils.torch_load(tmp_path / name / "checkpoint.pt") for name in ("default", "classic", "frozen")]
+    ckpts = [utils.torch_load(tmp_path / name / "checkpoint.pt") for name in ("default", "classic", "plain")]
     assert all(tensors_equal(c["trainer"]["netD"], ckpts[0]["trainer"]["netD"]) for c in ckpts[1:])
     config = ckpts[1]["config"]
     assert (config["recipe"], config["loss"], config["sn"], config["augment"], config["r1"]) == \
@@ -163,7 +163,11 @@ def test_augment_is_differentiable_per_image_and_keeps_shape_and_format():
     assert out.shape == same.shape and out.dtype == same.dtype
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert len({out[i].sum().item() for i in range(6)}) == 6  # each image its own parameters
-    assert augment.diff_augment(x, "none") is x
+    assert augment.diff_augment(x, "none") is x and augment.AugmentPipe("none")(x) is x
+    torch.manual_seed(0)
+    piped = augment.AugmentPipe(augment.DEFAULT_POLICY)(same)
+    torch.manual_seed(0)
+    assert torch.equal(piped, augment.diff_augment(same))  # the pipe draws and applies as diff_augment does
     with pytest.raises(utils.UserError, match="unknown --augment op 'blur'"):
         augment.parse_policy("color,blur")
 
@@ -230,27 +234,27 @@ def test_ada_moves_p_by_the_sign_of_d_on_reals_every_interval_and_resumes_exactl
 
 def test_trainer_with_ada_reports_p_and_augments_once_d_is_sure_of_the_reals(monkeypatch):
     seen = []
-    original = augment.diff_augment
-    monkeypatch.setattr(augment, "diff_augment", lambda x, policy, p=None: seen.append(p) or original(x, policy, p))
+    original = augment.apply
+    monkeypatch.setattr(augment, "apply", lambda x, names, draws, p=None: seen.append(p) or original(x, names, draws, p))
     torch.manual_seed(0)
     trainer = make_trainer({**TINY_CONFIG, "augment": "translation", "ada": 0.6, "ada_kimg": 0.016}, "cpu")
     monkeypatch.setattr(trainer, "D", lambda x: torch.full((x.shape[0], 1), 5.0, requires_grad=True))  # D sure
     ps = [trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)["aug_p"].item() for _ in range(8)]
     assert ps == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # 4 steps of 8 images, 16 move p from 0 to 1
     assert len(seen) == 24 and [p.item() for p in seen[:12]] == [0.0] * 12 and seen[12].item() == 1.0
-    assert make_trainer({**TINY_CONFIG, "ada": 0.6}, "cpu").ada is None  # no --augment: nothing to adapt
+    assert make_trainer({**TINY_CONFIG, "ada": 0.6}, "cpu").augment.ada is None  # no --augment: nothing to adapt
 
 
 def test_augment_is_applied_to_every_batch_d_sees_real_and_fake(monkeypatch):
     calls, seen = [], []
-    original = augment.diff_augment
+    original = augment.apply
 
-    def recorder(x, policy):
-        out = original(x, policy)
-        calls.append((x.detach().clone(), x.requires_grad, policy, out))
+    def recorder(x, names, draws, p=None):
+        out = original(x, names, draws, p)
+        calls.append((x.detach().clone(), x.requires_grad, names, out))
         return out
 
-    monkeypatch.setattr(augment, "diff_augment", recorder)
+    monkeypatch.setattr(augment, "apply", recorder)
     torch.manual_seed(0)
     trainer = make_trainer({**TINY_CONFIG, "augment": "translation,cutout"}, "cpu")
     trainer.netD.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
@@ -258,7 +262,7 @@ def test_augment_is_applied_to_every_batch_d_sees_real_and_fake(monkeypatch):
     trainer.step(real)
     assert len(calls) == len(seen) == 3  # D step: real, fake; G step: fake
     assert all(s is c[3] for s, c in zip(seen, calls))  # D saw exactly the augmented batches
-    assert all(c[2] == "translation,cutout" for c in calls)
+    assert all(c[2] == ("translation", "cutout") for c in calls)
     assert torch.equal(calls[0][0], real)
     assert torch.equal(calls[1][0], calls[2][0]) and not calls[1][1] and calls[2][1]  # same fakes; G's keeps grad
     assert not torch.equal(calls[1][3], calls[2][3])  # fresh random parameters on each call
@@ -305,7 +309,8 @@ def test_compiled_augmentation_gives_eager_images_without_recompiles_as_p_moves(
     """--compile: D's augmentation is compiled code (two graphs: input without
     and with grad), its draws eager, so a compiled step equals the eager step
     bit for bit (aot_eager runs the traced graphs as they are) with cutout,
-    ADA and the EMA; a moving ADA p recompiles nothing."""
+    ADA, R1 (through the pipe's eager twin) and the EMA; a moving ADA p
+    recompiles nothing."""
     import torch._dynamo
 
     policy, trainers, counters = "color,translation,cutout", [], []
@@ -314,25 +319,25 @@ def test_compiled_augmentation_gives_eager_images_without_recompiles_as_p_moves(
         if compile:
             monkeypatch.setattr(torch, "compile", counting_compile(counters))
         torch.manual_seed(0)
-        trainer = make_trainer({**TINY_CONFIG, "augment": policy, "ema": 0.9, "ada": 0.05, "ada_kimg": 0.01},
-                               "cpu", compile=compile)
+        trainer = make_trainer({**TINY_CONFIG, "augment": policy, "ema": 0.9, "ada": 0.05, "ada_kimg": 0.01,
+                                "r1": 1.0, "r1_every": 2}, "cpu", compile=compile)
         for step in range(6):
             if step >= 2:
-                trainer.ada.p = torch.tensor(step / 10)  # a new p tensor every step
+                trainer.augment.ada.p = torch.tensor(step / 10)  # a new p tensor every step
             with torch._dynamo.config.patch(error_on_recompile=step > 0):  # step 0 builds every graph
                 trainer.step(images(8, 64, seed=step))
         trainers.append(trainer)
     eager, compiled = trainers
-    assert compiled.augment_apply is not augment.apply
-    assert [c.frame_count for c in counters] == [1, 2, 2]  # G; D; the augmentation: no graph breaks
+    assert [c.frame_count for c in counters] == [2, 1, 2]  # the augmentation; G; D: no graph breaks
     assert tensors_equal(eager.netD.state_dict(), compiled.netD.state_dict())
     assert tensors_equal(eager.netG.state_dict(), compiled.netG.state_dict())
     assert tensors_equal(eager.netG_ema.state_dict(), compiled.netG_ema.state_dict())
-    names = augment.parse_policy(policy)
-    x = images(8, 64).contiguous(memory_format=torch.channels_last)
-    draws = augment.draw(x, names, with_p=True)
-    assert torch.equal(compiled.augment_apply(x, names, draws, torch.tensor(0.3)),
-                       augment.apply(x, names, draws, torch.tensor(0.3)))
+    pipe, x = compiled.augment, images(8, 64).contiguous(memory_format=torch.channels_last)
+    assert pipe.eager is not pipe and pipe.eager.ada is pipe.ada  # R1's: the same policy and ADA state
+    torch.manual_seed(5)
+    out = pipe(x)
+    torch.manual_seed(5)
+    assert torch.equal(out, pipe.eager(x))
     torch._dynamo.reset()
 
 
@@ -492,10 +497,9 @@ def test_topk_trains_g_on_the_fakes_d_scores_highest_with_k_shrinking_per_epoch(
     assert sorted(losses.top_k(logits.view(5, 1), 0.5).tolist()) == [0.5, 2.0, 3.0]  # ceil(2.5)
     assert losses.top_k(logits, 1.0).numel() == 5 and losses.top_k(logits, 0.01).tolist() == [3.0]
     monkeypatch.setattr(losses, "TOPK_DECAY", 0.5)  # a fast schedule, to see the floor in a few steps
-    trainer = make_trainer({**TINY_CONFIG, "topk": 0.3}, "cpu")
-    with pytest.raises(RuntimeError, match="steps_per_epoch"):
-        trainer.loss.topk_fraction()
-    trainer.loss.steps_per_epoch = 2
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        make_trainer({**TINY_CONFIG, "topk": 0.3}, "cpu")
+    trainer = make_trainer({**TINY_CONFIG, "topk": 0.3}, "cpu", steps_per_epoch=2)
     gen_logits, scored = logits_seen(monkeypatch, trainer.loss, "fake_loss"), \
         logits_seen(monkeypatch, trainer.loss, "gen_loss")
     fractions = []
@@ -547,7 +551,7 @@ def test_recompute_bn_stats_averages_batch_stats_and_touches_no_rng_nor_training
     trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
     assert trainer.sampling_ema() is not calibrated  # recomputed once the EMA moved
     off = make_trainer({**TINY_CONFIG, "ema": 0.9}, "cpu")
-    assert off.sampling_ema() is off.netG_ema  # off by default: exports stay as they were
+    assert off.sampling_ema() is off.netG_ema  # off by default: exports are the EMA itself
 
 
 # --------------------------------------------------------------------------- #
@@ -581,7 +585,7 @@ def test_every_option_round_trips_and_resumes_bit_identically(tmp_path):
     assert not torch.equal(b["generator_ema"]["main.1.running_var"], cb["trainer"]["ema"]["main.1.running_var"])
     G, config = network.load_generator(tmp_path / "b.params")
     assert config["weights"] == "ema" and config["sn"] is True and G(torch.randn(2, 16)).shape == (2, 3, 64, 64)
-    trainer = make_trainer(cb["config"], "cpu")  # the checkpoint config rebuilds the right nets
+    trainer = make_trainer(cb["config"], "cpu", steps_per_epoch=1)  # the checkpoint config rebuilds the right nets
     trainer.load_state_dict(cb["trainer"])
     assert (trainer.optG.param_groups[0]["lr"], trainer.optD.param_groups[0]["lr"]) == (1e-4, 4e-4)
 
@@ -639,8 +643,7 @@ def test_every_option_runs_under_bf16_autocast():
     config = {**TINY_CONFIG, "augment": augment.DEFAULT_POLICY, "loss": "hinge", "sn": True, "r1": 1.0,
               "r1_every": 1, "ema": 0.9, "ema_bn_recompute": True, "ada": 0.05, "ada_kimg": 0.01, "lecam": 0.3,
               "topk": 0.5}
-    trainer = make_trainer(config, "cpu", precision="bf16")
-    trainer.loss.steps_per_epoch = 1
+    trainer = make_trainer(config, "cpu", precision="bf16", steps_per_epoch=1)
     for _ in range(5):
         out = trainer.step(torch.rand(8, 3, 64, 64) * 2 - 1)
     assert all(torch.isfinite(v) for v in out.values())
@@ -675,9 +678,8 @@ DDP_SCRIPT = WORKER_HEAD + textwrap.dedent("""
               "lecam": 1.0, "topk": 0.5}
     loss.TOPK_DECAY = 0.5  # G learns from half of the global batch's fakes from step 2 on
     torch.manual_seed(rank)  # each rank its own init: wrapping must give every rank rank 0's weights and SN vectors
-    trainer = make_trainer(config, device, world_size=world, rank=rank)
+    trainer = make_trainer(config, device, world_size=world, rank=rank, steps_per_epoch=1)
     failures = [] if equal_on_ranks(sn_vectors(trainer)) else ["SN vectors after wrapping"]
-    trainer.loss.steps_per_epoch = 1
     torch.manual_seed(100 + rank)  # each rank its own reals, noise and augmentation
     calls = {"all_reduce": 0, "all_gather": 0}
     for name in calls:  # the collectives the options make themselves (DDP's gradient buckets are not these)
@@ -693,7 +695,7 @@ DDP_SCRIPT = WORKER_HEAD + textwrap.dedent("""
         failures.append(f"collectives {calls}")
     if not equal_on_ranks(running):
         failures.append("LeCam's running average after step 4")
-    params = torch.cat([trainer.ada.p.view(1), trainer.loss.lecam_anchors, sn_vectors(trainer)]
+    params = torch.cat([trainer.augment.ada.p.view(1), trainer.loss.lecam_anchors, sn_vectors(trainer)]
                        + [p.detach().flatten() for p in trainer.netD.parameters()]
                        + [p.detach().flatten() for p in trainer.netG.parameters()])
     if not equal_on_ranks(params):
@@ -705,7 +707,7 @@ DDP_SCRIPT = WORKER_HEAD + textwrap.dedent("""
 
     torch.nn.parallel.DistributedDataParallel = DDPBefore214
     torch.manual_seed(rank)
-    if not equal_on_ranks(sn_vectors(make_trainer(config, device, world_size=world, rank=rank))):
+    if not equal_on_ranks(sn_vectors(make_trainer(config, device, world_size=world, rank=rank, steps_per_epoch=1))):
         failures.append("SN vectors after wrapping with broadcast_buffers")
     dist.destroy_process_group()
     sys.exit("ranks differ: " + ", ".join(failures) if failures else 0)
@@ -733,8 +735,8 @@ GLOBAL_TOPK_SCRIPT = WORKER_HEAD + textwrap.dedent("""
                          ([[1.0, 1.0, 0.0, 2.0], [1.0, 0.0, 1.0, 1.0]], "hinge")):  # ties across ranks
         full = torch.tensor(halves).flatten().requires_grad_(True)
         local = torch.tensor(halves[rank]).requires_grad_(True)
-        one, ranks = (loss.Loss(kind, 0, 16, 0, 0.375, world_size=w) for w in (1, world))
-        one.steps_per_epoch = ranks.steps_per_epoch = one.steps = ranks.steps = 1000  # fraction 0.375: k = 3 of 8
+        one, ranks = (loss.Loss(kind, 0, 16, 0, 0.375, steps_per_epoch=1000, world_size=w) for w in (1, world))
+        one.steps = ranks.steps = 1000  # fraction 0.375: k = 3 of 8
         value, total = one.g(full)
         total.backward()
         global_value, total = ranks.g(local)
@@ -749,9 +751,8 @@ GLOBAL_TOPK_SCRIPT = WORKER_HEAD + textwrap.dedent("""
     trainers = []
     for w in (world, 1):
         torch.manual_seed(0)
-        trainer = make_trainer(config, device, world_size=w, rank=rank)
+        trainer = make_trainer(config, device, world_size=w, rank=rank, steps_per_epoch=1)
         trainer.netG.eval(), trainer.netD.eval()
-        trainer.loss.steps_per_epoch = 1
         trainers.append(trainer)
     data = torch.Generator().manual_seed(1)
     picks, randn, top_k = [], torch.randn, loss.top_k

@@ -42,7 +42,7 @@ def resolved(flags):
     return train.resolve_config(train.typed_options(train.build_parser().parse_args(flags)))
 
 
-def test_parser_keeps_the_issue_contract():
+def test_parser_defaults_are_the_classic_dcgan_settings():
     args = resolved([])
     epochs = training_loop.total_steps(args["epochs"], args["max_steps"], 1)[0]  # None + None: the default epochs
     assert (args["size"], epochs, args["batch_size"], args["lr"], args["beta1"], args["beta2"]) == \
@@ -69,6 +69,10 @@ def test_help_tells_every_default_and_where_a_left_out_option_comes_from():
     options = {a.dest for a in parser._actions if a.option_strings} - {"help", "dry_run", "resume"}
     assert options <= documented, options - documented
     assert options | {"resume"} == set(training_loop.DEFAULTS) - {"nc"}  # every loop argument but nc is a flag
+    kinds = training_loop.OPTION_KINDS  # the one table RUN_KEYS, RECIPE_KEYS and ARCH_KEYS come from
+    assert set(kinds) <= set(training_loop.DEFAULTS) and {k for v in kinds.values() for k in v.split()} == \
+        {"run", "recipe", "arch"}
+    assert train.RECIPE_KEYS is training_loop.RECIPE_KEYS and "sn" in train.ARCH_KEYS and "sn" in train.RECIPE_KEYS
 
 
 def test_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path, capsys):
@@ -222,9 +226,10 @@ def test_fid_every_logs_scores_and_keeps_the_best_generator(tmp_path, monkeypatc
         calls["fid"].append(generator.main[0].weight.detach().clone())
         return next(scores)
 
-    fake = types.SimpleNamespace(load_inception=lambda device, weights_path=None: types.SimpleNamespace(weights_label="TF-FID weights"),
-                                 real_statistics=real_statistics, generator_fid=generator_fid)
-    monkeypatch.setitem(sys.modules, "evaluate", fake)
+    monkeypatch.setattr(training_loop.inception, "load_inception",
+                        lambda device, weights_path=None: types.SimpleNamespace(weights_label="TF-FID weights"))
+    monkeypatch.setattr(training_loop.features, "real_statistics", real_statistics)
+    monkeypatch.setattr(training_loop.features, "generator_fid", generator_fid)
     assert run(tmp_path, "--max-steps", "6", "--fid-every", "2", "--fid-n", "10", "--tensorboard") == 0
     assert calls["real"] == 1 and len(calls["fid"]) == 3
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]

@@ -6,8 +6,10 @@ step, so D cannot tell reals from fakes by the augmentation, and G gets its
 gradient back through the transform (every op here is differentiable w.r.t.
 the images). On a small data set this stops D from memorising the reals.
 
-    from training.augment import diff_augment
+    from training.augment import AugmentPipe, diff_augment
     logits = D(diff_augment(real, "color,translation"))
+    pipe = AugmentPipe("color,translation")  # the Trainer's: built once, called on every batch D sees
+    logits = D(pipe(real))
 
 The default policy is ``color,translation``; Zhao et al. add ``cutout`` for
 very small sets (``--augment color,translation,cutout``). BENCHMARKS.md has
@@ -40,7 +42,7 @@ def _rand(x: torch.Tensor, *shape: int) -> torch.Tensor:
 
 # Each op takes the images and its U[0, 1) draws (drawn here when not given);
 # draw() makes them for a whole policy, apply() uses them, so the random part
-# can run eagerly and the arithmetic compiled (Trainer under --compile).
+# can run eagerly and the arithmetic compiled (AugmentPipe under --compile).
 def brightness(x: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
     """Add U(-0.5, 0.5) to each image; r (B, 1, 1, 1)."""
     r = _rand(x, x.shape[0], 1, 1, 1) if r is None else r
@@ -206,3 +208,44 @@ class AdaptiveAugment:
         self.p = state["p"].to(self.p.device, torch.float32).reshape(())
         self.sign_sum = state["sign_sum"].to(self.sign_sum.device, torch.float32).reshape(())
         self.seen, self.images = int(state["seen"]), int(state["images"])
+
+
+class AugmentPipe:
+    """The augmentation every image D sees goes through, built once from the
+    policy, the ADA controller (None: every op on every image) and compile.
+    ``pipe(images)`` draws the random parameters eagerly and applies them,
+    with ADA's current p; under compile the arithmetic runs as one compiled
+    function (p a tensor input: no recompile as it moves), giving eager's
+    images and RNG stream. ``pipe.eager`` is the same pipe (policy, ADA
+    state) with eager arithmetic, for R1's double backward, which compiled
+    graphs do not support. An empty policy passes images through unchanged.
+
+        pipe = AugmentPipe("color,translation", AdaptiveAugment(0.6, 100, "cuda"), compile=True)
+        out_real = D(pipe(real)); pipe.ada.observe(out_real)
+    """
+
+    def __init__(self, policy: str | None, ada: AdaptiveAugment | None = None, compile: bool = False):
+        self.names = parse_policy(policy)
+        self.ada = ada if self.names else None  # nothing to adapt without a policy
+        compiled = compile and bool(self.names)
+        self._apply = torch.compile(apply) if compiled else apply
+        self.eager = AugmentPipe(policy, self.ada) if compiled else self
+
+    @property
+    def p(self) -> torch.Tensor | None:
+        """ADA's probability (a 0-dim device tensor), None without ADA."""
+        return None if self.ada is None else self.ada.p
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.names:
+            return images
+        p = self.p
+        return self._apply(images, self.names, draw(images, self.names, with_p=p is not None), p)
+
+    def state_dict(self) -> dict | None:
+        return None if self.ada is None else self.ada.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """ADA's state; None (or no ADA here: --ada typed on --resume) leaves p where it is."""
+        if self.ada is not None and state is not None:
+            self.ada.load_state_dict(state)

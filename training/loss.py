@@ -22,7 +22,7 @@ Each term is a batch mean, gated by one condition in the method that uses it.
 field here, a term in one of those methods, its state in ``state_dict``, and
 its flag in train.py.
 
-    loss = Loss(kind="hinge", r1=1.0, r1_every=16, lecam=0.3, topk=0.5)
+    loss = Loss(kind="hinge", r1=1.0, r1_every=16, lecam=0.3, topk=0.5, steps_per_epoch=1000)
 """
 from __future__ import annotations
 
@@ -109,9 +109,12 @@ class Loss:
     """The D and G losses of one kind plus R1, LeCam and top-k, with their state:
     the step count (lazy R1, top-k's epoch schedule) and LeCam's anchors."""
 
-    def __init__(self, kind: str, r1: float, r1_every: int, lecam: float, topk: float, world_size: int = 1):
+    def __init__(self, kind: str, r1: float, r1_every: int, lecam: float, topk: float,
+                 steps_per_epoch: int | None = None, world_size: int = 1):
         if kind not in LOSSES:
             raise ValueError(f"unknown loss {kind!r} (use {' or '.join(LOSSES)})")
+        if topk and not steps_per_epoch:
+            raise ValueError("top-k's schedule needs steps_per_epoch (the data's batches per epoch)")
         self.kind = kind
         self.real_loss, self.fake_loss, self.gen_loss = LOSSES[kind]
         self.r1_gamma, self.r1_every = float(r1 or 0.0), int(r1_every)
@@ -119,7 +122,7 @@ class Loss:
         self.topk_min = float(topk or 0.0)
         self.world_size = world_size
         self.steps = 0  # steps taken: the lazy R1 and top-k schedules
-        self.steps_per_epoch: int | None = None  # top-k's epoch length (the loop sets it)
+        self.steps_per_epoch = steps_per_epoch  # top-k's epoch length
         self.lecam_anchors = None  # (2,) moving averages of D's mean logit on reals, fakes; None until step 1
         self.lecam_running = None  # DDP: this rank's moving average since the ranks' last average
 
@@ -167,8 +170,6 @@ class Loss:
     # -- G ------------------------------------------------------------------- #
     def topk_fraction(self) -> float:
         """The share of each batch's fakes G learns from this epoch."""
-        if self.steps_per_epoch is None:
-            raise RuntimeError("Loss.steps_per_epoch must be set for topk")
         return max(self.topk_min, TOPK_DECAY ** (self.steps // self.steps_per_epoch))
 
     def g(self, out_gen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

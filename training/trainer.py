@@ -32,7 +32,8 @@ class Trainer:
     """G, D, their Adam optimisers, an optional EMA of G, the Loss, and the step."""
 
     def __init__(self, config: dict, device="cpu", precision: str = "fp32", compile: bool = False,
-                 channels_last: bool | None = None, world_size: int = 1, rank: int = 0):
+                 channels_last: bool | None = None, world_size: int = 1, rank: int = 0,
+                 steps_per_epoch: int | None = None):
         self.config = config = dict(config)
         self.device = device = torch.device(device)
         if precision not in PRECISIONS:
@@ -68,12 +69,14 @@ class Trainer:
 
         # ---- Loss and augmentation ------------------------------------------ #
         self.loss = Loss(config["loss"], config["r1"], config["r1_every"], config["lecam"], config["topk"],
-                         world_size=world_size)
-        self.augment_policy = augment.parse_policy(config["augment"])
+                         steps_per_epoch=steps_per_epoch, world_size=world_size)
         # --ada: the augmentation probability follows D's overfitting (None: every image augmented)
         ada_target = float(config["ada"] or 0.0)
-        self.ada = (augment.AdaptiveAugment(ada_target, float(config["ada_kimg"]), device, world_size=world_size)
-                    if ada_target > 0 and self.augment_policy else None)
+        ada = (augment.AdaptiveAugment(ada_target, float(config["ada_kimg"]), device, world_size=world_size)
+               if ada_target > 0 else None)
+        # D's augmentation: under --compile its arithmetic is compiled too (one graph without and one
+        # with grad), its few random draws stay eager so the RNG and the images are eager's
+        self.augment = augment.AugmentPipe(config["augment"], ada, compile=compile)
 
         # ---- DDP and compile wrapping --------------------------------------- #
         self.G, self.D = self.netG, self.netD
@@ -84,13 +87,8 @@ class Trainer:
             # would add a collective to every BN layer of all three forwards per step.
             ids = [device.index] if cuda else None
             self.G, self.D = wrap_ddp(self.netG, ids), wrap_ddp(self.netD, ids)
-        # D's augmentation: under --compile its arithmetic is compiled too (one graph without and one
-        # with grad), its few random draws stay eager so the RNG and the images are eager's
-        self.augment_apply = augment.apply
         if compile:
             self.G, self.D = torch.compile(self.G), torch.compile(self.D)
-            if self.augment_policy:
-                self.augment_apply = torch.compile(augment.apply)
 
     @property
     def lr_g(self) -> float:
@@ -157,26 +155,6 @@ class Trainer:
         scaler.update()
         return skipped
 
-    def _augment(self, images: torch.Tensor) -> torch.Tensor:
-        """--augment: DiffAugment on every batch D sees (reals and fakes alike);
-        with --ada each op on each image with the adaptive probability p.
-        Eager (R1's double backward needs it), or see ``_augment_for_d``."""
-        if not self.augment_policy:
-            return images
-        if self.ada is None:
-            return augment.diff_augment(images, self.config["augment"])
-        return augment.diff_augment(images, self.config["augment"], self.ada.p)
-
-    def _augment_for_d(self, images: torch.Tensor) -> torch.Tensor:
-        """``_augment`` for D's three calls per step: under --compile the
-        random draws are made eagerly, in eager's order, and applied by the
-        compiled ``augment.apply`` (p a tensor input: no recompile as it moves)."""
-        if self.augment_apply is augment.apply:
-            return self._augment(images)
-        p = None if self.ada is None else self.ada.p
-        draws = augment.draw(images, self.augment_policy, with_p=p is not None)
-        return self.augment_apply(images, self.augment_policy, draws, p)
-
     def _unreduced(self, module):
         """DDP's no_sync for ``module`` (gradients stay local), else nothing."""
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -201,15 +179,15 @@ class Trainer:
         if loss.r1_due():
             # fp32 outside autocast, through the plain netD (compiled graphs have no double
             # backward); under DDP its local gradient is all-reduced with the fake half's below
-            scale_d(loss.r1(self.netD, real, self._augment if self.augment_policy else None)).backward()
+            scale_d(loss.r1(self.netD, real, self.augment.eager)).backward()
         with self._unreduced(self.D):  # DDP: the real half's gradients are reduced with the fake half's
             with self._autocast():
-                out_real = self.D(self._augment_for_d(real)).float()
+                out_real = self.D(self.augment(real)).float()
                 loss_real, total = loss.d_real(out_real)
             scale_d(total).backward()
         with self._autocast():
             fake = self.G(z)
-            out_fake = self.D(self._augment_for_d(fake.detach())).float()
+            out_fake = self.D(self.augment(fake.detach())).float()
             loss_fake, total = loss.d_fake(out_fake)
         scale_d(total).backward()
         skipped_d = self._scaled_step(self.scalerD, self.optD)
@@ -219,15 +197,15 @@ class Trainer:
         self.optG.zero_grad(set_to_none=True)
         with self._unreduced(self.D):  # DDP: D's gradients from G's loss are discarded, so never reduced
             with self._autocast():
-                out_gen = self.D(self._augment_for_d(fake)).float()
+                out_gen = self.D(self.augment(fake)).float()
                 loss_g, total = loss.g(out_gen)
             scale_g(total).backward()
         skipped_g = self._scaled_step(self.scalerG, self.optG)
         loss.g_step_done()
         if self.netG_ema is not None:
             self.update_ema()
-        if self.ada is not None:  # after the step, so all of its D and G calls used one p
-            self.ada.observe(out_real.detach())
+        if self.augment.ada is not None:  # after the step, so all of its D and G calls used one p
+            self.augment.ada.observe(out_real.detach())
 
         # sigmoid(logit) is the classic D(x); for hinge it is a monitor of the same logits
         return {
@@ -236,7 +214,7 @@ class Trainer:
             "D_x": torch.sigmoid(out_real.detach()).mean(),
             "D_G_z1": torch.sigmoid(out_fake.detach()).mean(),
             "D_G_z2": torch.sigmoid(out_gen.detach()).mean(),
-            **({} if self.ada is None else {"aug_p": self.ada.p}),
+            **({} if self.augment.ada is None else {"aug_p": self.augment.p}),
             **({} if skipped_d is None else {"skipped_d": skipped_d, "skipped_g": skipped_g}),  # fp16
         }
 
@@ -251,9 +229,9 @@ class Trainer:
             "optD": self.optD.state_dict(),
             "ema": None if self.netG_ema is None else self.netG_ema.state_dict(),
             "ema_updates": self.ema_updates,
-            "ada": None if self.ada is None else self.ada.state_dict(),
+            "ada": self.augment.state_dict(),
             "loss": self.loss.state_dict(),
-            # fp16's loss scales and growth trackers (None otherwise); absent in older checkpoints
+            # fp16's loss scales and growth trackers (None otherwise; optional on load)
             "scalers": ({"D": self.scalerD.state_dict(), "G": self.scalerG.state_dict()}
                         if self.precision == "fp16" else None),
         }
@@ -268,9 +246,8 @@ class Trainer:
             for opt, lr in ((self.optG, self.lr_g), (self.optD, self.lr_d)):
                 for group in opt.param_groups:
                     group["lr"], group["betas"] = lr, (self.config["beta1"], self.config["beta2"])
-            self.loss.load_state_dict(state.get("loss", state), self.device)  # format 1 kept it flat
-            if self.ada is not None and state.get("ada") is not None:  # else (--ada typed on --resume) p starts at 0
-                self.ada.load_state_dict(state["ada"])
+            self.loss.load_state_dict(state.get("loss", state), self.device)  # format 1: flat in this state
+            self.augment.load_state_dict(state.get("ada"))  # None (--ada typed on --resume): p starts at 0
             if self.precision == "fp16" and state.get("scalers"):  # else (bf16/fp32 before) they start afresh
                 self.scalerD.load_state_dict(state["scalers"]["D"])
                 self.scalerG.load_state_dict(state["scalers"]["G"])

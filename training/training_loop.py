@@ -33,7 +33,7 @@ import utils
 from metrics import features, inception
 from network import save_generator_params
 from training import checkpoint, distributed, stats
-from training.device import device_capability, resolve_precision
+from training.device import default_channels_last, device_capability, resolve_precision
 from training.trainer import Trainer
 from utils import UserError
 
@@ -129,11 +129,15 @@ def training_loop(
             real_stats = features.real_statistics(data, device, model=inception_net)
         distributed.wait_for_rank0()
 
-    # ---- Networks, optimisers, loss; the state of a resumed run ---------- #
+    # ---- Data feeder, networks, optimisers, loss; a resumed run's state -- #
+    channels_last = default_channels_last(device) if channels_last is None else bool(channels_last)
+    config["channels_last"] = channels_last  # resolved, so a resume keeps it
+    feeder = dataloader.DeviceFeeder(images, batch_size=batch_size, device=device, seed=seed, flip=flip,
+                                     channels_last=channels_last, rank=rank, world_size=world_size)
+    per_epoch = len(feeder)  # also top-k's schedule
     checkpoint.seed_everything(seed + rank)  # weights init; DDP then copies rank 0's weights to all ranks
     trainer = Trainer(config, device, precision=precision, compile=compile, channels_last=channels_last,
-                      world_size=world_size, rank=rank)
-    config["channels_last"] = trainer.channels_last  # resolved, so a resume keeps it
+                      world_size=world_size, rank=rank, steps_per_epoch=per_epoch)
     step = epoch = batch_in_epoch = 0
     best_fid = scaler_note = None
     if state is not None:
@@ -150,10 +154,6 @@ def training_loop(
         del state
     else:
         fixed_noise = torch.randn(num_samples, nz, 1, 1, generator=torch.Generator().manual_seed(seed))
-    feeder = dataloader.DeviceFeeder(images, batch_size=batch_size, device=device, seed=seed, flip=flip,
-                                     channels_last=trainer.channels_last, rank=rank, world_size=world_size)
-    per_epoch = len(feeder)
-    trainer.loss.steps_per_epoch = per_epoch  # top-k's schedule
     total, length_note = total_steps(epochs, max_steps, per_epoch)
 
     # ---- The run folder --------------------------------------------------- #
@@ -174,7 +174,7 @@ def training_loop(
             history.resume(step)  # drop metrics lines logged after the checkpoint
         else:
             utils.save_grid(np.asarray(images[:num_samples]), out / "reals.png")
-    metric_keys = stats.METRIC_KEYS + (() if trainer.ada is None else ("aug_p",)) \
+    metric_keys = stats.METRIC_KEYS + (() if trainer.augment.ada is None else ("aug_p",)) \
         + (stats.SKIP_KEYS if precision == "fp16" else ())
     metrics = stats.Metrics(device, world_size, batch_size, metric_keys)
 
@@ -273,9 +273,22 @@ def training_loop(
 
 
 DEFAULTS = {name: p.default for name, p in inspect.signature(training_loop).parameters.items()}
-# the options that belong to one invocation: not kept in checkpoints, so not restored on --resume
-RUN_KEYS = ("device", "precision", "compile", "out", "params", "resume", "log_every", "sample_every",
-            "checkpoint_every", "num_samples", "fid_every", "fid_n", "tensorboard")
+# What kind of option each one is, where it is more than a setting kept in the run's config:
+#   run     belongs to one invocation: not kept in checkpoints, so not restored on --resume
+#   recipe  set by train.py --recipe unless typed
+#   arch    fixes the networks' shapes: --resume refuses a change
+OPTION_KINDS = {
+    "size": "arch", "nz": "arch", "ngf": "arch", "ndf": "arch", "nc": "arch",
+    "lr_g": "recipe", "lr_d": "recipe", "loss": "recipe",
+    "sn": "recipe arch",  # no BatchNorm in D: it changes D's layers
+    "augment": "recipe", "r1": "recipe", "lecam": "recipe", "topk": "recipe", "ema": "recipe",
+    "ema_bn_recompute": "recipe",
+    "device": "run", "precision": "run", "compile": "run", "out": "run", "params": "run", "resume": "run",
+    "log_every": "run", "sample_every": "run", "checkpoint_every": "run", "num_samples": "run",
+    "fid_every": "run", "fid_n": "run", "tensorboard": "run",
+}
+RUN_KEYS, RECIPE_KEYS, ARCH_KEYS = (tuple(k for k, kinds in OPTION_KINDS.items() if kind in kinds.split())
+                                    for kind in ("run", "recipe", "arch"))
 
 
 # --------------------------------------------------------------------------- #
