@@ -1,7 +1,7 @@
 """Run by tests/test_robustness.py under torchrun (2 Gloo processes): the DDP
-step of training.trainer.Trainer against the step as it was before D's reduction was trimmed (D's
-gradients reduced on all three backwards, buffers broadcast on every
-forward), on the same weights, batches and noise. Each rank saves its
+step of training.trainer.Trainer against the plain DDP step (DDP's defaults
+around the classic step: D's gradients reduced on all three backwards,
+buffers broadcast on every forward), on the same weights, batches and noise. Each rank saves its
 parameters, rank 0's buffers, and how many times D's gradients were reduced."""
 import sys
 from pathlib import Path
@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import make_trainer  # noqa: E402
-from test_recipes import classic_step as previous_step  # noqa: E402  (the step before issues 12 and 13)
+from test_recipes import classic_step  # noqa: E402
 
 CONFIG = {"ngf": 8, "ndf": 8, "nz": 16}
 STEPS = 3
@@ -33,23 +33,23 @@ def main(out: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
-    now = make_trainer(CONFIG, "cpu", world_size=2, rank=rank)
+    trainer = make_trainer(CONFIG, "cpu", world_size=2, rank=rank)
     torch.manual_seed(0)
-    before = make_trainer(CONFIG, "cpu")
-    before.G, before.D = DDP(before.netG), DDP(before.netD)  # DDP's defaults, as train.py had them
-    reduced = {"now": [], "before": []}
-    now.D.register_comm_hook(None, counting_hook(reduced["now"]))
-    before.D.register_comm_hook(None, counting_hook(reduced["before"]))
+    plain = make_trainer(CONFIG, "cpu")
+    plain.G, plain.D = DDP(plain.netG), DDP(plain.netD)  # DDP's defaults
+    reduced = {"trainer": [], "plain": []}
+    trainer.D.register_comm_hook(None, counting_hook(reduced["trainer"]))
+    plain.D.register_comm_hook(None, counting_hook(reduced["plain"]))
     for k in range(STEPS):
         real = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(100 * k + rank)) * 2 - 1
         torch.manual_seed(10 * k + rank)
-        now.step(real)
+        trainer.step(real)
         torch.manual_seed(10 * k + rank)
-        previous_step(before, real)
+        classic_step(plain, real)
     torch.save({
         "reduced": reduced,
-        "now": {"G": now.netG.state_dict(), "D": now.netD.state_dict()},
-        "before": {"G": before.netG.state_dict(), "D": before.netD.state_dict()},
+        "trainer": {"G": trainer.netG.state_dict(), "D": trainer.netD.state_dict()},
+        "plain": {"G": plain.netG.state_dict(), "D": plain.netD.state_dict()},
     }, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -1,5 +1,5 @@
-"""Runs written before the training/ package (tests/fixtures/v1_run, made by
-commit 42f6e1b's train.py) still load, sample and resume with today's code."""
+"""Format-1 checkpoints and their generator.params (tests/fixtures/v1_run,
+see its README) still load, sample and resume."""
 import json
 import shutil
 from pathlib import Path

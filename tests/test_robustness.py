@@ -383,24 +383,24 @@ def test_torchrun_two_processes_on_cpu_then_resume_on_one(tmp_path):
     assert utils.torch_load(tmp_path / "run/checkpoint.pt")["step"] == 4
 
 
-def test_ddp_step_reduces_d_once_and_matches_the_previous_step(tmp_path):
+def test_ddp_step_reduces_d_once_and_matches_the_plain_ddp_step(tmp_path):
     """no_sync on the real half and on G's pass through D, no
     buffer broadcasts: D's gradients are reduced once per step instead of
-    three times, and the weights after 3 steps equal the old step's."""
+    three times, and the weights after 3 steps equal the plain DDP step's."""
     torchrun(ROOT / "tests" / "ddp_step_worker.py", str(tmp_path), cwd=tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for rank, result in enumerate(ranks):
-        buckets = len(set(result["reduced"]["now"]))
-        assert len(result["reduced"]["now"]) == 3 * buckets and len(result["reduced"]["before"]) == 9 * buckets
+        buckets = len(set(result["reduced"]["trainer"]))
+        assert len(result["reduced"]["trainer"]) == 3 * buckets and len(result["reduced"]["plain"]) == 9 * buckets
         for net in ("G", "D"):
-            now, before = result["now"][net], result["before"][net]
-            for key, value in now.items():
-                if rank == 0 or key.endswith(("weight", "bias")):  # rank 1's BN running stats are its own now
-                    torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0, msg=f"rank {rank} {net} {key}")
+            ours, plain = result["trainer"][net], result["plain"][net]
+            for key, value in ours.items():
+                if rank == 0 or key.endswith(("weight", "bias")):  # rank 1's BN running stats are its own
+                    torch.testing.assert_close(value, plain[key], atol=1e-6, rtol=0, msg=f"rank {rank} {net} {key}")
     for net in ("G", "D"):  # and the ranks agree on every weight
-        for key, value in ranks[0]["now"][net].items():
+        for key, value in ranks[0]["trainer"][net].items():
             if key.endswith(("weight", "bias")):
-                assert torch.equal(value, ranks[1]["now"][net][key])
+                assert torch.equal(value, ranks[1]["trainer"][net][key])
 
 
 def test_torchrun_votes_on_stopping_at_log_intervals_only_and_every_rank_stops_together(tmp_path):

@@ -4,10 +4,10 @@ A checkpoint (``RUN/checkpoint.pt``) holds the resolved config, the step,
 epoch and position in the epoch, the Trainer's state (G, D, both Adam
 optimisers, EMA, ADA, the Loss's state, fp16's two loss scalers), the fixed
 sample noise, every RNG state and the best FID so far. It is written
-atomically and read with ``weights_only=True``; format 1 (before
-``training/``) still loads. The loss scalers are an optional entry of format 2
-(absent before fp16 existed, None outside fp16), so no new format: older code
-ignores them and newer code starts fresh scalers without them.
+atomically in format 2 and read with ``weights_only=True``; format 1 (the
+Loss's state flat in the Trainer's) is read too. The loss scalers are an
+optional entry (None outside fp16); a checkpoint without them resumes with
+fresh scalers.
 
     state = load(Path("runs/64px-celeba-20260101-120000/checkpoint.pt"))
 """
