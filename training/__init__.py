@@ -1,6 +1,7 @@
 """Training: the loop and what it drives.
 
-    training_loop.py  the loop, read top to bottom; its signature holds every option's default
+    training_loop.py  the loop, read top to bottom; its signature holds every option's default,
+                      OPTION_KINDS which of them are per-run, the recipe's or fix the networks
     trainer.py        G, D, their optimisers, EMA and the step
     loss.py           every loss term and the regularisers' state
     augment.py        DiffAugment / ADA and the augmentation pipe D's inputs go through

@@ -1,7 +1,7 @@
 """The two networks and everything that updates them: Adam for each, the EMA
 of G, DDP and torch.compile wrapping, the D phase and the G phase of a step.
 
-    trainer = Trainer(config, "cuda", precision="bf16", compile=True)
+    trainer = Trainer(config, "cuda", precision="bf16", compile=True, steps_per_epoch=len(feeder))
     out = trainer.step(real)        # real (B, 3, S, S) in [-1, 1] -> dict of 0-dim device tensors
 
 ``config`` is a complete training config (``training_loop.DEFAULTS`` with
@@ -12,6 +12,8 @@ CPU runs ahead; read the numbers when logging. ``precision`` is fp32, bf16
 (autocast) or fp16 (autocast with a loss scaler per optimiser; the step also
 returns ``skipped_d`` / ``skipped_g``, 1.0 where the scaler skipped it);
 ``training.device.resolve_precision`` turns ``auto`` into one of them.
+``steps_per_epoch`` (the data's batches per epoch) is top-k's schedule,
+required when the config has ``topk``.
 """
 from __future__ import annotations
 
