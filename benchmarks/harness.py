@@ -242,13 +242,12 @@ def row_channels_last(option: str, device) -> bool:
 def make_trainer(config: dict, device, precision: str = "auto", compile: bool = False, channels_last: bool = True,
                  steps_per_epoch: int | None = None):
     """The Trainer as train.py builds it: ``precision`` resolved by train.py's rule
-    (``row_precision``), the loss told the epoch length."""
+    (``row_precision``); ``steps_per_epoch``: the feeder's batches (top-k's schedule)."""
     from training.trainer import Trainer
 
     precision, _ = row_precision(precision, device)
-    trainer = Trainer(config, device, precision=precision, compile=compile, channels_last=channels_last)
-    trainer.loss.steps_per_epoch = steps_per_epoch
-    return trainer
+    return Trainer(config, device, precision=precision, compile=compile, channels_last=channels_last,
+                   steps_per_epoch=steps_per_epoch)
 
 
 # --------------------------------------------------------------------------- #

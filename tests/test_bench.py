@@ -63,11 +63,11 @@ def test_auto_precision_of_the_bench_rows_is_train_pys_choice(monkeypatch, capab
     class FakeTrainer:  # records what the row would build on that GPU (there is none here)
         def __init__(self, config, device, **kwargs):
             built.update(kwargs, device=device)
-            self.precision, self.loss = kwargs["precision"], type("Loss", (), {})()
+            self.precision = kwargs["precision"]
 
     monkeypatch.setattr(trainer_module, "Trainer", FakeTrainer)
     trainer = harness.make_trainer({}, torch.device("cuda"), "auto", steps_per_epoch=7)
-    assert built["precision"] == trainer.precision == expected and trainer.loss.steps_per_epoch == 7
+    assert built["precision"] == trainer.precision == expected and built["steps_per_epoch"] == 7
     precision, why = harness.row_precision("auto", "cuda")
     assert precision == expected and name in why
     assert harness.row_precision("auto", "cpu")[0] == "fp32" and harness.row_precision("fp16", "cpu")[0] == "fp16"
