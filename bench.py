@@ -5,7 +5,14 @@
     python bench.py --gpu-check --out gpu_check                      # the GPU check (docs/gpu_check.md)
 """
 import utils
-from benchmarks.speed import build_parser, main  # noqa: F401
+from benchmarks import speed
+
+build_parser = speed.build_parser
+
+
+def main(argv=None) -> int:
+    return speed.main(argv)
+
 
 if __name__ == "__main__":
     utils.run_cli(main)

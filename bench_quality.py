@@ -4,7 +4,14 @@
     python bench_quality.py --size 64 --report                  # table + assets/quality_celeba_64.png
 """
 import utils
-from benchmarks.quality import build_parser, main  # noqa: F401
+from benchmarks import quality
+
+build_parser = quality.build_parser
+
+
+def main(argv=None) -> int:
+    return quality.main(argv)
+
 
 if __name__ == "__main__":
     utils.run_cli(main)
