@@ -43,12 +43,13 @@ import numpy as np
 import torch
 
 import utils
+from benchmarks.harness import ROOT
 from metrics import features, inception
 from metrics.fid import activations_to_statistics, frechet_distance, kernel_inception_distance
 from training import augment
 from utils import UserError
 
-CELEBA_SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "data" / "celeba_sample" / "img_align_celeba"
+CELEBA_SAMPLE = ROOT.parent / "shared" / "data" / "celeba_sample" / "img_align_celeba"
 # Each variant: the training options (train.py's flags as training_loop arguments) on top of
 # the common ones below; "best" is train.py's --recipe best, the others change one thing.
 # Comparisons of other combinations give their flags in docs/experiments/.

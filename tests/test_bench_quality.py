@@ -258,3 +258,11 @@ def test_snapshot_id_is_the_file_content(tmp_path):
     b.write_bytes(b"weights 1")
     c.write_bytes(b"weights 2")
     assert quality.snapshot_id(a) == quality.snapshot_id(b) != quality.snapshot_id(c)
+
+
+def test_the_default_data_is_the_celeba_sample_beside_the_checkout():
+    from benchmarks import speed
+    from conftest import SHARED
+
+    assert quality.build_parser().parse_args([]).src == SHARED / "celeba_sample" / "img_align_celeba"
+    assert speed.build_parser().parse_args([]).data == str(SHARED / "celeba_sample")
