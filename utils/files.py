@@ -16,6 +16,8 @@ import secrets
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from utils.cli import UserError
 
 
