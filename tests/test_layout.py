@@ -1,0 +1,108 @@
+"""The repository's shape: the top level holds the commands a user types, the
+rest lives in packages, and no module imports itself back through others
+(counting imports inside functions, which still run)."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = {"preprocess", "train", "generator", "evaluate", "bench", "bench_quality"}  # python X.py
+TOP_LEVEL = SCRIPTS | {"dataloader", "network", "network_128"}  # the design's files a reader opens first
+PACKAGES = {"training", "metrics", "benchmarks", "preprocessing", "utils"}
+
+
+def project_modules(root: Path = ROOT) -> dict[str, Path]:
+    """Dotted module name -> file, for the top-level scripts and the packages (tests and docs left out)."""
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in ("tests", "docs") or any(part.startswith(".") for part in rel.parts):
+            continue
+        parts = rel.with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def imports_of(name: str, path: Path, modules: dict) -> set[str]:
+    """The project modules ``name`` imports anywhere in its file. A package's
+    own __init__ is not counted from inside the package (it is already running)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b runs a, then a.b
+                module = ".".join(parts[:i])
+                inside = name == module or name.startswith(module + ".")
+                if module in modules and module != name and not inside:
+                    found.add(module)
+    return found
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    modules = project_modules(root)
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of two or more modules (Tarjan), each sorted."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def test_no_import_circles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_planted_circle(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "a.py").write_text("def f():\n    from pkg import b\n")  # a lazy import counts
+    (tmp_path / "pkg" / "b.py").write_text("import a\nfrom . import c\n")
+    (tmp_path / "pkg" / "c.py").write_text("from pkg.b import x\n")
+    graph = import_graph(tmp_path)
+    assert graph["a"] == {"pkg", "pkg.b"} and graph["pkg.b"] == {"a", "pkg.c"}
+    assert cycles(graph) == [["a", "pkg.b", "pkg.c"]]
+
+
+def test_the_top_level_holds_the_commands_and_the_packages():
+    top = {p.stem for p in ROOT.glob("*.py")}
+    assert top == TOP_LEVEL, f"top-level modules that belong in a package: {sorted(top - TOP_LEVEL)}"
+    for name in SCRIPTS:
+        text = (ROOT / f"{name}.py").read_text()
+        assert "main(" in text and '__name__ == "__main__"' in text, f"{name}.py is not a command"
+    assert {p.parent.name for p in ROOT.glob("*/__init__.py")} == PACKAGES
