@@ -3,6 +3,7 @@ step of training.trainer.Trainer against the plain DDP step (DDP's defaults
 around the classic step: D's gradients reduced on all three backwards,
 buffers broadcast on every forward), on the same weights, batches and noise. Each rank saves its
 parameters, rank 0's buffers, and how many times D's gradients were reduced."""
+import gc
 import sys
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def main(out: str) -> None:
         "trainer": {"G": trainer.netG.state_dict(), "D": trainer.netD.state_dict()},
         "plain": {"G": plain.netG.state_dict(), "D": plain.netD.state_dict()},
     }, Path(out) / f"rank{rank}.pt")
+    del trainer, plain  # free DDP before its process group (freed at exit, after it, it may abort)
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -652,7 +652,7 @@ def test_every_option_runs_under_bf16_autocast():
 
 # the start of every torchrun worker here: repo on sys.path, Gloo joined, one thread
 WORKER_HEAD = textwrap.dedent("""
-    import sys, torch, torch.distributed as dist
+    import gc, sys, torch, torch.distributed as dist
     sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, sys.argv[1] + "/tests")
     from conftest import make_trainer
@@ -709,6 +709,8 @@ DDP_SCRIPT = WORKER_HEAD + textwrap.dedent("""
     torch.manual_seed(rank)
     if not equal_on_ranks(sn_vectors(make_trainer(config, device, world_size=world, rank=rank, steps_per_epoch=1))):
         failures.append("SN vectors after wrapping with broadcast_buffers")
+    del trainer  # free DDP before its process group (freed at exit, after it, it may abort)
+    gc.collect()
     dist.destroy_process_group()
     sys.exit("ranks differ: " + ", ".join(failures) if failures else 0)
 """)
@@ -779,6 +781,8 @@ GLOBAL_TOPK_SCRIPT = WORKER_HEAD + textwrap.dedent("""
                 break
     if rank == 0 and picks[1:] == [2, 2]:
         failures.append(f"the data split the picks evenly, so it cannot tell per-rank from global top-k: {picks}")
+    del trainer, trainers  # free DDP before its process group (freed at exit, after it, it may abort)
+    gc.collect()
     dist.destroy_process_group()
     sys.exit(f"rank {rank}: " + ", ".join(failures) if failures else 0)
 """)
