@@ -60,9 +60,12 @@ CROP_HELP = (
     "The box is left=(W-N)//2, top=(H-N)//2, right=left+N, bottom=top+N; for a 178x218 CelebA image and N=140 "
     "that is (19, 39, 159, 179). Default: 140 for aligned CelebA, recognised by its folder or zip name or by its "
     "178x218 images (108 reproduces the TTUR / DCGAN-tensorflow protocol, "
-    "178 the PyTorch DCGAN tutorial), 'square' for other folders. An image smaller than N uses its largest "
-    "centred square"
+    "178 the PyTorch DCGAN tutorial), 'square' for other folders. Aligned CelebA at another size with the same "
+    "178:218 shape (the half-size 89x109 copies, the quarter-size 44x54) gets the same face: N counts full-size "
+    "pixels and the box is scaled with the image (140 on 89x109: (9.5, 19.5, 79.5, 89.5)). An image smaller "
+    "than N uses its largest centred square"
 )
+ATTRIBUTES_FILE = "list_attr_celeba.txt"
 
 
 # --------------------------------------------------------------------------- #
@@ -138,20 +141,32 @@ def image_sizes(src: Path, names: list[str]) -> list[tuple[int, int] | None]:
     return [size_of(lambda name: open(src / name, "rb"), name) for name in names]
 
 
+def celeba_scale(width: int, height: int) -> float | None:
+    """width / 178 for an image of aligned CelebA's 178:218 shape at any size
+    (89x109, 44x54: the height within a pixel of 218/178 of the width), else None."""
+    full_width, full_height = CELEBA_IMAGE_SIZE
+    if width >= 16 and abs(width * full_height / full_width - height) <= 1:
+        return width / full_width
+    return None
+
+
 def looks_like_aligned_celeba(src: Path, names: list[str]) -> bool:
-    """True when the first images (by name) are all 178x218, the size of every
-    aligned CelebA image, so a renamed or re-packed copy of CelebA still gets
-    the 140 px face crop instead of the largest centred square."""
+    """True when the first images (by name) all have the 178:218 shape of
+    aligned CelebA (178x218, or a half- or quarter-size copy), so a renamed or
+    re-packed copy of CelebA still gets the face crop instead of the largest
+    centred square."""
     sizes = [size for size in image_sizes(src, names[:CELEBA_PROBE]) if size is not None]
-    return bool(sizes) and all(size == CELEBA_IMAGE_SIZE for size in sizes)
+    return bool(sizes) and all(celeba_scale(*size) is not None for size in sizes)
 
 
-def describe_crop(crop, size: tuple[int, int] | None) -> str:
+def describe_crop(crop, size: tuple[int, int] | None, aligned: bool = False) -> str:
     """'crop 140 (19, 39, 159, 179) of 178x218': the side and the box it gives
     for an image of ``size`` (the first one)."""
     if size is None:
         return f"crop {crop}"
-    return f"crop {crop} {crop_box(size[0], size[1], crop)} of {size[0]}x{size[1]}"
+    box = face_box(size[0], size[1], crop, aligned)
+    scaled = " (the CelebA face box scaled with the image)" if box != crop_box(size[0], size[1], crop) else ""
+    return f"crop {crop} {tuple(round(v, 2) for v in box)} of {size[0]}x{size[1]}{scaled}"
 
 
 def find_default_source() -> Path:
@@ -196,6 +211,67 @@ def read_partition(src: Path) -> dict[str, int]:
     )
 
 
+def find_attributes(src: Path, explicit: Path | None) -> Path | None:
+    """CelebA's list_attr_celeba.txt: ``--attrs`` when given, else inside the
+    image folder, beside it (torchvision's layout) or in its parent's Anno/
+    (the official Img/ + Anno/ layout); None when there is none."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise UserError(f"--attrs {explicit} does not exist")
+        return explicit
+    places = [src.parent / ATTRIBUTES_FILE, src.parent / "Anno" / ATTRIBUTES_FILE,
+              src.parent.parent / ATTRIBUTES_FILE, src.parent.parent / "Anno" / ATTRIBUTES_FILE]
+    if src.is_dir():
+        places.insert(0, src / ATTRIBUTES_FILE)
+    return next((place for place in places if place.is_file()), None)
+
+
+def read_attributes(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The official attribute format: a count line, the attribute names, then
+    ``000001.jpg -1  1 ...`` rows (1 = has it, -1 = has not). -> (names,
+    {file name: int8 row}). A malformed file is a UserError naming the line."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read the attribute file {path}: {err}") from None
+
+    def fault(number: int, what: str) -> UserError:
+        return UserError(f"{path} line {number}: {what} (expected CelebA's list_attr_celeba.txt format: a count "
+                         f"line, the attribute names, then one 'file.jpg -1 1 ...' row per image)")
+
+    if not lines or not lines[0].strip().isdigit():
+        raise fault(1, "the first line is not the number of images")
+    if len(lines) < 2 or not lines[1].split():
+        raise fault(2, "no attribute names")
+    names = lines[1].split()
+    rows: dict[str, np.ndarray] = {}
+    for number, line in enumerate(lines[2:], start=3):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != len(names) + 1:
+            raise fault(number, f"{len(fields) - 1} values for {len(names)} attributes")
+        if any(value not in ("1", "-1") for value in fields[1:]):
+            raise fault(number, "values must be 1 or -1")
+        if fields[0] in rows:
+            raise fault(number, f"a second row for {fields[0]}")
+        rows[fields[0]] = np.array([int(value) for value in fields[1:]], np.int8)
+    if len(rows) != int(lines[0]):
+        raise fault(1, f"says {int(lines[0])} images, but the file has {len(rows)} rows")
+    return names, rows
+
+
+def attribute_table(path: Path, names: list[str]) -> dict:
+    """Labels for ``names`` (the images, matched by file name) from the file at
+    ``path``: int8 (len(names), K), 0 where the file has no row for an image."""
+    attribute_names, rows = read_attributes(path)
+    missing = np.zeros(len(attribute_names), np.int8)
+    labels = np.stack([rows.get(Path(n).name, missing) for n in names] or [missing[:0]]).reshape(len(names), -1)
+    labelled = sum(Path(n).name in rows for n in names)
+    return {"path": path, "names": attribute_names, "labels": labels, "labelled": labelled,
+            "rows_without_image": len(rows) - labelled}
+
+
 # --------------------------------------------------------------------------- #
 # Decoding (runs in the worker processes)
 # --------------------------------------------------------------------------- #
@@ -208,6 +284,18 @@ def crop_box(width: int, height: int, crop) -> tuple[int, int, int, int]:
     side = min(width, height) if crop == "square" else min(int(crop), width, height)
     left, top = (width - side) // 2, (height - side) // 2
     return left, top, left + side, top + side
+
+
+def face_box(width: int, height: int, crop, aligned: bool) -> tuple:
+    """The box cut from one image. Aligned CelebA at another size than 178x218
+    (same 178:218 shape) gets the full-size box scaled with the image, so every
+    resolution of CelebA gives the same face: 89x109 with 140 -> (9.5, 19.5,
+    79.5, 89.5), a sub-pixel box that the resize filters exactly. Anything else:
+    ``crop_box``."""
+    scale = celeba_scale(width, height) if aligned and crop != "square" else None
+    if scale is None or (width, height) == CELEBA_IMAGE_SIZE:
+        return crop_box(width, height, crop)
+    return tuple(v * scale for v in crop_box(*CELEBA_IMAGE_SIZE, crop))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -236,8 +324,8 @@ def draft_factor(fmt: str, mode: str, side: int, size: int) -> int:
     return max(k for k in (1, 2, 4, 8) if k == 1 or side / k >= size)
 
 
-def load_image(src: str, name: str, sizes: tuple, crop) -> list[bytes]:
-    """Decode one file, crop the centred square, resize to every size.
+def load_image(src: str, name: str, sizes: tuple, crop, aligned: bool = False) -> list[bytes]:
+    """Decode one file, crop the centred square (``face_box``), resize to every size.
     Returns one raw uint8 HxWx3 buffer per size; raises on a bad file."""
     if src.lower().endswith(".zip"):
         archive = _ZIP.get(src)
@@ -250,7 +338,7 @@ def load_image(src: str, name: str, sizes: tuple, crop) -> list[bytes]:
     with Image.open(io.BytesIO(data)) as probe:
         width, height = probe.size
         fmt, mode = probe.format, probe.mode
-    left, top, right, bottom = crop_box(width, height, crop)
+    left, top, right, bottom = face_box(width, height, crop, aligned)
     groups: dict[int, list] = {}
     for s in sizes:
         groups.setdefault(draft_factor(fmt, mode, right - left, s), []).append(s)
@@ -275,9 +363,9 @@ def load_image(src: str, name: str, sizes: tuple, crop) -> list[bytes]:
 
 
 def _decode_task(task):
-    index, src, name, sizes, crop = task
+    index, src, name, sizes, crop, aligned = task
     try:
-        buffers = load_image(src, name, sizes, crop)
+        buffers = load_image(src, name, sizes, crop, aligned)
         for buf, s in zip(buffers, sizes):
             if len(buf) != s * s * 3:
                 raise ValueError("unexpected decoded size")
@@ -333,7 +421,7 @@ class NpyStreamWriter:
 def output_paths(out: Path, name: str, size: int) -> dict:
     stem = out / f"{name}_{size}"
     return {"npy": stem.with_suffix(".npy"), "json": stem.with_suffix(".json"),
-            "preview": out / f"{name}_{size}_preview.png"}
+            "preview": out / f"{name}_{size}_preview.png", "attrs": out / f"{name}_{size}.attrs.npz"}
 
 
 def is_up_to_date(paths: dict, signature: dict) -> bool:
@@ -347,8 +435,8 @@ def is_up_to_date(paths: dict, signature: dict) -> bool:
 
 def run_pool(tasks: list, worker, workers: int, writers: dict, sizes: tuple, names: list | None, desc: str) -> list:
     """Stream ``worker(task)`` results, in order, into the writers; returns
-    [[file, reason], ...] for skipped inputs."""
-    skipped = []
+    ([[file, reason], ...] for skipped inputs, the indices of the written ones)."""
+    skipped, kept = [], []
     bar = tqdm(total=len(tasks), desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5)
     chunk = max(1, min(64, len(tasks) // (8 * max(1, workers)) or 1))
     if workers <= 1:
@@ -367,15 +455,19 @@ def run_pool(tasks: list, worker, workers: int, writers: dict, sizes: tuple, nam
             else:
                 for size, buf in zip(sizes, buffers):
                     writers[size].append(buf)
+                kept.append(index)
             bar.update(1)
-    return skipped
+    return skipped, kept
 
 
 def write_outputs(out: Path, name: str, sizes: tuple, capacity: int, tasks: list, worker, workers: int,
-                  names: list | None, meta_for_size, desc: str, crop_text: str | None = None) -> dict:
-    """Run the pool into temp files, then publish npy, json and preview for
-    every size. Nothing is replaced unless every size finished. ``crop_text``
-    (the crop box used) goes into the summary line."""
+                  names: list | None, meta_for_size, desc: str, crop_text: str | None = None,
+                  attributes: dict | None = None) -> dict:
+    """Run the pool into temp files, then publish npy, attribute labels (when
+    ``attributes`` has them, one row per input name), preview and json for
+    every size; the json, which marks the outputs up to date, comes last.
+    Nothing is replaced unless every size finished. ``crop_text`` (the crop box
+    used) goes into the summary line."""
     start = time.time()
     results = {}
     with contextlib.ExitStack() as stack:
@@ -384,22 +476,29 @@ def write_outputs(out: Path, name: str, sizes: tuple, capacity: int, tasks: list
             tmp = stack.enter_context(utils.atomic_path(output_paths(out, name, size)["npy"]))
             writers[size] = NpyStreamWriter(tmp, capacity, size)
             stack.callback(writers[size].file.close)
-        skipped = run_pool(tasks, worker, workers, writers, sizes, names, desc)
+        skipped, kept = run_pool(tasks, worker, workers, writers, sizes, names, desc)
         count = capacity - len(skipped)
         if count == 0:
             raise UserError(f"none of the {capacity} input files could be read (first: {skipped[0][0]}: "
                             f"{skipped[0][1]}); nothing written")
         fingerprints = {size: writers[size].close() for size in sizes}
-        for size in sizes:  # a stale json must never describe a new .npy
-            with contextlib.suppress(FileNotFoundError):
-                output_paths(out, name, size)["json"].unlink()
+        for size in sizes:  # a stale json or label file must never describe a new .npy
+            for stale in ("json", "attrs"):
+                with contextlib.suppress(FileNotFoundError):
+                    output_paths(out, name, size)[stale].unlink()
     # the ExitStack has renamed every temp .npy into place; now the sidecars
     seconds = time.time() - start
     for size in sizes:
         paths = output_paths(out, name, size)
+        if attributes is not None:
+            write_attributes(paths["attrs"], attributes, [names[i] for i in kept], attributes["labels"][kept])
         preview = np.load(paths["npy"], mmap_mode="r")[:64]
         utils.save_png(utils.image_grid(np.ascontiguousarray(preview), nrow=8), paths["preview"])
         meta = meta_for_size(size)
+        if attributes is not None:
+            meta["attributes"] = {"file": str(attributes["path"].resolve()), "labels": str(paths["attrs"]),
+                                  "images_with_a_row": int(np.count_nonzero(attributes["labels"][kept].any(1))),
+                                  "rows_without_an_image": attributes["rows_without_image"]}
         meta.update(count=count, size=size, skipped=skipped, fingerprint=fingerprints[size],
                     seconds=round(seconds, 2), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         utils.save_json(meta, paths["json"])
@@ -409,6 +508,14 @@ def write_outputs(out: Path, name: str, sizes: tuple, capacity: int, tasks: list
     crop_part = f", {crop_text}" if crop_text else ""
     print(f"wrote {written}: {count} images, {len(skipped)} skipped{crop_part}, {seconds:.1f} s, {rate:.0f} images/s")
     return results
+
+
+def write_attributes(path: Path, attributes: dict, files: list[str], labels: np.ndarray) -> None:
+    """``<name>_<size>.attrs.npz``: names (the attribute names), labels (int8,
+    one row per image of the array, in its order: 1, -1, or 0 where the file
+    has no row for that image) and files (each row's source file), atomically."""
+    with utils.atomic_path(path, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, names=np.array(attributes["names"]), labels=labels.astype(np.int8), files=np.array(files))
 
 
 def sizes_to_build(args, name: str, sizes: tuple, signature: dict) -> tuple:
@@ -456,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop", type=parse_crop, default=None, help=CROP_HELP)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N files (sorted by name)")
+    parser.add_argument("--attrs", type=Path, default=None,
+                        help=f"CelebA's {ATTRIBUTES_FILE} (official format) for <name>_<size>.attrs.npz label files; "
+                             f"default: found inside the image folder, beside it or in ../Anno/, else no labels")
     parser.add_argument("--split", choices=["all", "train", "valid", "test"], default="all",
                         help="CelebA partition from list_eval_partition.txt beside the images")
     parser.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
@@ -539,13 +649,22 @@ def main(argv=None) -> int:
     name = args.name or (("celeba" if args.split == "all" else f"celeba_{args.split}") if celeba
                          else "".join(c if c.isalnum() or c in "-_" else "_" for c in src.resolve().name))
     crop = args.crop if args.crop is not None else (CELEBA_CROP if aligned else "square")
-    crop_text = describe_crop(crop, image_sizes(src, names[:1])[0])
+    first_size = image_sizes(src, names[:1])[0]
+    crop_text = describe_crop(crop, first_size, aligned)
     if aligned and not celeba and args.crop is None:
-        print(f"{src}: images are {CELEBA_IMAGE_SIZE[0]}x{CELEBA_IMAGE_SIZE[1]} like aligned CelebA, so the "
-              f"CelebA face crop is used: {crop_text} (--crop square for the largest centred square)")
+        print(f"{src}: images have the {CELEBA_IMAGE_SIZE[0]}x{CELEBA_IMAGE_SIZE[1]} shape of aligned CelebA, so "
+              f"the CelebA face crop is used: {crop_text} (--crop square for the largest centred square)")
+    scaled = first_size is not None and face_box(*first_size, crop, aligned) != crop_box(*first_size, crop)
+    attributes_path = find_attributes(src, args.attrs)
+    attributes = attribute_table(attributes_path, names) if attributes_path else None  # a bad file: before any output
 
     signature = {"format": FORMAT_VERSION, "source": str(src.resolve()), "files": source_signature(src, names),
                  "split": args.split, "limit": args.limit, "crop": crop, "filter": FILTER}
+    if scaled:
+        signature["face_box"] = "celeba, scaled with the image"
+    if attributes:
+        stat = attributes_path.stat()
+        signature["attributes"] = f"{attributes_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     todo = sizes_to_build(args, name, sizes, signature)
     if not todo:
         return 0
@@ -554,15 +673,21 @@ def main(argv=None) -> int:
         return {"source": str(src.resolve()), "count": None, "size": size,
                 "crop": {"side": crop, "box": "left=(W-N)//2, top=(H-N)//2, N=side (or min(W,H))",
                          "celeba_178x218_box": list(crop_box(178, 218, crop)),
-                         "aligned_celeba": "by name" if celeba else "by 178x218 images" if aligned else False},
+                         "first_image_box": None if first_size is None else list(face_box(*first_size, crop, aligned)),
+                         "scaled_with_the_image": scaled,
+                         "aligned_celeba": "by name" if celeba else "by 178:218 images" if aligned else False},
                 "filter": FILTER + " (PIL, from the exact crop box; JPEGs first DCT-scaled by 1/2, 1/4 or 1/8 "
                                    "when the reduced box stays >= this size)",
                 "split": args.split, "limit": args.limit, "ignored_non_image_files": other,
                 "signature": dict(signature, size=size)}
 
-    tasks = [(i, str(src), n, todo, crop) for i, n in enumerate(names)]
+    tasks = [(i, str(src), n, todo, crop, aligned) for i, n in enumerate(names)]
     write_outputs(args.out, name, todo, len(names), tasks, _decode_task, min(args.workers, len(names)),
-                  names, meta, desc=f"{name} {'/'.join(map(str, todo))}px", crop_text=crop_text)
+                  names, meta, desc=f"{name} {'/'.join(map(str, todo))}px", crop_text=crop_text,
+                  attributes=attributes)
+    if attributes:
+        print(f"labels: {attributes['labelled']} of {len(names)} images have a row in {attributes_path} "
+              f"({len(attributes['names'])} attributes) -> {output_paths(args.out, name, todo[0])['attrs'].name}, ...")
     return 0
 
 

@@ -150,8 +150,8 @@ def load_folder(path, size: int | None = None) -> np.ndarray:
     """Every image in a folder (pytorch-fid's extensions), sorted by name ->
     uint8 (N, H, W, 3), decoded as pytorch-fid does (PIL ``convert("RGB")``).
     With ``size``, images of another size are cropped and resized to it exactly
-    as preprocess.py makes training data (the CelebA face box for 178x218
-    aligned photos, else the centred square), so a generator is scored against
+    as preprocess.py makes training data (the CelebA face box for aligned
+    photos of CelebA's 178:218 shape at any size, else the centred square), so a generator is scored against
     faces framed like the ones it learnt."""
     from PIL import Image
 
@@ -182,8 +182,9 @@ def _preprocessed(file: Path, image_size: tuple[int, int], size: int) -> np.ndar
     """One image file cropped and resized as ``preprocess.py`` does -> uint8 (size, size, 3)."""
     import preprocess
 
-    crop = preprocess.CELEBA_CROP if image_size == preprocess.CELEBA_IMAGE_SIZE else "square"
-    (buffer,) = preprocess.load_image(str(file.parent), file.name, (size,), crop)
+    aligned = preprocess.celeba_scale(*image_size) is not None
+    crop = preprocess.CELEBA_CROP if aligned else "square"
+    (buffer,) = preprocess.load_image(str(file.parent), file.name, (size,), crop, aligned)
     return np.frombuffer(buffer, np.uint8).reshape(size, size, 3)
 
 

@@ -23,6 +23,15 @@ def celeba_sample():
 
 
 @pytest.fixture
+def celeba_half():
+    """The half-size CelebA faces with their attribute labels beside the checkout, or skip."""
+    path = SHARED / "celeba_half" / "img_align_celeba"
+    if not path.is_dir():
+        pytest.skip("needs ../shared/data/celeba_half (not part of a user's clone)")
+    return path
+
+
+@pytest.fixture
 def one_thread():
     """One intra-op thread for tests of tiny nets: on 2 shared cores, OpenMP
     threads spinning against other jobs make tiny convs several times slower."""

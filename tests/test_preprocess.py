@@ -93,8 +93,8 @@ def test_aligned_celeba_recognised_by_its_178x218_images_whatever_the_name(tmp_p
         assert images.shape == (3, 16, 16, 3)
         assert_crop(images)  # the 140 px face box, not the largest square (which holds red)
         meta = json.loads((tmp_path / "out" / f"{name}_16.json").read_text())
-        assert meta["crop"]["side"] == 140 and meta["crop"]["aligned_celeba"] == "by 178x218 images"
-        assert "like aligned CelebA" in out
+        assert meta["crop"]["side"] == 140 and meta["crop"]["aligned_celeba"] == "by 178:218 images"
+        assert "shape of aligned CelebA" in out
         assert "3 images, 0 skipped, crop 140 (19, 39, 159, 179) of 178x218, " in out.splitlines()[-1]
 
 
@@ -111,7 +111,7 @@ def test_other_sizes_get_the_largest_square_and_the_summary_says_so(tmp_path, ca
     celeba = make_celeba(tmp_path / "renamed")  # 178x218, but the user's --crop wins
     run("--src", celeba, "--out", tmp_path / "out", "--sizes", "8", "--crop", "square")
     out = capsys.readouterr().out
-    assert "like aligned CelebA" not in out and "crop square (0, 20, 178, 198) of 178x218" in out
+    assert "aligned CelebA" not in out and "crop square (0, 20, 178, 198) of 178x218" in out
 
 
 def test_each_size_independent_of_the_others_requested(tmp_path):
@@ -277,6 +277,119 @@ def test_synthetic_faces_deterministic_and_varied(tmp_path):
     assert min(np.abs(a[i].astype(int) - a[j]).mean() for i in range(6) for j in range(i)) > 10  # all differ
     meta = json.loads((tmp_path / "a" / "synthetic_32.json").read_text())
     assert meta["count"] == 6 and meta["seed"] == 1 and meta["fingerprint"]
+
+
+def smaller_celeba(folder: Path, size: tuple[int, int], n: int = 3) -> Path:
+    """``make_celeba``'s images reduced to ``size``, as the half- and quarter-size copies of CelebA circulate."""
+    folder.mkdir(parents=True)
+    for k in range(n):
+        celeba_like(k).resize(size, Image.LANCZOS).save(folder / f"{k + 1:06d}.png")
+    return folder
+
+
+def test_face_box_scales_with_celeba_at_any_size():
+    assert preprocess.face_box(178, 218, 140, True) == (19, 39, 159, 179)  # full size: the integer box
+    assert preprocess.face_box(89, 109, 140, True) == (9.5, 19.5, 79.5, 89.5)
+    assert preprocess.face_box(89, 109, 108, True) == (17.5, 27.5, 71.5, 81.5)  # --crop counts full-size pixels
+    assert preprocess.face_box(44, 54, 140, True) == pytest.approx(tuple(v * 44 / 178 for v in (19, 39, 159, 179)))
+    assert preprocess.face_box(89, 109, "square", True) == preprocess.crop_box(89, 109, "square")
+    assert preprocess.face_box(89, 109, 140, False) == preprocess.crop_box(89, 109, 140)  # not CelebA
+    assert preprocess.face_box(100, 100, 140, True) == preprocess.crop_box(100, 100, 140)  # not CelebA's shape
+
+
+@pytest.mark.parametrize("size", [(89, 109), (44, 54)])
+@pytest.mark.parametrize("folder", ["img_align_celeba", "small_faces"])  # by name, or by the images' shape
+def test_half_and_quarter_size_celeba_get_the_full_size_face(tmp_path, size, folder):
+    full, small = make_celeba(tmp_path / "full" / "img_align_celeba"), smaller_celeba(tmp_path / folder, size)
+    run("--src", full, "--out", tmp_path / "a", "--sizes", "32")
+    run("--src", small, "--out", tmp_path / "b", "--sizes", "32")
+    name = "celeba" if folder == "img_align_celeba" else folder
+    images = np.load(tmp_path / "b" / f"{name}_32.npy")
+    assert_crop(images)  # the face box, not the largest square (which holds red)
+    assert np.abs(images.astype(int) - np.load(tmp_path / "a" / "celeba_32.npy")).mean() < 12  # the same face
+    crop = json.loads((tmp_path / "b" / f"{name}_32.json").read_text())["crop"]
+    scale = size[0] / 178
+    assert crop["scaled_with_the_image"] and crop["first_image_box"] == pytest.approx([19 * scale, 39 * scale,
+                                                                                      159 * scale, 179 * scale])
+
+
+def test_evaluate_frames_a_half_size_folder_as_preprocess_does(tmp_path):
+    from metrics import features
+
+    small = smaller_celeba(tmp_path / "img_align_celeba", (89, 109))
+    run("--src", small, "--out", tmp_path / "out", "--sizes", "32")
+    assert np.array_equal(features.load_folder(small, size=32), np.load(tmp_path / "out" / "celeba_32.npy"))
+
+
+def write_attrs(path: Path, rows: dict, names=("Smiling", "Male", "Eyeglasses"), count=None) -> Path:
+    lines = [str(len(rows) if count is None else count), " ".join(names)]
+    lines += [f"{file} " + " ".join(f"{v:2d}" for v in values) for file, values in rows.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+ROWS = {"000001.jpg": (1, -1, -1), "000003.jpg": (-1, 1, 1), "009999.jpg": (1, 1, 1)}  # no row for 000002
+
+
+@pytest.mark.parametrize("layout", ["beside", "Anno", "inside", "flag"])
+def test_attribute_labels_in_the_arrays_order(tmp_path, layout, capsys):
+    root = tmp_path / "celeba"
+    src = make_celeba(root / "Img" / "img_align_celeba" if layout == "Anno" else root / "img_align_celeba")
+    place = {"beside": root / "list_attr_celeba.txt", "Anno": root / "Anno" / "list_attr_celeba.txt",
+             "inside": src / "list_attr_celeba.txt", "flag": tmp_path / "labels.txt"}[layout]
+    write_attrs(place, ROWS)
+    run("--src", src, "--out", tmp_path / "out", "--sizes", "16", "32", *(["--attrs", place] if layout == "flag" else []))
+    assert "labels: 2 of 3 images have a row" in capsys.readouterr().out
+    for s in (16, 32):
+        attrs = np.load(tmp_path / "out" / f"celeba_{s}.attrs.npz")
+        assert list(attrs["names"]) == ["Smiling", "Male", "Eyeglasses"] and attrs["labels"].dtype == np.int8
+        assert list(attrs["files"]) == ["000001.jpg", "000002.jpg", "000003.jpg"]
+        assert attrs["labels"].tolist() == [[1, -1, -1], [0, 0, 0], [-1, 1, 1]]
+        meta = json.loads((tmp_path / "out" / f"celeba_{s}.json").read_text())["attributes"]
+        assert meta["images_with_a_row"] == 2 and meta["rows_without_an_image"] == 1
+
+
+def test_attribute_rows_follow_skipped_images_and_the_file_rebuilds(tmp_path, capsys):
+    src = make_celeba(tmp_path / "celeba" / "img_align_celeba")
+    (src / "000002.jpg").write_text("not a jpeg")  # skipped: its row must go with it
+    labels = write_attrs(tmp_path / "celeba" / "list_attr_celeba.txt", {"000001.jpg": (1, 1, 1), "000002.jpg": (-1, -1, -1), "000003.jpg": (1, -1, 1)})
+    run("--src", src, "--out", tmp_path / "out", "--sizes", "16")
+    attrs = np.load(tmp_path / "out" / "celeba_16.attrs.npz")
+    assert list(attrs["files"]) == ["000001.jpg", "000003.jpg"] and attrs["labels"].tolist() == [[1, 1, 1], [1, -1, 1]]
+    assert len(np.load(tmp_path / "out" / "celeba_16.npy")) == 2
+    run("--src", src, "--out", tmp_path / "out", "--sizes", "16")
+    assert "up to date" in capsys.readouterr().out
+    labels.unlink()  # labels gone: the outputs are rebuilt without them, and the old label file goes too
+    run("--src", src, "--out", tmp_path / "out", "--sizes", "16")
+    assert not (tmp_path / "out" / "celeba_16.attrs.npz").exists()
+    assert "attributes" not in json.loads((tmp_path / "out" / "celeba_16.json").read_text())
+
+
+@pytest.mark.parametrize("text, line", [
+    ("3\nSmiling Male\n000001.jpg 1 -1\n000002.jpg 1\n000003.jpg 1 1\n", 4),  # a value missing
+    ("3\nSmiling Male\n000001.jpg 1 -1\n000002.jpg 1 2\n000003.jpg 1 1\n", 4),  # not 1 / -1
+    ("3\nSmiling Male\n000001.jpg 1 -1\n000001.jpg 1 1\n000003.jpg 1 1\n", 4),  # a second row
+    ("Smiling Male\n000001.jpg 1 -1\n", 1),  # no count line
+    ("5\nSmiling Male\n000001.jpg 1 -1\n", 1),  # the count is wrong
+])
+def test_a_malformed_attribute_file_names_its_line_and_writes_nothing(tmp_path, text, line):
+    src = make_celeba(tmp_path / "celeba" / "img_align_celeba")
+    (tmp_path / "celeba" / "list_attr_celeba.txt").write_text(text)
+    with pytest.raises(preprocess.UserError, match=f"list_attr_celeba.txt line {line}: "):
+        run("--src", src, "--out", tmp_path / "out", "--sizes", "16")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    result = subprocess.run([sys.executable, "preprocess.py", "--src", str(src), "--out", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and f"line {line}:" in result.stderr
+
+
+def test_real_half_size_celeba_with_labels(tmp_path, celeba_half):
+    run("--src", celeba_half, "--out", tmp_path, "--sizes", "64", "--limit", "50")
+    attrs = np.load(tmp_path / "celeba_64.attrs.npz")
+    assert attrs["labels"].shape == (50, 40) and set(np.unique(attrs["labels"])) == {-1, 1}
+    assert "Smiling" in list(attrs["names"]) and attrs["files"][0] == "000001.jpg"
+    assert json.loads((tmp_path / "celeba_64.json").read_text())["crop"]["first_image_box"] == [9.5, 19.5, 79.5, 89.5]
 
 
 def test_real_celeba_sample(tmp_path, celeba_sample):
