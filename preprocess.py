@@ -268,7 +268,7 @@ def attribute_table(path: Path, names: list[str]) -> dict:
     missing = np.zeros(len(attribute_names), np.int8)
     labels = np.stack([rows.get(Path(n).name, missing) for n in names] or [missing[:0]]).reshape(len(names), -1)
     labelled = sum(Path(n).name in rows for n in names)
-    return {"path": path, "names": attribute_names, "labels": labels, "labelled": labelled,
+    return {"path": path, "paths": [path], "names": attribute_names, "labels": labels, "labelled": labelled,
             "rows_without_image": len(rows) - labelled}
 
 
@@ -496,7 +496,7 @@ def write_outputs(out: Path, name: str, sizes: tuple, capacity: int, tasks: list
         utils.save_png(utils.image_grid(np.ascontiguousarray(preview), nrow=8), paths["preview"])
         meta = meta_for_size(size)
         if attributes is not None:
-            meta["attributes"] = {"file": str(attributes["path"].resolve()), "labels": str(paths["attrs"]),
+            meta["attributes"] = {"file": ", ".join(str(f.resolve()) for f in attributes["paths"]), "labels": str(paths["attrs"]),
                                   "images_with_a_row": int(np.count_nonzero(attributes["labels"][kept].any(1))),
                                   "rows_without_an_image": attributes["rows_without_image"]}
         meta.update(count=count, size=size, skipped=skipped, fingerprint=fingerprints[size],
@@ -551,9 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
                "size S: {out}/{name}_S.npy (uint8 N x S x S x 3), {name}_S.json (source, count, crop, filter, "
                "skipped files with reasons, fingerprint), {name}_S_preview.png (8x8 grid).",
     )
-    parser.add_argument("--src", type=Path, default=None,
+    parser.add_argument("--src", type=Path, action="append", default=None,
                         help="img_align_celeba folder, img_align_celeba.zip (read in place), or any folder of "
-                             f"images searched recursively ({', '.join(IMAGE_EXTENSIONS)}); default: the first of "
+                             f"images searched recursively ({', '.join(IMAGE_EXTENSIONS)}); repeat it to make one "
+                             f"array of several folders (with --name); default: the first of "
                              f"{', '.join(SEARCH_PLACES)} that exists")
     parser.add_argument("--out", type=Path, default=Path("data"), help="output folder")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="output side lengths in pixels")
@@ -613,19 +614,9 @@ def make_synthetic(args, sizes: tuple) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    validate(args)
-    sizes = tuple(dict.fromkeys(args.sizes))  # unique, order kept
-    if args.synthetic is not None:
-        return make_synthetic(args, sizes)
-
-    if args.download:
-        src = download_celeba(args.out)
-    elif args.src is not None:
-        src = args.src.expanduser()
-    else:
-        src = find_default_source()
+def open_source(src: Path, args) -> dict:
+    """One --src: its image names (after --split), how its faces are cut, its
+    attribute file. Every input error is raised here, before any output."""
     if not src.exists():
         raise UserError(f"--src {src} does not exist")
     if src.is_file():
@@ -640,54 +631,116 @@ def main(argv=None) -> int:
     aligned = celeba or looks_like_aligned_celeba(src, names)
     if args.split != "all":
         partition = read_partition(src)
-        wanted = SPLITS[args.split]
-        names = [n for n in names if partition.get(Path(n).name) == wanted]
+        names = [n for n in names if partition.get(Path(n).name) == SPLITS[args.split]]
         if not names:
             raise UserError(f"no images of --split {args.split} found in {src}")
-    if args.limit is not None:
-        names = names[: args.limit]
-    name = args.name or (("celeba" if args.split == "all" else f"celeba_{args.split}") if celeba
-                         else "".join(c if c.isalnum() or c in "-_" else "_" for c in src.resolve().name))
     crop = args.crop if args.crop is not None else (CELEBA_CROP if aligned else "square")
     first_size = image_sizes(src, names[:1])[0]
     crop_text = describe_crop(crop, first_size, aligned)
     if aligned and not celeba and args.crop is None:
         print(f"{src}: images have the {CELEBA_IMAGE_SIZE[0]}x{CELEBA_IMAGE_SIZE[1]} shape of aligned CelebA, so "
               f"the CelebA face crop is used: {crop_text} (--crop square for the largest centred square)")
-    scaled = first_size is not None and face_box(*first_size, crop, aligned) != crop_box(*first_size, crop)
     attributes_path = find_attributes(src, args.attrs)
-    attributes = attribute_table(attributes_path, names) if attributes_path else None  # a bad file: before any output
+    return {"src": src, "names": names, "other": other, "celeba": celeba, "aligned": aligned, "crop": crop,
+            "first_size": first_size, "crop_text": crop_text, "attributes_path": attributes_path,
+            "scaled": first_size is not None and face_box(*first_size, crop, aligned) != crop_box(*first_size, crop)}
 
-    signature = {"format": FORMAT_VERSION, "source": str(src.resolve()), "files": source_signature(src, names),
-                 "split": args.split, "limit": args.limit, "crop": crop, "filter": FILTER}
-    if scaled:
+
+def source_signature_and_meta(source: dict, names: list[str]) -> tuple[dict, dict]:
+    """What makes one source's part of the outputs (for the up-to-date check)
+    and how it was read (for the .json)."""
+    src, crop, aligned, first_size = source["src"], source["crop"], source["aligned"], source["first_size"]
+    signature = {"source": str(src.resolve()), "files": source_signature(src, names), "crop": crop}
+    if source["scaled"]:
         signature["face_box"] = "celeba, scaled with the image"
-    if attributes:
-        stat = attributes_path.stat()
-        signature["attributes"] = f"{attributes_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    if source["attributes_path"]:
+        stat = source["attributes_path"].stat()
+        signature["attributes"] = f"{source['attributes_path'].resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    meta = {"source": str(src.resolve()),
+            "crop": {"side": crop, "box": "left=(W-N)//2, top=(H-N)//2, N=side (or min(W,H))",
+                     "celeba_178x218_box": list(crop_box(178, 218, crop)),
+                     "first_image_box": None if first_size is None else list(face_box(*first_size, crop, aligned)),
+                     "scaled_with_the_image": source["scaled"],
+                     "aligned_celeba": "by name" if source["celeba"] else "by 178:218 images" if aligned else False},
+            "ignored_non_image_files": source["other"]}
+    return signature, meta
+
+
+def combined_attributes(sources: list[dict], parts: list[list[str]]) -> dict | None:
+    """The label table of all sources' images in output order: each source's
+    file (the same attribute names in all), 0 rows for a source without one."""
+    tables = [attribute_table(s["attributes_path"], names) if s["attributes_path"] else None
+              for s, names in zip(sources, parts)]
+    present = [table for table in tables if table is not None]
+    if not present:
+        return None
+    attribute_names = present[0]["names"]
+    for source, table in zip(sources, tables):
+        if table is not None and table["names"] != attribute_names:
+            raise UserError(f"{source['attributes_path']} names other attributes than {present[0]['path']}; "
+                            f"several --src need the same attribute file format")
+    labels = [table["labels"] if table is not None else np.zeros((len(names), len(attribute_names)), np.int8)
+              for table, names in zip(tables, parts)]
+    return {"path": present[0]["path"], "paths": [t["path"] for t in present], "names": attribute_names,
+            "labels": np.concatenate(labels), "labelled": sum(t["labelled"] for t in present),
+            "rows_without_image": sum(t["rows_without_image"] for t in present)}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    validate(args)
+    sizes = tuple(dict.fromkeys(args.sizes))  # unique, order kept
+    if args.synthetic is not None:
+        return make_synthetic(args, sizes)
+
+    if args.download:
+        srcs = [download_celeba(args.out)]
+    elif args.src:
+        srcs = [src.expanduser() for src in args.src]
+    else:
+        srcs = [find_default_source()]
+    if len(srcs) > 1 and not args.name:
+        raise UserError("several --src make one array: name it with --name (e.g. --name faces -> data/faces_64.npy)")
+    sources = [open_source(src, args) for src in srcs]
+    parts, left = [], args.limit
+    for source in sources:  # --limit counts the images of all sources, in --src order
+        parts.append(source["names"][:left] if left is not None else source["names"])
+        left = None if left is None else left - len(parts[-1])
+    first = sources[0]
+    name = args.name or (("celeba" if args.split == "all" else f"celeba_{args.split}") if first["celeba"]
+                         else "".join(c if c.isalnum() or c in "-_" else "_" for c in first["src"].resolve().name))
+    attributes = combined_attributes(sources, parts)  # a bad attribute file: before any output
+    described = [source_signature_and_meta(source, names) for source, names in zip(sources, parts)]
+    if len(sources) == 1:
+        signature, source_meta = described[0]
+    else:  # one entry per source, in --src order
+        signature = {key: [d[0].get(key) for d in described] for key in dict.fromkeys(k for d in described for k in d[0])}
+        source_meta = {"source": [d[1]["source"] for d in described], "crop": [d[1]["crop"] for d in described],
+                       "ignored_non_image_files": sum(d[1]["ignored_non_image_files"] for d in described),
+                       "counts_per_source": [len(names) for names in parts]}
+    signature = {"format": FORMAT_VERSION, **signature, "split": args.split, "limit": args.limit, "filter": FILTER}
     todo = sizes_to_build(args, name, sizes, signature)
     if not todo:
         return 0
 
     def meta(size):
-        return {"source": str(src.resolve()), "count": None, "size": size,
-                "crop": {"side": crop, "box": "left=(W-N)//2, top=(H-N)//2, N=side (or min(W,H))",
-                         "celeba_178x218_box": list(crop_box(178, 218, crop)),
-                         "first_image_box": None if first_size is None else list(face_box(*first_size, crop, aligned)),
-                         "scaled_with_the_image": scaled,
-                         "aligned_celeba": "by name" if celeba else "by 178:218 images" if aligned else False},
+        return {**source_meta, "count": None, "size": size,
                 "filter": FILTER + " (PIL, from the exact crop box; JPEGs first DCT-scaled by 1/2, 1/4 or 1/8 "
                                    "when the reduced box stays >= this size)",
-                "split": args.split, "limit": args.limit, "ignored_non_image_files": other,
-                "signature": dict(signature, size=size)}
+                "split": args.split, "limit": args.limit, "signature": dict(signature, size=size)}
 
-    tasks = [(i, str(src), n, todo, crop, aligned) for i, n in enumerate(names)]
+    tasks = [(str(s["src"]), n, s["crop"], s["aligned"]) for s, names in zip(sources, parts) for n in names]
+    tasks = [(i, src, n, todo, crop, aligned) for i, (src, n, crop, aligned) in enumerate(tasks)]
+    # the name of each image in reports and label files: relative to its --src, or the whole path for several
+    names = [n if len(sources) == 1 else str(Path(s["src"]) / n) for s, part in zip(sources, parts) for n in part]
+    crop_text = "; ".join(s["crop_text"] for s in sources)
     write_outputs(args.out, name, todo, len(names), tasks, _decode_task, min(args.workers, len(names)),
                   names, meta, desc=f"{name} {'/'.join(map(str, todo))}px", crop_text=crop_text,
                   attributes=attributes)
     if attributes:
-        print(f"labels: {attributes['labelled']} of {len(names)} images have a row in {attributes_path} "
-              f"({len(attributes['names'])} attributes) -> {output_paths(args.out, name, todo[0])['attrs'].name}, ...")
+        print(f"labels: {attributes['labelled']} of {len(names)} images have a row in "
+              f"{', '.join(map(str, attributes['paths']))} ({len(attributes['names'])} attributes) -> "
+              f"{output_paths(args.out, name, todo[0])['attrs'].name}, ...")
     return 0
 
 

@@ -384,6 +384,30 @@ def test_a_malformed_attribute_file_names_its_line_and_writes_nothing(tmp_path, 
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and f"line {line}:" in result.stderr
 
 
+def test_several_sources_make_one_array_with_their_labels(tmp_path, capsys):
+    full = make_celeba(tmp_path / "sample" / "img_align_celeba", n=2)  # no label file
+    half = smaller_celeba(tmp_path / "half" / "img_align_celeba", (89, 109), n=3)
+    write_attrs(tmp_path / "half" / "list_attr_celeba.txt", {k.replace(".jpg", ".png"): v for k, v in ROWS.items()})
+    with pytest.raises(preprocess.UserError, match="--name"):
+        run("--src", full, "--src", half, "--out", tmp_path / "out", "--sizes", "16")
+    run("--src", full, "--src", half, "--name", "faces", "--out", tmp_path / "out", "--sizes", "16")
+    assert "labels: 2 of 5 images have a row" in capsys.readouterr().out
+    images = np.load(tmp_path / "out" / "faces_16.npy")
+    assert images.shape == (5, 16, 16, 3)
+    assert_crop(images)  # each source cut with its own face box
+    attrs = np.load(tmp_path / "out" / "faces_16.attrs.npz")
+    assert attrs["labels"].tolist() == [[0, 0, 0], [0, 0, 0], [1, -1, -1], [0, 0, 0], [-1, 1, 1]]
+    assert [Path(f).name for f in attrs["files"]] == ["000001.jpg", "000002.jpg", "000001.png", "000002.png", "000003.png"]
+    meta = json.loads((tmp_path / "out" / "faces_16.json").read_text())
+    assert meta["source"] == [str(full.resolve()), str(half.resolve())] and meta["counts_per_source"] == [2, 3]
+    assert [c["scaled_with_the_image"] for c in meta["crop"]] == [False, True]
+    run("--src", full, "--src", half, "--name", "faces", "--out", tmp_path / "out", "--sizes", "16")
+    assert "up to date" in capsys.readouterr().out
+    run("--src", full, "--src", half, "--name", "faces", "--out", tmp_path / "out", "--sizes", "16", "--limit", "3")
+    assert len(np.load(tmp_path / "out" / "faces_16.npy")) == 3  # --limit counts across the sources, in order
+    assert json.loads((tmp_path / "out" / "faces_16.json").read_text())["counts_per_source"] == [2, 1]
+
+
 def test_real_half_size_celeba_with_labels(tmp_path, celeba_half):
     run("--src", celeba_half, "--out", tmp_path, "--sizes", "64", "--limit", "50")
     attrs = np.load(tmp_path / "celeba_64.attrs.npz")
