@@ -7,6 +7,8 @@ arithmetic.
     python generator.py -n 8 --interpolate 6 --out walks       # + walks/interpolation.png (6 walks)
     python generator.py --interpolate 16 --gif                 # + samples/interpolation.gif (16 faces walking)
     python generator.py --arithmetic "3,17,42 - 5,8,9 + 11,23,31"  # samples/arithmetic.png (paper's fig. 7)
+    python generator.py --params assets/celeba_64.params --edit "Smiling=+3,Eyeglasses=+2"  # the same faces, edited
+    python generator.py --params assets/celeba_64.params -n 8 --sweep Smiling  # samples/sweep_Smiling.png
 
 Image k comes from its own random generator seeded with ``seed + k`` (the
 per-seed generators of NVlabs EDM), so it is the same whatever
@@ -14,7 +16,9 @@ per-seed generators of NVlabs EDM), so it is the same whatever
 other kernels for other batch shapes, which can move a rare pixel by one level). ``--params`` may be our ``generator.params`` (config +
 raw and EMA weights) or a bare generator state_dict as the classic DCGAN code
 saves it (``torch.save(netG.state_dict(), path)``); the size is then inferred
-from the weight shapes.
+from the weight shapes. ``--edit`` and ``--sweep`` move latents along the
+named directions ``attributes.py directions`` stored beside the params
+(``<params stem>.directions.npz``).
 """
 from __future__ import annotations
 
@@ -27,11 +31,13 @@ import torch
 from tqdm import tqdm
 
 import utils
+from editing.directions import EDIT_EXAMPLE, load_directions, parse_edit
 from network import export_ema, load_generator
 
 GRID_MAX = 64  # grid.png shows the first 64 images; every image still gets its own PNG
 ARITH_VARIATIONS = 8  # noisy copies of the result in arithmetic.png's second row
 ARITH_EXAMPLE = "3,17,42 - 5,8,9 + 11,23,31"
+SWEEP_MAX = 3.0  # --sweep goes from -SWEEP_MAX to +SWEEP_MAX along the direction
 
 
 PRETRAINED = "assets/celeba_64.params"  # the README's quick start: 64 px CelebA, --recipe best, EMA weights
@@ -64,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gif", action="store_true",
                         help="with --interpolate: also write interpolation.gif, a looping animation of the walks "
                              "(frame t: every walk at step t)")
+    parser.add_argument("--edit", metavar="EDITS", default=None,
+                        help=f'move every latent along named directions, e.g. "{EDIT_EXAMPLE}" (the same seeds '
+                             f"as without it); needs the <params stem>.directions.npz that `attributes.py "
+                             f"directions` writes beside --params (default: off)")
+    parser.add_argument("--sweep", metavar="NAMES", default=None,
+                        help=f"comma-separated direction names: writes only sweep_NAME.png each, one row per "
+                             f"sample (-n), from -{SWEEP_MAX:g} to +{SWEEP_MAX:g} along the direction "
+                             f"(after --edit) (default: off)")
+    parser.add_argument("--sweep-steps", type=int, default=7, help="faces per --sweep row, ends included")
     return parser
 
 
@@ -142,16 +157,18 @@ def generate(generator, z: torch.Tensor, device, batch_size: int):
         yield utils.to_uint8(generator(z[start : start + batch_size].to(device)))
 
 
-def write_samples(generator, nz: int, n: int, out: Path, seed: int, device, batch_size: int) -> None:
-    """Write out/000000.png ... and out/grid.png (the first GRID_MAX images)."""
+def write_samples(generator, nz: int, n: int, out: Path, seed: int, device, batch_size: int,
+                  offset: torch.Tensor | None = None) -> None:
+    """Write out/000000.png ... and out/grid.png (the first GRID_MAX images);
+    ``offset`` (nz,), an --edit, is added to every latent."""
     grid = []
     bar = tqdm(total=n, desc="generate", unit="img")
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
-        z = latents(range(seed + start, seed + start + count), nz)
+        z = shifted(latents(range(seed + start, seed + start + count), nz), offset)
         (images,) = generate(generator, z, device, count)
-        for offset, image in enumerate(images):
-            utils.save_png(image, out / f"{start + offset:06d}.png")
+        for k, image in enumerate(images):
+            utils.save_png(image, out / f"{start + k:06d}.png")
         if start < GRID_MAX:
             grid.append(images[: GRID_MAX - start])
         bar.update(count)
@@ -160,15 +177,16 @@ def write_samples(generator, nz: int, n: int, out: Path, seed: int, device, batc
 
 
 def write_interpolation(generator, nz: int, walks: int, steps: int, out: Path, seed: int, device,
-                        batch_size: int, gif: bool = False) -> list[Path]:
+                        batch_size: int, gif: bool = False, offset: torch.Tensor | None = None) -> list[Path]:
     """Walk r goes from the latent of seed + 2r to that of seed + 2r + 1 (so
     walk 0 starts at image 0 and ends at image 1 of a run with the same seed);
     interpolation.png has one row per walk, ``steps`` frames a row. ``gif``:
     also interpolation.gif, a looping animation with ``steps`` frames, frame t
-    a grid of every walk at step t. -> the paths written."""
+    a grid of every walk at step t; ``offset`` is added to every frame's
+    latent. -> the paths written."""
     z0 = latents([seed + 2 * r for r in range(walks)], nz)
     z1 = latents([seed + 2 * r + 1 for r in range(walks)], nz)
-    z = slerp(z0, z1, torch.linspace(0, 1, steps)).reshape(walks * steps, nz)
+    z = shifted(slerp(z0, z1, torch.linspace(0, 1, steps)).reshape(walks * steps, nz), offset)
     images = np.concatenate(list(generate(generator, z, device, batch_size)))
     paths = [out / "interpolation.png"]
     utils.save_png(utils.image_grid(images, nrow=steps), paths[0])
@@ -178,6 +196,25 @@ def write_interpolation(generator, nz: int, walks: int, steps: int, out: Path, s
         utils.save_gif([utils.image_grid(walk[:, t]) for t in range(steps)], paths[1], duration_ms=120,
                        last_ms=1000)
     return paths
+
+
+def shifted(z: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+    """z (N, nz) moved by ``offset`` (nz,); no offset: z itself, bit for bit."""
+    return z if offset is None else z + offset
+
+
+def write_sweep(generator, nz: int, name: str, direction: torch.Tensor, n: int, steps: int, out: Path, seed: int,
+                device, batch_size: int, offset: torch.Tensor | None = None) -> Path:
+    """sweep_<name>.png: row k is image k of a run with this seed (moved by
+    ``offset``), from -SWEEP_MAX to +SWEEP_MAX along ``direction`` in
+    ``steps`` faces (the middle one of an odd count unmoved)."""
+    z = shifted(latents(range(seed, seed + n), nz), offset)
+    strengths = torch.linspace(-SWEEP_MAX, SWEEP_MAX, steps)
+    zs = (z[:, None] + strengths[None, :, None] * direction).reshape(n * steps, nz)
+    path = out / f"sweep_{name}.png"
+    utils.save_png(utils.image_grid(np.concatenate(list(generate(generator, zs, device, batch_size))), nrow=steps),
+                   path)
+    return path
 
 
 def main(argv=None) -> int:
@@ -193,6 +230,15 @@ def main(argv=None) -> int:
     terms = parse_arithmetic(args.arithmetic) if args.arithmetic is not None else None
     if not args.arith_noise >= 0:
         raise utils.UserError(f"--arith-noise must be 0 or more (got {args.arith_noise})")
+    if terms is not None and (args.edit or args.sweep):
+        raise utils.UserError("--edit and --sweep move sampled faces; --arithmetic takes seed lists: use one or "
+                              "the other")
+    edits = parse_edit(args.edit) if args.edit else []
+    sweeps = [n.strip() for n in args.sweep.split(",") if n.strip()] if args.sweep else []
+    if args.sweep is not None and not sweeps:
+        raise utils.UserError("--sweep needs a direction name, e.g. --sweep Smiling")
+    if args.sweep_steps < 2:
+        raise utils.UserError(f"--sweep-steps must be at least 2 (got {args.sweep_steps})")
     if args.gif and not args.interpolate:
         raise utils.UserError("--gif animates the latent walks: add --interpolate K (e.g. --interpolate 16 --gif)")
     out = Path(args.out)
@@ -212,6 +258,11 @@ def main(argv=None) -> int:
         return 0
     device = utils.resolve_device(args.device)
     generator, config = load_generator(args.params, device, use_ema=not args.no_ema)
+    offset, directions = None, {}
+    if edits or sweeps:
+        book = load_directions(args.params, generator, config["weights"])
+        directions = {name: book.vector(name) for name in sweeps}
+        offset = book.offset(edits) if edits else None
     print(f"{args.params}: {config['size']} px, nz {config['nz']}, ngf {config['ngf']}; "
           f"{'EMA' if config['weights'] == 'ema' else 'raw'} weights; "
           f"device {device}; " + (f"seeds {args.seed}..{args.seed + args.num - 1}" if terms is None else
@@ -223,11 +274,19 @@ def main(argv=None) -> int:
         print(f"wrote {path}: {args.arithmetic.strip()} (mean faces, result; then the result with noise "
               f"{args.arith_noise})")
         return 0
-    write_samples(generator, config["nz"], args.num, out, args.seed, device, args.batch_size)
-    print(f"wrote {args.num} images and {out / 'grid.png'}")
+    edited = f" (edited {args.edit.strip()})" if edits else ""
+    if directions:
+        for name, direction in directions.items():
+            path = write_sweep(generator, config["nz"], name, direction, args.num, args.sweep_steps, out, args.seed,
+                               device, args.batch_size, offset)
+            print(f"wrote {path}: {args.num} faces{edited} (rows) from -{SWEEP_MAX:g} to +{SWEEP_MAX:g} {name} "
+                  f"in {args.sweep_steps} steps")
+        return 0
+    write_samples(generator, config["nz"], args.num, out, args.seed, device, args.batch_size, offset)
+    print(f"wrote {args.num} images{edited} and {out / 'grid.png'}")
     if args.interpolate:
         paths = write_interpolation(generator, config["nz"], args.interpolate, args.interp_steps, out,
-                                    args.seed, device, args.batch_size, gif=args.gif)
+                                    args.seed, device, args.batch_size, gif=args.gif, offset=offset)
         print(f"wrote {' and '.join(map(str, paths))} ({args.interpolate} walks x {args.interp_steps} frames)")
     return 0
 
