@@ -76,19 +76,31 @@ def labels_path(data) -> Path:
     return data.with_name(data.stem + ".attrs.npz")
 
 
+def read_npz(path, missing: str, what: str, fix: str) -> dict:
+    """Every array of the .npz at ``path`` (no pickles), or a one-line
+    UserError: ``missing`` when there is no file, else that it is not ``what``
+    and ``fix``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(missing)
+    try:
+        with np.load(path, allow_pickle=False) as blob:
+            return {key: blob[key] for key in blob.files}
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"{path} is not {what} ({str(err).splitlines()[0][:120]}); {fix}") from None
+
+
 def load_labels(data, names=None, count: int | None = None) -> tuple[list[str], np.ndarray]:
     """The labels beside the image array ``data`` -> (names, int8 (N, A)),
     the columns of ``names`` (default: all) in that order; ``count``: the
     array's number of images, which must match."""
     path = labels_path(data)
-    if not path.is_file():
-        raise UserError(f"no attribute labels beside {data}: {path} not found; preprocess.py writes it when "
-                        f"CelebA's list_attr_celeba.txt lies beside the images (or with --attrs PATH)")
-    try:
-        with np.load(path, allow_pickle=False) as blob:
-            have, labels = [str(n) for n in blob["names"]], blob["labels"]
-    except (ValueError, OSError, KeyError, EOFError) as err:
-        raise UserError(f"{path} is not a label file from preprocess.py ({str(err).splitlines()[0][:120]})") from None
+    blob = read_npz(path, f"no attribute labels beside {data}: {path} not found; preprocess.py writes it when "
+                          f"CelebA's list_attr_celeba.txt lies beside the images (or with --attrs PATH)",
+                    "a label file from preprocess.py", "re-run preprocess.py")
+    if "names" not in blob or "labels" not in blob:
+        raise UserError(f"{path} is not a label file from preprocess.py (no names or labels); re-run preprocess.py")
+    have, labels = [str(n) for n in blob["names"]], blob["labels"]
     if count is not None and labels.shape[0] != count:
         raise UserError(f"{path} has {labels.shape[0]} rows but {data} holds {count} images; "
                         f"re-run preprocess.py to write both again")

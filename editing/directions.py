@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import utils
-from editing.classifier import as_input
+from editing.classifier import as_input, read_npz
 from utils import UserError
 
 DIRECTIONS_FORMAT = "dcgan-directions/1"
@@ -183,18 +183,14 @@ def load_directions(params, generator: torch.nn.Module, weights: str = "ema") ->
     """The directions beside ``params``, made for exactly these weights
     (``weights``: "ema" or "raw", for the message), or a one-line UserError."""
     path = directions_path(params)
-    if not path.is_file():
-        raise UserError(f"{params} has no attribute directions ({path} not found); make them with "
-                        f"{make_command(params)}")
-    try:
-        with np.load(path, allow_pickle=False) as blob:
-            if str(blob["format"]) != DIRECTIONS_FORMAT:
-                raise ValueError(f"format {blob['format']}")
-            names, vectors, fingerprint = [str(n) for n in blob["names"]], blob["vectors"], str(blob["fingerprint"])
-            made_for = json.loads(str(blob["meta"])).get("weights")
-    except (ValueError, OSError, KeyError, EOFError) as err:
-        raise UserError(f"{path} is not a directions file from attributes.py ({str(err).splitlines()[0][:120]}); "
-                        f"make it again with {make_command(params)}") from None
+    blob = read_npz(path, f"{params} has no attribute directions ({path} not found); make them with "
+                          f"{make_command(params)}",
+                    "a directions file from attributes.py", f"make it again with {make_command(params)}")
+    if str(blob.get("format")) != DIRECTIONS_FORMAT:
+        raise UserError(f"{path} is not a directions file from attributes.py (format {blob.get('format')}); "
+                        f"make it again with {make_command(params)}")
+    names, vectors, fingerprint = [str(n) for n in blob["names"]], blob["vectors"], str(blob["fingerprint"])
+    made_for = json.loads(str(blob["meta"])).get("weights")
     if fingerprint != weights_fingerprint(generator):
         raise UserError(f"{path} was made for other weights ({made_for or 'unknown'}) than the {weights} weights of "
                         f"{params} now; make them again with "
