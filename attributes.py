@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     directions.add_argument("--keep", default=None,
                             help="comma-separated attributes every other direction leaves alone (their normals are "
                                  "projected out), e.g. Male; default: none")
-    directions.add_argument("--tail", type=float, default=0.1,
+    directions.add_argument("--tail", type=float, default=0.03,
                             help="share of the most and of the least confident faces each boundary is fitted on")
     directions.add_argument("--eval-n", type=int, default=2000,
                             help="other latents (the seeds after the --n) on which each edit is scored")
