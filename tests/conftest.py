@@ -13,22 +13,24 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 SHARED = ROOT.parent / "shared" / "data"
 
 
+def shared_images(name: str) -> Path:
+    """``../shared/data/<name>/img_align_celeba`` beside the checkout, or skip."""
+    path = SHARED / name / "img_align_celeba"
+    if not path.is_dir():
+        pytest.skip(f"needs ../shared/data/{name} (not part of a user's clone)")
+    return path
+
+
 @pytest.fixture
 def celeba_sample():
-    """The real CelebA sample beside the checkout, or skip."""
-    path = SHARED / "celeba_sample" / "img_align_celeba"
-    if not path.is_dir():
-        pytest.skip("needs ../shared/data/celeba_sample (not part of a user's clone)")
-    return path
+    """The real CelebA sample (178x218, 200 people)."""
+    return shared_images("celeba_sample")
 
 
 @pytest.fixture
 def celeba_half():
-    """The half-size CelebA faces with their attribute labels beside the checkout, or skip."""
-    path = SHARED / "celeba_half" / "img_align_celeba"
-    if not path.is_dir():
-        pytest.skip("needs ../shared/data/celeba_half (not part of a user's clone)")
-    return path
+    """The half-size CelebA faces with their attribute labels."""
+    return shared_images("celeba_half")
 
 
 @pytest.fixture
