@@ -39,12 +39,15 @@ import utils
 from benchmarks import gpu_check
 from benchmarks.harness import (ROOT, fmt, isolated, machine, measure_classic, measure_evaluate, measure_feeder,
                                 measure_ours, measure_preprocess, prepare_images, row_precision)
-from training.device import PRECISIONS
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "celeba_sample"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # here, not at the top: spawned rows re-import this module, and the preprocess row's memory
+    # must be preprocessing's, not torch's (training.device imports torch)
+    from training.device import PRECISIONS
+
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=utils.HelpFormatter
     )

@@ -73,3 +73,16 @@ def test_auto_precision_of_the_bench_rows_is_train_pys_choice(monkeypatch, capab
     assert harness.row_precision("auto", "cpu")[0] == "fp32" and harness.row_precision("fp16", "cpu")[0] == "fp16"
     assert speed.build_parser().parse_args(["--precision", "fp16"]).precision == "fp16"
 
+
+
+def test_the_bench_modules_load_without_torch():
+    """Each row runs in a spawned process that re-imports the bench; the
+    preprocess row's peak memory must be preprocessing's, not torch's."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = "import sys, bench, benchmarks.speed, benchmarks.harness; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
