@@ -32,7 +32,7 @@ from editing.classifier import (DEFAULT_ATTRIBUTES, attribute_scores, check_name
                                 predict, save_classifier, score_line, train_classifier)
 from editing.directions import (classify_latents, condition, directions_path, edit_line, edit_scores,
                                 fit_direction, save_directions, weights_fingerprint)
-from generator import latents
+from editing.latents import latents
 from network import load_generator
 from utils import UserError
 

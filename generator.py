@@ -23,7 +23,6 @@ named directions ``attributes.py directions`` stored beside the params
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +30,14 @@ import torch
 from tqdm import tqdm
 
 import utils
+from editing.classifier import load_classifier
 from editing.directions import EDIT_EXAMPLE, load_directions, parse_edit
+from editing.latents import (ARITH_EXAMPLE, CONCEPT_EXAMPLE, CONCEPT_POOL, CONCEPT_TOP, ConceptPool, arithmetic_latents,
+                             condition_names, latents, parse_arithmetic, slerp)
 from network import export_ema, load_generator
 
 GRID_MAX = 64  # grid.png shows the first 64 images; every image still gets its own PNG
 ARITH_VARIATIONS = 8  # noisy copies of the result in arithmetic.png's second row
-ARITH_EXAMPLE = "3,17,42 - 5,8,9 + 11,23,31"
 SWEEP_MAX = 3.0  # --sweep goes from -SWEEP_MAX to +SWEEP_MAX along the direction
 
 
@@ -58,10 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write interpolation.png: K walks (rows) between random latents")
     parser.add_argument("--interp-steps", type=int, default=10, help="frames per walk, endpoints included")
     parser.add_argument("--arithmetic", metavar="EXPR",
-                        help=f'latent arithmetic (DCGAN paper, fig. 7), e.g. "{ARITH_EXAMPLE}": each seed list '
-                             f"is one concept, the mean of those seeds' latents (seed s is image s of a --seed 0 "
-                             f"run); writes only arithmetic.png: the concepts' mean faces and the result, then "
-                             f"{ARITH_VARIATIONS} copies of the result with noise added (default: off)")
+                        help=f'latent arithmetic (DCGAN paper, fig. 7), e.g. "{ARITH_EXAMPLE}" or, by concept, '
+                             f'"{CONCEPT_EXAMPLE}": a seed list is the mean of those seeds\' latents (seed s is '
+                             f"image s of a --seed 0 run), an attribute condition (~ = without) the mean latent of "
+                             f"the --concept-top faces --classifier puts most confidently under it among "
+                             f"{CONCEPT_POOL} sampled ones; writes only arithmetic.png: the concepts' mean faces "
+                             f"and the result, then {ARITH_VARIATIONS} copies of the result with noise added "
+                             f"(default: off)")
+    parser.add_argument("--classifier", default="assets/celeba_attributes.pt",
+                        help="attribute classifier (`attributes.py train`) for --arithmetic's attribute conditions")
+    parser.add_argument("--concept-top", type=int, default=CONCEPT_TOP,
+                        help="faces each attribute condition of --arithmetic averages")
     parser.add_argument("--arith-noise", type=float, default=0.25,
                         help="standard deviation of the noise added to the result's latent in the second row")
     parser.add_argument("--export", metavar="PATH", default=None,
@@ -82,63 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def latents(seeds, nz: int) -> torch.Tensor:
-    """One standard-normal latent per seed, each drawn from its own CPU
-    generator, so a latent depends only on its seed. -> (len(seeds), nz)."""
-    out = torch.empty(len(seeds), nz)
-    for row, seed in enumerate(seeds):
-        out[row] = torch.randn(nz, generator=torch.Generator().manual_seed(int(seed)))
-    return out
-
-
-def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between rows of z0 and z1 (B, nz) at fractions
-    t (T,) -> (B, T, nz). Gaussian latents live near a sphere, so slerp keeps
-    the walk at typical norms where lerp would pass through low-norm latents;
-    falls back to lerp for (near-)parallel endpoints."""
-    a, b = z0.double(), z1.double()
-    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
-    omega = torch.arccos(cos.clamp(-1, 1))[:, None]  # (B, 1)
-    t = t.double()[None, :]  # (1, T)
-    sin = torch.sin(omega)
-    parallel = sin.abs() < 1e-6
-    safe = torch.where(parallel, torch.ones_like(sin), sin)
-    w0 = torch.where(parallel, 1 - t, torch.sin((1 - t) * omega) / safe)
-    w1 = torch.where(parallel, t, torch.sin(t * omega) / safe)
-    return (w0[..., None] * a[:, None] + w1[..., None] * b[:, None]).to(z0.dtype)
-
-
-def parse_arithmetic(text: str) -> list[tuple[int, list[int]]]:
-    """ "3,17,42 - 5,8,9 + 11,23,31" -> [(1, [3, 17, 42]), (-1, [5, 8, 9]), (1, [11, 23, 31])]:
-    seed lists joined by + and -, at least two; anything else is a UserError."""
-    parts = re.split(r"\s*([+-])\s*", text.strip())
-    lists, signs = parts[0::2], [1] + [1 if op == "+" else -1 for op in parts[1::2]]
-    bad = next((k for k, seeds in enumerate(lists) if not re.fullmatch(r"\d+(\s*,\s*\d+)*", seeds)), None)
-    if bad is not None or len(lists) < 2:
-        why = ("at least two seed lists are needed" if bad is None else
-               f"{lists[bad]!r} is not a comma-separated list of seeds" if lists[bad] else
-               "no seed list" if len(lists) == 1 else
-               "a seed list is missing " + ("before the first sign" if bad == 0 else "after a sign"))
-        raise utils.UserError(f"--arithmetic {text!r}: {why}; write seed lists joined by + and -, "
-                              f"e.g. \"{ARITH_EXAMPLE}\"")
-    return [(sign, [int(s) for s in seeds.split(",")]) for sign, seeds in zip(signs, lists)]
-
-
-def arithmetic_latents(terms: list[tuple[int, list[int]]], nz: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (each concept's mean latent (T, nz), the signed sum of those means (nz,))."""
-    means = torch.stack([latents(seeds, nz).mean(0) for _, seeds in terms])
-    result = means[0] * terms[0][0]
-    for (sign, _), mean in zip(terms[1:], means[1:]):
-        result = result + mean if sign > 0 else result - mean
-    return means, result
-
-
 def write_arithmetic(generator, nz: int, terms, out: Path, seed: int, noise: float, device,
-                     batch_size: int) -> Path:
+                     batch_size: int, pool: ConceptPool | None = None, top: int = CONCEPT_TOP) -> Path:
     """arithmetic.png: first row the concepts' mean faces, then the result; second
     row ARITH_VARIATIONS copies of the result with Gaussian noise (std ``noise``,
     drawn from ``seed``) added to its latent, as the DCGAN paper's figure 7."""
-    means, result = arithmetic_latents(terms, nz)
+    means, result = arithmetic_latents(terms, nz, pool, top)
     jitter = noise * torch.randn(ARITH_VARIATIONS, nz, generator=torch.Generator().manual_seed(seed))
     z = torch.cat([means, result[None], result + jitter])
     images = np.concatenate(list(generate(generator, z, device, batch_size)))
@@ -231,8 +188,10 @@ def main(argv=None) -> int:
     if not args.arith_noise >= 0:
         raise utils.UserError(f"--arith-noise must be 0 or more (got {args.arith_noise})")
     if terms is not None and (args.edit or args.sweep):
-        raise utils.UserError("--edit and --sweep move sampled faces; --arithmetic takes seed lists: use one or "
+        raise utils.UserError("--edit and --sweep move sampled faces; --arithmetic makes its own: use one or "
                               "the other")
+    if args.concept_top < 1:
+        raise utils.UserError(f"--concept-top must be at least 1 (got {args.concept_top})")
     edits = parse_edit(args.edit) if args.edit else []
     sweeps = [n.strip() for n in args.sweep.split(",") if n.strip()] if args.sweep else []
     if args.sweep is not None and not sweeps:
@@ -269,8 +228,23 @@ def main(argv=None) -> int:
                                   f"seeds as in --arithmetic, noise seed {args.seed}"))
 
     if terms is not None:
+        pool = None
+        if condition_names(terms):
+            if not Path(args.classifier).exists():
+                raise utils.UserError(f"--classifier {args.classifier} not found: attribute conditions need the "
+                                      f"attribute classifier (assets/celeba_attributes.pt, or `python attributes.py "
+                                      f"train`)")
+            classifier, cconfig = load_classifier(args.classifier, device)
+            pool = ConceptPool(generator, classifier, cconfig["size"], cconfig["attributes"], device=device,
+                               progress="labelling sampled faces")
+            for term in terms:
+                if term.condition:
+                    lowest = pool.mean_latent(term.condition, args.concept_top)[1]
+                    print(f"{term.text()}: the mean of the {args.concept_top} faces of {len(pool.z)} sampled that "
+                          f"{args.classifier} puts most confidently under it (each at probability {lowest:.3f} "
+                          f"or more)")
         path = write_arithmetic(generator, config["nz"], terms, out, args.seed, args.arith_noise, device,
-                                args.batch_size)
+                                args.batch_size, pool, args.concept_top)
         print(f"wrote {path}: {args.arithmetic.strip()} (mean faces, result; then the result with noise "
               f"{args.arith_noise})")
         return 0

@@ -17,6 +17,7 @@ import generator
 from editing.classifier import (AttributeNet, as_input, auc, balanced_accuracy, balanced_bce, class_weights,
                                 load_labels, save_classifier)
 from editing.directions import condition, directions_path, edit_scores, fit_direction
+from editing.latents import CONCEPT_SEED
 from network import Generator, recompute_bn_stats, save_generator_params
 from utils import UserError
 
@@ -221,3 +222,35 @@ def test_labels_are_read_in_the_order_asked(tmp_path):
     assert names == ["Red", "Bright_Top"] and np.array_equal(picked, labels[:, [1, 0]])
     with pytest.raises(UserError, match="has 8 rows but .* holds 9 images"):
         load_labels(tmp_path / "a_32.npy", count=9)
+
+
+def test_concept_arithmetic_is_the_generator_at_mean_a_minus_mean_b_plus_mean_c(edit_setup, tmp_path, capsys):
+    params, clf, _ = edit_setup
+    expression = "Smiling,~Male - ~Smiling,~Male + 5,6"
+    generator.main(["--params", str(params), "--out", str(tmp_path / "o"), "--arithmetic", expression,
+                    "--classifier", str(clf), "--concept-top", "4", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert re.search(r"^Smiling,~Male: the mean of the 4 faces of 5000 sampled that .*clf\.pt puts most "
+                     r"confidently under it \(each at probability 0\.\d{3} or more\)$", out, re.M)
+    # independently: label the pool's faces, take each condition's 4 most probable, average their latents
+    G, _ = generator.load_generator(params)
+    net = AttributeNet(2, width=4)
+    net.load_state_dict(torch.load(clf, weights_only=True)["state"])
+    z = generator.latents(range(CONCEPT_SEED, CONCEPT_SEED + 5000), 16)
+    with torch.no_grad():
+        p = torch.sigmoid(net.eval()(as_input(G(z), 32)).double())
+    smiling_woman = z[(p[:, 0] * (1 - p[:, 1])).topk(4).indices].mean(0)
+    neutral_woman = z[((1 - p[:, 0]) * (1 - p[:, 1])).topk(4).indices].mean(0)
+    seeds = generator.latents([5, 6], 16).mean(0)
+    want = [smiling_woman, neutral_woman, seeds, smiling_woman - neutral_woman + seeds]
+    (expected,) = generator.generate(G, torch.stack(want), "cpu", 4)
+    picture = np.asarray(Image.open(tmp_path / "o" / "arithmetic.png"))
+    tiles = [picture[2 : 2 + 32, 2 + c * 34 : 2 + c * 34 + 32] for c in range(4)]
+    assert all(np.array_equal(a, b) for a, b in zip(tiles, expected))
+    with pytest.raises(UserError, match=r"no attribute 'Blond' in the attribute classifier; it has Smiling, Male"):
+        generator.main(["--params", str(params), "--out", str(tmp_path / "x"), "--arithmetic", "Blond - 3",
+                        "--classifier", str(clf)])
+    with pytest.raises(UserError, match=r"--classifier .*nope\.pt not found: attribute conditions need"):
+        generator.main(["--params", str(params), "--out", str(tmp_path / "x"), "--arithmetic", "Male - 3",
+                        "--classifier", str(tmp_path / "nope.pt")])
+    assert not (tmp_path / "x").exists()

@@ -133,16 +133,23 @@ def test_gif_without_interpolate_is_refused(params, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_arithmetic_parses_seed_lists_joined_by_plus_and_minus():
-    assert generator.parse_arithmetic("3,17,42 - 5,8,9 + 11,23,31") == [(1, [3, 17, 42]), (-1, [5, 8, 9]),
-                                                                         (1, [11, 23, 31])]
-    assert generator.parse_arithmetic(" 1 ,2+3-4 ") == [(1, [1, 2]), (1, [3]), (-1, [4])]
+def test_arithmetic_parses_seed_lists_and_attribute_conditions_joined_by_plus_and_minus():
+    seeds = lambda terms: [(t.sign, t.seeds) for t in terms]
+    assert seeds(generator.parse_arithmetic("3,17,42 - 5,8,9 + 11,23,31")) == [(1, [3, 17, 42]), (-1, [5, 8, 9]),
+                                                                                (1, [11, 23, 31])]
+    assert seeds(generator.parse_arithmetic(" 1 ,2+3-4 ")) == [(1, [1, 2]), (1, [3]), (-1, [4])]
+    terms = generator.parse_arithmetic("Smiling, ~Male - ~ Smiling,~Male + 7")
+    assert [(t.sign, t.seeds, t.condition) for t in terms] == [
+        (1, None, (("Smiling", True), ("Male", False))), (-1, None, (("Smiling", False), ("Male", False))),
+        (1, [7], None)]
+    assert [t.text() for t in terms] == ["Smiling,~Male", "~Smiling,~Male", "7"]
 
 
 @pytest.mark.parametrize("text, why", [("3,17 -", "missing after a sign"), ("- 3 + 4", "missing before the first"),
-                                       ("3", "at least two"), ("3,,4 + 5", "'3,,4' is not"),
-                                       ("a - b", "'a' is not"), ("3 * 4", "'3 \\* 4' is not"),
-                                       ("", "no seed list"), ("1.5 + 2", "'1.5' is not")])
+                                       ("3", "at least two"), ("3,,4 + 5", "'3,,4' is neither"),
+                                       ("a b - c", "'a b' is neither"), ("3 * 4", "'3 \\* 4' is neither"),
+                                       ("", "no term"), ("1.5 + 2", "'1.5' is neither"),
+                                       ("Smiling,3 - Male", "'Smiling,3' is neither"), ("~~Male - Male", "is neither")])
 def test_malformed_arithmetic_is_one_line_naming_the_fault(text, why):
     with pytest.raises(UserError, match=why) as err:
         generator.parse_arithmetic(text)
@@ -175,7 +182,7 @@ def test_malformed_arithmetic_exits_2_with_one_line(params, tmp_path):
         [sys.executable, str(ROOT / "generator.py"), "--params", str(params), "--arithmetic", "3,17 - ",
          "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: --arithmetic '3,17 - ': a seed list is missing after a sign")
+    assert result.stderr.startswith("error: --arithmetic '3,17 - ': a term is missing after a sign")
     assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
     with pytest.raises(UserError, match="--arith-noise must be 0 or more"):
         generator.main(["--params", str(params), "--arithmetic", "1 - 2", "--arith-noise", "-1",
