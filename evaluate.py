@@ -29,9 +29,13 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 import utils
-from metrics.features import (K_DC, K_PR, first_generated_images, generated_features, manifold_scores,
-                              nearest_neighbour_picture, path_statistics, statistics_from_features,
+from dataloader import load_images
+from metrics.attribute_balance import attribute_balance, attribute_shares, balance_lines
+from metrics.features import (K_DC, K_PR, first_generated_images, generated_batches, generated_features, load_folder,
+                              manifold_scores, nearest_neighbour_picture, path_statistics, statistics_from_features,
                               write_statistics)
 from metrics.fid import SmallSampleWarning, float64_device, frechet_distance, kernel_inception_distance, warn_if_small_sample
 from metrics.inception import FID_WEIGHTS_FILE, load_inception
@@ -72,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nn", type=int, default=0, metavar="K",
                         help=f"memorisation check (with --params): {NN_SAMPLES} samples beside their K nearest "
                              f"--data faces in Inception features, and the copy share; 0: off")
+    parser.add_argument("--attrs", action="store_true",
+                        help="also the attribute balance: the share of each attribute among the generated and "
+                             "the real faces by --classifier, and the mean absolute difference of the shares")
+    parser.add_argument("--classifier", default="assets/celeba_attributes.pt",
+                        help="attribute classifier for --attrs (`attributes.py train`)")
     parser.add_argument("--nn-out", default=None,
                         help="the --nn picture; default: nearest_neighbours.png beside --params")
     return parser
@@ -97,10 +106,16 @@ def _validate(args) -> None:
         raise UserError(f"--nn must be 0 (off) or a number of neighbours (got {args.nn})")
     if args.nn and args.real is not None:
         raise UserError("--nn needs --params (generated samples to check against --data), not --real/--fake")
-    if args.pr or args.nn:
+    if args.attrs and args.real is not None:
+        raise UserError("--attrs needs --params (generated faces to label beside --data), not --real/--fake")
+    if args.attrs and not Path(args.classifier).is_file():
+        raise UserError(f"--classifier {args.classifier} not found: --attrs needs the attribute classifier "
+                        f"(assets/celeba_attributes.pt, or `python attributes.py train`)")
+    if args.pr or args.nn or args.attrs:
         for path in (args.real, args.fake) if args.real is not None else (args.data,):
             if path is not None and Path(path).suffix == ".npz":
-                raise UserError(f"{path} holds statistics only; --pr and --nn need the images (a folder or a .npy)")
+                raise UserError(f"{path} holds statistics only; --pr, --nn and --attrs need the images (a "
+                                f"folder or a .npy)")
 
 
 def _kid_features(stats: dict, what: str):
@@ -166,6 +181,8 @@ def _run(args) -> int:
         print(f"copy share {share:.4f}: {int(flags.sum())} of {args.num_samples} generated faces are closer to a "
               f"training face than it is to its nearest other one; {shown} beside their {args.nn} nearest "
               f"in {data}: {picture}")
+    if args.attrs:
+        scores.update(_attribute_balance(args, generator, nz, data, size, device))
     if args.save_stats:
         write_statistics(fake, args.save_stats)
     seconds = time.time() - start
@@ -182,6 +199,28 @@ def _run(args) -> int:
     }
     utils.append_jsonl(record, Path(args.params).parent / "results.jsonl")
     return 0
+
+
+def _attribute_balance(args, generator, nz: int, data: Path, size: int, device) -> dict:
+    """--attrs: label the generated faces (the FID's seeds) and the real ones with
+    the classifier, print the shares and their balance, return the record's fields."""
+    from editing.classifier import load_classifier, predict
+
+    classifier, cconfig = load_classifier(args.classifier, device)
+    names = list(cconfig["attributes"])
+    fake = np.concatenate([predict(classifier, batch.permute(0, 2, 3, 1).cpu(), cconfig["size"], device=device)
+                           for batch in generated_batches(generator, nz, args.num_samples, device, args.batch_size,
+                                                          args.seed, progress=False)])
+    real = load_folder(data, size) if data.is_dir() else load_images(data, size)
+    shares = attribute_shares(fake)
+    reference = attribute_shares(predict(classifier, real, cconfig["size"], device=device))
+    balance = attribute_balance(shares, reference)
+    print(f"attribute balance {balance:.3f}: mean |generated - real| share of {len(names)} attributes by "
+          f"{args.classifier} ({len(fake)} generated vs {len(real)} real in {data})")
+    print("\n".join(balance_lines(names, shares, reference)))
+    return {"attr_balance": balance, "attr_classifier": str(args.classifier),
+            "attr_shares": {name: round(float(v), 4) for name, v in zip(names, shares)},
+            "attr_shares_real": {name: round(float(v), 4) for name, v in zip(names, reference)}}
 
 
 def _save_real(args, device, start) -> int:

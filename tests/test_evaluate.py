@@ -579,3 +579,47 @@ def test_nn_picture_shows_planted_copies_beside_their_training_faces_and_counts_
         evaluate.main(["--real", str(data), "--fake", str(data), "--nn", "2"])
     with pytest.raises(utils.UserError, match="needs more than 12 training images"):
         evaluate.main(["--params", str(params), "--data", str(data), "-n", "8", "--device", "cpu", "--nn", "12"])
+
+
+def test_attribute_balance_is_the_mean_absolute_difference_of_shares():
+    from metrics.attribute_balance import attribute_balance, attribute_shares, balance_lines
+    logits = np.array([[2.0, -1.0], [0.5, -3.0], [-1.0, 4.0], [3.0, -0.1]])
+    assert attribute_shares(logits).tolist() == [0.75, 0.25]
+    assert attribute_balance([0.75, 0.25], [0.75, 0.25]) == 0
+    assert attribute_balance([0.75, 0.25], [0.25, 0.75]) == pytest.approx(0.5)
+    assert attribute_balance([0.6, 0.1], [0.5, 0.4]) == pytest.approx(0.2)  # (0.1 + 0.3) / 2
+    lines = balance_lines(["Male", "Eyeglasses"], np.array([0.6, 0.1]), np.array([0.5, 0.4]))
+    assert lines[0].split() == ["Eyeglasses", "generated", "0.100", "real", "0.400", "difference", "-0.300"]
+
+
+def test_attrs_labels_generated_and_real_faces_with_the_classifier(inception, tmp_path, capsys):
+    from editing.classifier import AttributeNet, load_classifier, predict, save_classifier
+    data = tmp_path / "faces_32.npy"
+    np.save(data, smooth_images(12, 32, seed=5))
+    params = tmp_path / "run" / "generator.params"
+    torch.manual_seed(0)
+    generator = Generator(size=32, nz=16, ngf=4)
+    save_generator_params(params, {"size": 32, "nz": 16, "ngf": 4}, generator.state_dict())
+    clf = tmp_path / "clf.pt"
+    save_classifier(clf, AttributeNet(3, width=4).state_dict(), {"attributes": ["Male", "Smiling", "Young"],
+                                                                  "size": 32, "width": 4})
+    args = ["--params", str(params), "--data", str(data), "-n", "8", "--batch-size", "3", "--device", "cpu",
+            "--attrs", "--classifier", str(clf)]
+    assert evaluate.main(args) == 0
+    out = capsys.readouterr().out
+    record = json.loads((params.parent / "results.jsonl").read_text().splitlines()[-1])
+    net, config = load_classifier(clf)
+    fake = np.concatenate(list(b.permute(0, 2, 3, 1).numpy() for b in
+                               features.generated_batches(generator, 16, 8, "cpu", 8, 0, progress=False)))
+    want_fake = (predict(net, fake, 32) > 0).mean(0)
+    want_real = (predict(net, np.load(data), 32) > 0).mean(0)
+    assert list(record["attr_shares"]) == ["Male", "Smiling", "Young"]
+    assert list(record["attr_shares"].values()) == pytest.approx(want_fake.tolist(), abs=1e-4)
+    assert list(record["attr_shares_real"].values()) == pytest.approx(want_real.tolist(), abs=1e-4)
+    assert record["attr_balance"] == pytest.approx(np.abs(want_fake - want_real).mean(), abs=1e-9)
+    assert re.search(rf"^attribute balance {record['attr_balance']:.3f}: mean \|generated - real\| share of 3 "
+                     rf"attributes by .*clf\.pt \(8 generated vs 12 real in .*faces_32\.npy\)$", out, re.M)
+    with pytest.raises(utils.UserError, match=r"--classifier .*nope\.pt not found: --attrs needs"):
+        evaluate.main(args[:-1] + [str(tmp_path / "nope.pt")])
+    with pytest.raises(utils.UserError, match="--attrs needs --params"):
+        evaluate.main(["--real", str(data), "--fake", str(data), "--attrs", "--classifier", str(clf)])
