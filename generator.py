@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", metavar="NAMES", default=None,
                         help=f"comma-separated direction names: writes only sweep_NAME.png each, one row per "
                              f"sample (-n), from -{SWEEP_MAX:g} to +{SWEEP_MAX:g} along the direction "
-                             f"(after --edit) (default: off)")
+                             f"(after --edit), and with several names sweeps.png, all of them under their names "
+                             f"(default: off)")
     parser.add_argument("--sweep-steps", type=int, default=7, help="faces per --sweep row, ends included")
     return parser
 
@@ -160,18 +161,15 @@ def shifted(z: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
     return z if offset is None else z + offset
 
 
-def write_sweep(generator, nz: int, name: str, direction: torch.Tensor, n: int, steps: int, out: Path, seed: int,
-                device, batch_size: int, offset: torch.Tensor | None = None) -> Path:
-    """sweep_<name>.png: row k is image k of a run with this seed (moved by
-    ``offset``), from -SWEEP_MAX to +SWEEP_MAX along ``direction`` in
-    ``steps`` faces (the middle one of an odd count unmoved)."""
+def sweep_grid(generator, nz: int, direction: torch.Tensor, n: int, steps: int, seed: int, device, batch_size: int,
+               offset: torch.Tensor | None = None) -> np.ndarray:
+    """Row k is image k of a run with this seed (moved by ``offset``), from
+    -SWEEP_MAX to +SWEEP_MAX along ``direction`` in ``steps`` faces (the
+    middle one of an odd count unmoved)."""
     z = shifted(latents(range(seed, seed + n), nz), offset)
     strengths = torch.linspace(-SWEEP_MAX, SWEEP_MAX, steps)
     zs = (z[:, None] + strengths[None, :, None] * direction).reshape(n * steps, nz)
-    path = out / f"sweep_{name}.png"
-    utils.save_png(utils.image_grid(np.concatenate(list(generate(generator, zs, device, batch_size))), nrow=steps),
-                   path)
-    return path
+    return utils.image_grid(np.concatenate(list(generate(generator, zs, device, batch_size))), nrow=steps)
 
 
 def main(argv=None) -> int:
@@ -250,11 +248,19 @@ def main(argv=None) -> int:
         return 0
     edited = f" (edited {args.edit.strip()})" if edits else ""
     if directions:
+        grids = {}
         for name, direction in directions.items():
-            path = write_sweep(generator, config["nz"], name, direction, args.num, args.sweep_steps, out, args.seed,
-                               device, args.batch_size, offset)
+            grids[name] = sweep_grid(generator, config["nz"], direction, args.num, args.sweep_steps, args.seed, device,
+                                     args.batch_size, offset)
+            path = out / f"sweep_{name}.png"
+            utils.save_png(grids[name], path)
             print(f"wrote {path}: {args.num} faces{edited} (rows) from -{SWEEP_MAX:g} to +{SWEEP_MAX:g} {name} "
                   f"in {args.sweep_steps} steps")
+        if len(grids) > 1:
+            path = out / "sweeps.png"
+            utils.save_png(utils.titled_blocks([(f"{name}  -{SWEEP_MAX:g} ... +{SWEEP_MAX:g}", grid)
+                                                for name, grid in grids.items()]), path)
+            print(f"wrote {path}: the {len(grids)} sweeps, each under its name")
         return 0
     write_samples(generator, config["nz"], args.num, out, args.seed, device, args.batch_size, offset)
     print(f"wrote {args.num} images{edited} and {out / 'grid.png'}")

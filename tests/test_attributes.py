@@ -183,6 +183,13 @@ def test_a_sweep_is_one_row_per_sample_from_minus_to_plus(edit_setup, tmp_path):
     for row in range(3):  # the middle column is the unedited face
         assert np.array_equal(sweep[2 + row * 34 : 34 + row * 34, 2 + 2 * 34 : 34 + 2 * 34], plain[row])
     assert not np.array_equal(sweep[2:34, 2:34], plain[0])
+    generator.main(["-n", "2", "--params", str(params), "--out", str(tmp_path / "two"), "--sweep", "Smiling,Male",
+                    "--device", "cpu"])
+    both = np.asarray(Image.open(tmp_path / "two" / "sweeps.png"))
+    smiling, male = (np.asarray(Image.open(tmp_path / "two" / f"sweep_{n}.png")) for n in ("Smiling", "Male"))
+    assert both.shape == (14 + smiling.shape[0] + 14 + male.shape[0], smiling.shape[1], 3)
+    assert np.array_equal(both[14 : 14 + smiling.shape[0]], smiling) and np.array_equal(both[-male.shape[0]:], male)
+    assert both[:14].any() and not both[:14, -20:].any()  # the name written in the band, the rest black
 
 
 def test_edit_errors_are_one_line_that_says_what_exists(edit_setup, tmp_path):

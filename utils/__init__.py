@@ -8,8 +8,8 @@ Their names are also importable from ``utils`` itself (``utils.save_png``).
 """
 from utils.cli import HelpFormatter, UserError, resolve_device, run_cli
 from utils.files import append_jsonl, atomic_path, file_kind, save_json, torch_load, torch_save
-from utils.images import image_grid, quantize, save_gif, save_grid, save_png, to_uint8
+from utils.images import image_grid, quantize, save_gif, save_grid, save_png, titled_blocks, to_uint8
 
 __all__ = ["HelpFormatter", "UserError", "resolve_device", "run_cli", "append_jsonl", "atomic_path", "file_kind",
-           "save_json", "torch_load", "torch_save", "image_grid", "quantize", "save_gif", "save_grid", "save_png",
+           "save_json", "torch_load", "torch_save", "image_grid", "quantize", "save_gif", "save_grid", "save_png", "titled_blocks",
            "to_uint8"]

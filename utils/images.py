@@ -32,6 +32,21 @@ def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) ->
     return grid
 
 
+def titled_blocks(blocks, band: int = 14) -> np.ndarray:
+    """[(title, uint8 grid), ...] -> one image: each grid under a black band
+    with its title in PIL's built-in font (no font file needed), stacked."""
+    from PIL import Image, ImageDraw
+
+    width = max(grid.shape[1] for _, grid in blocks)
+    parts = []
+    for title, grid in blocks:
+        header = Image.new("RGB", (width, band))
+        ImageDraw.Draw(header).text((4, 1), title, fill=(255, 255, 255))
+        parts.append(np.asarray(header))
+        parts.append(np.pad(grid, ((0, 0), (0, width - grid.shape[1]), (0, 0))))
+    return np.concatenate(parts)
+
+
 def save_png(array: np.ndarray, path) -> None:
     """Write a uint8 HxWx3 array as PNG, atomically."""
     from PIL import Image
