@@ -638,7 +638,7 @@ def open_source(src: Path, args) -> dict:
     first_size = image_sizes(src, names[:1])[0]
     crop_text = describe_crop(crop, first_size, aligned)
     if aligned and not celeba and args.crop is None:
-        print(f"{src}: images have the {CELEBA_IMAGE_SIZE[0]}x{CELEBA_IMAGE_SIZE[1]} shape of aligned CelebA, so "
+        print(f"{src}: images have the {CELEBA_IMAGE_SIZE[0]}:{CELEBA_IMAGE_SIZE[1]} shape of aligned CelebA, so "
               f"the CelebA face crop is used: {crop_text} (--crop square for the largest centred square)")
     attributes_path = find_attributes(src, args.attrs)
     return {"src": src, "names": names, "other": other, "celeba": celeba, "aligned": aligned, "crop": crop,
