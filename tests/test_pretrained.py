@@ -29,3 +29,13 @@ def test_pretrained_faces_are_the_same_whatever_the_batch_size(tmp_path):
     assert len(a) == 12 and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     faces = np.stack(list(a.values())).astype(np.float64)
     assert faces.std(axis=0).mean() > 20  # twelve different faces, not one image repeated (collapse)
+
+
+def test_pretrained_directions_belong_to_the_pretrained_weights():
+    """The README's --edit and --sweep lines work from a fresh clone: the shipped
+    directions were fitted on exactly the shipped weights (a new generator needs new ones)."""
+    from editing.directions import load_directions
+
+    net, config = load_generator(PRETRAINED)
+    book = load_directions(PRETRAINED, net, config["weights"])
+    assert {"Smiling", "Male", "Eyeglasses", "Blond_Hair", "Young"} <= set(book.names)
