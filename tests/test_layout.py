@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = {"preprocess", "train", "generator", "evaluate", "attributes", "bench", "bench_quality"}  # python X.py
+SCRIPTS = {"preprocess", "train", "generator", "evaluate", "attributes", "bench", "bench_quality", "app"}  # python X.py
 TOP_LEVEL = SCRIPTS | {"dataloader", "network", "network_128"}  # the design's files a reader opens first
 PACKAGES = {"training", "metrics", "benchmarks", "preprocessing", "editing", "utils"}
 

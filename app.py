@@ -1,0 +1,537 @@
+"""The face explorer: a page in the browser to pick, walk, edit and add a
+generator's faces (Gradio), served on this machine only unless --host says otherwise.
+
+    python app.py                                              # http://127.0.0.1:7860, assets/celeba_64.params
+    python app.py --params runs/x/generator.params --port 7861 # any run's params (edits need its directions)
+    python app.py --host 0.0.0.0                               # the whole network may use it (warned)
+
+Every action is also an API endpoint (``faces``, ``edit``, ``interpolate``,
+``arithmetic``) that ``gradio_client`` drives:
+
+    from gradio_client import Client
+    faces, grid_png = Client("http://127.0.0.1:7860/").predict("0-15", api_name="/faces")
+
+Nothing is fetched from the web (no analytics, no share link, fonts and
+scripts from the Gradio package itself); the page never takes a file path;
+every input is bounded (seeds, faces per request, strengths, text length) and
+the queue refuses requests beyond --queue-size instead of piling them up.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import math
+import shutil
+import sys
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+
+import utils
+from editing.directions import directions_path, load_directions, make_command, parse_edit
+from editing.latents import (ARITH_EXAMPLE, CONCEPT_POOL, ConceptPool, arithmetic_latents, condition_names, latents,
+                             parse_arithmetic, slerp)
+from network import load_generator
+
+PRETRAINED = "assets/celeba_64.params"
+CLASSIFIER = "assets/celeba_attributes.pt"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+SEED_MAX = 2**31 - 1  # seeds 0..SEED_MAX
+MAX_FACES = 64  # faces per request
+PAGE = 16  # faces the page shows at a time
+MAX_TEXT = 400  # characters of a seed list, an edit or an expression
+EDIT_MAX = 5.0  # |strength| of a move along a direction
+WALK_SPAN = 10  # the seed slider covers the picked seed +- WALK_SPAN
+MAX_STEPS = 32  # frames of an interpolation
+MAX_TERMS = 8  # terms of an arithmetic expression
+MAX_TERM_SEEDS = 64  # seeds in all the terms of an expression together
+KEEP_FILES = 64  # the grid PNGs and GIFs the server keeps for download (older ones are deleted)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=utils.HelpFormatter)
+    parser.add_argument("--params", default=PRETRAINED, help="generator.params of a run (or a bare state_dict)")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA weights")
+    parser.add_argument("--classifier", default=CLASSIFIER,
+                        help="attribute classifier for concepts in the arithmetic (e.g. Smiling,~Male); "
+                             "'none': seed lists only")
+    parser.add_argument("--concept-pool", type=int, default=CONCEPT_POOL,
+                        help="sampled faces (classified once at start) a concept's faces are chosen from")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on; anything but 127.0.0.1 lets others on that network use it")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--queue-size", type=int, default=20,
+                        help="requests that may wait; more are refused with a message (not queued)")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests computed at the same time")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    return parser
+
+
+# --------------------------------------------------------------------------- #
+# Parsing and bounding the inputs
+# --------------------------------------------------------------------------- #
+def parse_seeds(text: str, limit: int = MAX_FACES) -> list[int]:
+    """ "0-15" or "3,7,42" or "0-3, 10" -> the seeds, in order; at most
+    ``limit`` of them, each 0..SEED_MAX; anything else is a UserError."""
+    example = 'write seeds like "0-15" or "3,7,42"'
+    text = str(text or "").strip()
+    if not text:
+        raise utils.UserError(f"no seeds given; {example}")
+    if len(text) > MAX_TEXT:
+        raise utils.UserError(f"the seed list is {len(text)} characters long (at most {MAX_TEXT}); {example}")
+    seeds: list[int] = []
+    for part in text.split(","):
+        bounds = [b.strip() for b in part.split("-")]
+        if not (1 <= len(bounds) <= 2 and all(b.isdigit() and b.isascii() for b in bounds)):
+            raise utils.UserError(f"{part.strip()!r} in {text!r} is not a seed or a range of seeds; {example}")
+        first, last = int(bounds[0]), int(bounds[-1])
+        if last > SEED_MAX:
+            raise utils.UserError(f"seed {last} is too large: seeds go from 0 to {SEED_MAX}")
+        if last < first:
+            raise utils.UserError(f"the range {part.strip()!r} runs backwards; write it as {last}-{first}")
+        if len(seeds) + last - first + 1 > limit:
+            raise utils.UserError(f"{text!r} asks for more than {limit} faces at once; ask for at most {limit}")
+        seeds.extend(range(first, last + 1))
+    return seeds
+
+
+def seed_range(first: int, count: int) -> str:
+    """(16, 16) -> "16-31": the seed list of a page."""
+    return str(first) if count == 1 else f"{first}-{first + count - 1}"
+
+
+def page_seeds(text: str, step: int) -> str:
+    """The seed list of the next (step +1) or previous (-1) page after the
+    faces ``text`` asks for: as many seeds as now, following on from them."""
+    seeds = parse_seeds(text)
+    count = len(seeds)
+    first = max(seeds) + 1 if step > 0 else max(0, min(seeds) - count)
+    return seed_range(min(first, SEED_MAX - count + 1), count)
+
+
+def check_seed(value, what: str = "seed") -> float:
+    """A number 0..SEED_MAX (a continuous seed may have a fraction), or a UserError."""
+    try:
+        seed = float(value)
+    except (TypeError, ValueError):
+        raise utils.UserError(f"{what} {value!r} is not a number") from None
+    if not (math.isfinite(seed) and 0 <= seed <= SEED_MAX):
+        raise utils.UserError(f"{what} {value!r} is out of range: seeds go from 0 to {SEED_MAX}")
+    return seed
+
+
+def check_text(text, what: str) -> str:
+    text = "" if text is None else str(text)
+    if len(text) > MAX_TEXT:
+        raise utils.UserError(f"the {what} is {len(text)} characters long (at most {MAX_TEXT})")
+    return text
+
+
+# --------------------------------------------------------------------------- #
+# The explorer itself: faces as uint8 arrays, no web in sight
+# --------------------------------------------------------------------------- #
+class Explorer:
+    """What the page shows, computed from one generator: faces by seed, a face
+    at a continuous seed with edits, walks between two faces, and arithmetic.
+    Every method takes what a person or a script typed and bounds it first;
+    a bad input is a UserError with one sentence."""
+
+    def __init__(self, generator, config: dict, params: str, device="cpu", directions=None,
+                 directions_note: str = ""):
+        self.generator, self.config, self.params, self.device = generator, config, str(params), device
+        self.nz = config["nz"]
+        self.directions, self.directions_note = directions, directions_note
+        self.names = list(directions.names) if directions is not None else []
+        self.pool, self.pool_size, self.concepts = None, 0, []  # concepts: the attributes a condition may name
+        self.pool_note = "Concepts (e.g. Smiling,~Male) need the attribute classifier: start with --classifier PATH."
+        self.pool_ready = threading.Event()
+        self.pool_ready.set()
+        self.files = Path(tempfile.mkdtemp(prefix="face-explorer-"))
+        weakref.finalize(self, shutil.rmtree, self.files, True)
+        self._count = itertools.count()
+        self._count_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, params: str, device="cpu", use_ema: bool = True, classifier: str | None = CLASSIFIER,
+             pool_size: int = CONCEPT_POOL, background: bool = True) -> Explorer:
+        """The explorer of ``params``: its directions when they are beside it,
+        and a pool of ``pool_size`` classified faces for concepts when the
+        ``classifier`` is there (made in a thread when ``background``)."""
+        generator, config = load_generator(params, device, use_ema=use_ema)
+        directions, directions_note = None, ""
+        if directions_path(params).exists():
+            directions = load_directions(params, generator, config["weights"])
+        else:
+            directions_note = (f"{params} has no named directions, so there are no edit sliders; make them with "
+                               f"{make_command(params)} and start the explorer again.")
+        explorer = cls(generator, config, params, device, directions, directions_note)
+        if classifier and pool_size > 0:
+            from editing.classifier import load_classifier
+
+            model, classifier_config = load_classifier(classifier, device)
+            attributes = classifier_config["attributes"]
+            explorer.use_pool(lambda: ConceptPool(generator, model, classifier_config["size"], attributes,
+                                                  n=pool_size, device=device), attributes, pool_size, background)
+        return explorer
+
+    def use_pool(self, make, attributes, size: int, background: bool = True) -> None:
+        """self.pool = make(): ``size`` sampled faces labelled with
+        ``attributes``, made in a thread when ``background`` so the page is up
+        meanwhile; until it is done a concept answers that it is coming."""
+        def run():
+            try:
+                self.pool = make()
+            except Exception as err:
+                self.pool_note = f"The concept faces could not be made ({type(err).__name__}: {err})."
+                raise
+            finally:
+                self.pool_ready.set()
+
+        self.concepts, self.pool_size = list(attributes), size
+        self.pool_note = "The concept faces are still being classified (once, at start); try again in a few seconds."
+        self.pool_ready.clear()
+        if background:
+            threading.Thread(target=run, name="concept-pool", daemon=True).start()
+        else:
+            run()
+
+    # the pictures ------------------------------------------------------------
+    @torch.no_grad()
+    def render(self, z: torch.Tensor) -> np.ndarray:
+        """Latents (N, nz) -> uint8 faces (N, H, W, 3)."""
+        return utils.to_uint8(self.generator(z.to(self.device)))
+
+    def latent_at(self, seed) -> torch.Tensor:
+        """The latent of a continuous seed (nz,): seed 3.25 is a quarter of
+        the spherical walk from seed 3's latent to seed 4's."""
+        seed = check_seed(seed)
+        low = math.floor(seed)
+        if seed == low:
+            return latents([low], self.nz)[0]
+        return slerp(latents([low], self.nz), latents([low + 1], self.nz), torch.tensor([seed - low]))[0, 0]
+
+    def offset(self, edits) -> torch.Tensor | None:
+        """The latent offset of [(name, strength), ...], each strength bounded."""
+        edits = [(name, float(strength)) for name, strength in edits if float(strength) != 0]
+        if not edits:
+            return None
+        if self.directions is None:
+            raise utils.UserError(self.directions_note)
+        for name, strength in edits:
+            if not (math.isfinite(strength) and abs(strength) <= EDIT_MAX):
+                raise utils.UserError(f"{name}={strength:g}: a strength goes from -{EDIT_MAX:g} to +{EDIT_MAX:g}")
+        if len(edits) > len(self.names):
+            raise utils.UserError(f"{len(edits)} edits, but there are only {len(self.names)} directions")
+        return self.directions.offset(edits)
+
+    # the actions ---------------------------------------------------------------
+    def faces(self, text: str) -> tuple[list[tuple[np.ndarray, str]], np.ndarray, list[int]]:
+        """ "0-15" -> ([(face, "seed 0"), ...], the faces' grid, the seeds)."""
+        seeds = parse_seeds(text)
+        images = self.render(latents(seeds, self.nz))
+        return [(image, f"seed {seed}") for seed, image in zip(seeds, images)], utils.image_grid(images), seeds
+
+    def face(self, seed, edits=()) -> np.ndarray:
+        """The face at a continuous seed moved along [(name, strength), ...]."""
+        z = self.latent_at(seed)
+        offset = self.offset(edits)
+        return self.render((z if offset is None else z + offset)[None])[0]
+
+    def interpolate(self, seed_a, seed_b, steps) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The spherical walk from one seed's face to another's in ``steps``
+        frames -> (the frames in one row, the frames)."""
+        a, b = self.latent_at(seed_a), self.latent_at(seed_b)
+        try:
+            steps = int(steps)
+        except (TypeError, ValueError):
+            raise utils.UserError(f"steps {steps!r} is not a whole number") from None
+        if not 2 <= steps <= MAX_STEPS:
+            raise utils.UserError(f"steps must be 2 to {MAX_STEPS} (got {steps})")
+        frames = self.render(slerp(a[None], b[None], torch.linspace(0, 1, steps))[0])
+        return utils.image_grid(frames, nrow=steps), list(frames)
+
+    def arithmetic(self, text: str) -> list[tuple[np.ndarray, str]]:
+        """ "3,17,42 - 5,8,9 + 11,23,31" -> each term's mean face and the
+        result's face, captioned, as the DCGAN paper's figure 7."""
+        text = check_text(text, "expression")
+        terms = parse_arithmetic(text)
+        if len(terms) > MAX_TERMS:
+            raise utils.UserError(f"{len(terms)} terms; an expression may have at most {MAX_TERMS}")
+        seeds = sum(len(term.seeds or ()) for term in terms)
+        if seeds > MAX_TERM_SEEDS:
+            raise utils.UserError(f"{seeds} seeds in the terms; at most {MAX_TERM_SEEDS} in all")
+        if any(seed > SEED_MAX for term in terms for seed in term.seeds or ()):
+            raise utils.UserError(f"a seed in {text!r} is too large: seeds go from 0 to {SEED_MAX}")
+        if condition_names(terms) and (self.pool is None or not self.pool_ready.is_set()):
+            raise utils.UserError(self.pool_note)
+        means, result = arithmetic_latents(terms, self.nz, self.pool)
+        images = self.render(torch.cat([means, result[None]]))
+        captions = [("" if k == 0 and term.sign > 0 else "+ " if term.sign > 0 else "- ") + term.text()
+                    for k, term in enumerate(terms)] + ["= result"]
+        return list(zip(images, captions))
+
+    # files to download ---------------------------------------------------------
+    def keep(self, name: str) -> Path:
+        """A fresh path ``<n>/name`` in the explorer's folder; the folder of
+        the KEEP_FILES-th file before it is deleted (Gradio has its own copy)."""
+        with self._count_lock:
+            count = next(self._count)
+        shutil.rmtree(self.files / str(count - KEEP_FILES), ignore_errors=True)
+        return self.files / str(count) / name
+
+    def grid_png(self, grid: np.ndarray, seeds: list[int]) -> str:
+        contiguous = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+        path = self.keep(f"faces_{seed_range(seeds[0], len(seeds))}.png" if contiguous else "faces.png")
+        utils.save_png(grid, path)
+        return str(path)
+
+    def walk_gif(self, frames: list[np.ndarray], seed_a, seed_b) -> str:
+        path = self.keep(f"walk_{float(seed_a):g}_to_{float(seed_b):g}.gif")
+        utils.save_gif(frames + frames[-2:0:-1], path, duration_ms=100)  # there and back, so it loops smoothly
+        return str(path)
+
+    def summary(self) -> str:
+        c = self.config
+        parts = [f"{self.params}: {c['size']} px, nz {c['nz']}, ngf {c['ngf']}, "
+                 f"{'EMA' if c.get('weights') == 'ema' else 'raw'} weights",
+                 f"{len(self.names)} directions" if self.names else "no directions",
+                 f"concepts from {self.pool_size} sampled faces" if self.concepts else "no concepts"]
+        return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- #
+# The page
+# --------------------------------------------------------------------------- #
+CSS = """
+#faces .grid-wrap, #arithmetic .grid-wrap { height: auto !important; min-height: 0 !important; }
+#face img, #strip img, #gif img { width: 100%; height: 100%; object-fit: contain; }
+"""
+
+
+def build_app(explorer: Explorer):
+    """The gr.Blocks page of ``explorer``: every action an ``api_name``d event."""
+    def answer(fn):
+        """fn, with a UserError turned into a gr.Error: shown in the page and sent through the API."""
+        @functools.wraps(fn)
+        def wrapped(*args):
+            try:
+                return fn(*args)
+            except utils.UserError as err:
+                raise gr.Error(str(err), print_exception=False) from None
+        return wrapped
+
+    def faces(seeds: str):
+        """Faces by seed: a seed list such as "0-15" or "3,7,42" -> the faces (captioned "seed N") and their grid PNG."""
+        items, grid, seeds_list = explorer.faces(seeds)
+        return items, explorer.grid_png(grid, seeds_list)
+
+    def page(seeds: str, step: int):
+        text = page_seeds(seeds, step)
+        return (text, *faces(text))
+
+    def random_page(seeds: str):
+        count = len(parse_seeds(seeds)) if seeds and seeds.strip() else PAGE
+        text = seed_range(int(np.random.default_rng().integers(0, 100_000)), count)
+        return (text, *faces(text))
+
+    def edit(seed: float, edits: str):
+        """The face at a continuous seed (3.25: a quarter of the way from seed 3 to seed 4) moved along named
+        directions, e.g. "Smiling=+2,Eyeglasses=+1.5" (empty: no edit)."""
+        edits = check_text(edits, "edit").strip()
+        return explorer.face(seed, parse_edit(edits) if edits else [])
+
+    def show(seed: float, *strengths: float):
+        return explorer.face(seed, list(zip(explorer.names, strengths)))
+
+    def pick(seeds: str, evt: gr.SelectData, *strengths: float):
+        caption = str((evt.value if isinstance(evt.value, dict) else {}).get("caption") or "")
+        seed = int(caption.split()[-1]) if caption.startswith("seed ") else parse_seeds(seeds)[evt.index]
+        low, high = max(0, seed - WALK_SPAN), min(SEED_MAX, seed + WALK_SPAN)
+        return (seed, gr.Slider(minimum=low, maximum=high, value=seed),
+                explorer.face(seed, list(zip(explorer.names, strengths))))
+
+    def interpolate(seed_a: float, seed_b: float, steps: int):
+        """The spherical walk from seed_a's face to seed_b's in `steps` frames (2 to 32) -> the frames as one PNG
+        row and as a looping GIF."""
+        strip, frames = explorer.interpolate(seed_a, seed_b, steps)
+        return strip, explorer.walk_gif(frames, seed_a, seed_b)
+
+    def arithmetic(expression: str):
+        """Face arithmetic (DCGAN paper, fig. 7): seed lists or attribute conditions joined by + and -, e.g.
+        "3,17,42 - 5,8,9 + 11,23,31" or "Smiling,~Male - ~Smiling,~Male + ~Smiling,Male" -> each term's mean
+        face and the result."""
+        return explorer.arithmetic(expression)
+
+    def add_term(expression: str, picked, how: str):
+        seed = int(check_seed(picked, "picked seed"))
+        text = check_text(expression, "expression").strip()
+        if not text or how == "start":
+            return str(seed)
+        if how == "this":
+            return f"{text},{seed}"
+        return f"{text} {how} {seed}"
+
+    def picked_to(picked):
+        return int(check_seed(picked, "picked seed"))
+
+    private = {"api_visibility": "private"}
+    live = {"show_progress": "hidden", "trigger_mode": "always_last", **private}
+    attributes = ", ".join(explorer.concepts)
+    with gr.Blocks(title="DCGAN face explorer", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+        gr.Markdown(f"## DCGAN face explorer\n{explorer.summary()}. Click a face to pick it; walk, edit and add "
+                    f"it below. Every action is also an API endpoint (see the API link at the foot of the page).")
+        with gr.Row():
+            seeds = gr.Textbox(seed_range(0, PAGE), label="Seeds (e.g. 0-15 or 3,7,42; at most "
+                               f"{MAX_FACES} faces)", max_length=MAX_TEXT, scale=4, elem_id="seeds")
+            show_button = gr.Button("Show", variant="primary", scale=1, elem_id="show")
+            prev_button = gr.Button("◀ Previous", scale=1, elem_id="previous")
+            next_button = gr.Button("Next ▶", scale=1, elem_id="next")
+            random_button = gr.Button("Random", scale=1, elem_id="random")
+        gallery = gr.Gallery(label="Faces (click one to pick it)", columns=8, format="png", allow_preview=False,
+                             object_fit="contain", elem_id="faces", buttons=["download", "download_all"])
+        grid_file = gr.DownloadButton("Download the grid (PNG)", elem_id="grid-download", size="sm")
+
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                face = gr.Image(label="The picked face, walked and edited", format="png", height=256,
+                                interactive=False, buttons=["download"], elem_id="face")
+                picked = gr.Number(0, label="Picked seed", precision=0, minimum=0, maximum=SEED_MAX,
+                                   interactive=False, elem_id="picked")
+                walk = gr.Slider(0, 2 * WALK_SPAN, value=0, step=0.01, label="Walk: a continuous seed",
+                                 info="between two seeds, a spherical walk between their latents", elem_id="walk")
+            with gr.Column(scale=2):
+                gr.Markdown("### Edit: move the face along a named direction")
+                sliders, reset = [], None
+                if explorer.names:
+                    half = (len(explorer.names) + 1) // 2
+                    with gr.Row():
+                        for names in (explorer.names[:half], explorer.names[half:]):
+                            with gr.Column(min_width=200):
+                                sliders += [gr.Slider(-EDIT_MAX, EDIT_MAX, value=0, step=0.1, label=name,
+                                                      elem_id=f"edit-{name}") for name in names]
+                    reset = gr.Button("Reset the edits", size="sm")
+                else:
+                    gr.Markdown(explorer.directions_note, elem_id="no-directions")
+
+        gr.Markdown("### Walk from one face to another")
+        with gr.Row():
+            seed_a = gr.Number(0, label="From seed", minimum=0, maximum=SEED_MAX, elem_id="seed-a")
+            to_a = gr.Button("Picked → from", size="sm")
+            seed_b = gr.Number(1, label="To seed", minimum=0, maximum=SEED_MAX, elem_id="seed-b")
+            to_b = gr.Button("Picked → to", size="sm")
+            steps = gr.Slider(2, MAX_STEPS, value=8, step=1, label="Frames")
+            walk_button = gr.Button("Walk", variant="primary", elem_id="walk-button")
+        with gr.Row():
+            strip = gr.Image(label="The walk (PNG)", format="png", interactive=False, buttons=["download"],
+                             height=160, scale=3, elem_id="strip")
+            gif = gr.Image(label="The walk (GIF)", type="filepath", interactive=False, buttons=["download"],
+                           height=160, scale=1, elem_id="gif")
+
+        gr.Markdown("### Add faces: A - B + C\nEach term is the mean of its faces' latents (a seed list)"
+                    + (f" or of the sampled faces most surely showing a condition (attributes {attributes}; "
+                       f"~ = without)" if attributes else f". {explorer.pool_note}"))
+        with gr.Row():
+            expression = gr.Textbox(ARITH_EXAMPLE, label="Expression", max_length=MAX_TEXT, scale=4,
+                                    elem_id="expression")
+            add_this = gr.Button("Picked → this term", size="sm")
+            add_plus = gr.Button("Picked → new + term", size="sm")
+            add_minus = gr.Button("Picked → new - term", size="sm")
+            add_start = gr.Button("Start over with picked", size="sm")
+            arith_button = gr.Button("Add", variant="primary", elem_id="add")
+        arith = gr.Gallery(label="Each term's mean face, then the result", columns=8, format="png", fit_columns=False,
+                           allow_preview=False, object_fit="contain", buttons=["download"], elem_id="arithmetic")
+
+        # the events: the API endpoints first, then what only the page uses
+        gr.on([show_button.click, seeds.submit, demo.load], answer(faces), seeds, [gallery, grid_file],
+              api_name="faces")
+        edit_text, edit_trigger = gr.Textbox(visible=False), gr.Button(visible=False)  # the API's edit, as text
+        edit_trigger.click(answer(edit), [walk, edit_text], face, api_name="edit")
+        walk_button.click(answer(interpolate), [seed_a, seed_b, steps], [strip, gif], api_name="interpolate")
+        arith_button.click(answer(arithmetic), expression, arith, api_name="arithmetic")
+        expression.submit(answer(arithmetic), expression, arith, **private)
+
+        prev_button.click(answer(lambda s: page(s, -1)), seeds, [seeds, gallery, grid_file], **private)
+        next_button.click(answer(lambda s: page(s, +1)), seeds, [seeds, gallery, grid_file], **private)
+        random_button.click(answer(random_page), seeds, [seeds, gallery, grid_file], **private)
+        demo.load(answer(show), [walk, *sliders], face, **private)
+        gallery.select(answer(pick), [seeds, *sliders], [picked, walk, face], **private)
+        gr.on([walk.input, *(s.input for s in sliders)], answer(show), [walk, *sliders], face, **live)
+        if reset is not None:
+            reset.click(answer(lambda seed: [0.0] * len(sliders) + [explorer.face(seed)]), walk, [*sliders, face],
+                        **private)
+        to_a.click(answer(picked_to), picked, seed_a, **private)
+        to_b.click(answer(picked_to), picked, seed_b, **private)
+        for button, how in ((add_this, "this"), (add_plus, "+"), (add_minus, "-"), (add_start, "start")):
+            button.click(answer(lambda e, p, how=how: add_term(e, p, how)), [expression, picked], expression,
+                         **private)
+    return demo
+
+
+def serve(demo, host: str = "127.0.0.1", port: int = 7860, queue_size: int = 20, concurrency: int = 1,
+          block: bool = True):
+    """Queue (at most ``queue_size`` waiting, ``concurrency`` computed at
+    once) and serve ``demo`` with everything that could reach the web off;
+    ``block``: until Ctrl-C. -> the running demo."""
+    demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    try:
+        demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, quiet=True, ssr_mode=False,
+                    mcp_server=False, pwa=False, show_error=False, max_file_size="1kb", footer_links=["api"],
+                    enable_monitoring=False, max_threads=8 + concurrency, theme=theme, css=CSS,
+                    prevent_thread_lock=not block)
+    except OSError as err:
+        raise utils.UserError(f"cannot serve on {host}:{port} ({err}); pass another --port") from None
+    return demo
+
+
+def host_warning(host: str) -> str | None:
+    """The warning printed when --host makes the explorer reachable from other machines."""
+    if host in LOCAL_HOSTS:
+        return None
+    return (f"warning: --host {host}: anyone who can reach this machine on that network can use the explorer "
+            f"(no login, and every request costs this machine compute); leave --host out to serve on 127.0.0.1 only")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        raise utils.UserError(f"--port must be 1 to 65535 (got {args.port})")
+    if not 1 <= args.queue_size <= 1000:
+        raise utils.UserError(f"--queue-size must be 1 to 1000 (got {args.queue_size})")
+    if not 1 <= args.concurrency <= 16:
+        raise utils.UserError(f"--concurrency must be 1 to 16 (got {args.concurrency})")
+    if not 0 <= args.concept_pool <= 100_000:
+        raise utils.UserError(f"--concept-pool must be 0 (no concepts) to 100000 (got {args.concept_pool})")
+    if not Path(args.params).exists():
+        raise utils.UserError(f"params file not found: {args.params}. Explore the pretrained CelebA faces with "
+                              f"--params {PRETRAINED}, or pass --params PATH to a run's generator.params")
+    classifier = None if args.classifier.lower() in ("none", "") else args.classifier
+    if classifier and not Path(classifier).exists():
+        if args.classifier != CLASSIFIER:
+            raise utils.UserError(f"attribute classifier not found: {classifier} (or pass --classifier none)")
+        classifier = None  # a clone without the asset: seed lists only
+    device = utils.resolve_device(args.device)
+    explorer = Explorer.load(args.params, device, use_ema=not args.no_ema, classifier=classifier,
+                             pool_size=args.concept_pool)
+    warning = host_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr)
+    demo = serve(build_app(explorer), args.host, args.port, args.queue_size, args.concurrency, block=False)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"{explorer.summary()}\nserving the face explorer on http://{host}:{args.port}/ (Ctrl-C to stop)",
+          flush=True)
+    try:
+        demo.block_thread()
+    finally:
+        demo.close()
+    return 0
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)
