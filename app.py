@@ -327,7 +327,8 @@ def build_app(explorer: Explorer):
         return wrapped
 
     def faces(seeds: str):
-        """Faces by seed: a seed list such as "0-15" or "3,7,42" -> the faces (captioned "seed N") and their grid PNG."""
+        """Faces by seed: a seed list such as "0-15" or "3,7,42" (at most 64 faces) -> the faces (captioned
+        "seed N") and their grid PNG."""
         items, grid, seeds_list = explorer.faces(seeds)
         return items, explorer.grid_png(grid, seeds_list)
 
@@ -450,8 +451,10 @@ def build_app(explorer: Explorer):
         # the events: the API endpoints first, then what only the page uses
         gr.on([show_button.click, seeds.submit, demo.load], answer(faces), seeds, [gallery, grid_file],
               api_name="faces")
-        edit_text, edit_trigger = gr.Textbox(visible=False), gr.Button(visible=False)  # the API's edit, as text
-        edit_trigger.click(answer(edit), [walk, edit_text], face, api_name="edit")
+        # the API's edit: any seed (the slider's range is the picked seed's neighbourhood) and the edits as text
+        edit_seed, edit_text = gr.Number(visible=False), gr.Textbox(visible=False)
+        edit_trigger = gr.Button(visible=False)
+        edit_trigger.click(answer(edit), [edit_seed, edit_text], face, api_name="edit")
         walk_button.click(answer(interpolate), [seed_a, seed_b, steps], [strip, gif], api_name="interpolate")
         arith_button.click(answer(arithmetic), expression, arith, api_name="arithmetic")
         expression.submit(answer(arithmetic), expression, arith, **private)

@@ -7,6 +7,7 @@ each. Prints a table and one JSON line.
     python bench.py --device cuda --steps 50 --sizes 64 128 --out-json bench.json
     python bench.py --steps 3 --sizes 64 --small --synthetic 256      # smoke run, seconds on a CPU
     python bench.py --gpu-check --out gpu_check                       # the GPU check (docs/gpu_check.md)
+    python bench.py --explorer                                        # app.py under load (docs/explorer.md)
 
 The two training paths:
   ours     training.trainer.Trainer(...).step(batch), fed by dataloader.DeviceFeeder from
@@ -36,7 +37,7 @@ import tempfile
 from pathlib import Path
 
 import utils
-from benchmarks import gpu_check
+from benchmarks import explorer_load, gpu_check
 from benchmarks.harness import (ROOT, fmt, isolated, machine, measure_classic, measure_evaluate, measure_feeder,
                                 measure_ours, measure_preprocess, prepare_images, row_precision)
 
@@ -92,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --gpu-check: seconds for all stages together, shared as gpu_check.STAGES says")
     check.add_argument("--stages", nargs="+", default=None, choices=[name for name, _, _ in gpu_check.STAGES],
                        help="with --gpu-check: only these stages (setup always runs; default: all)")
+    load = parser.add_argument_group("the face explorer's load test (docs/explorer.md): app.py on a free "
+                                     "127.0.0.1 port, a fixed number of requests, a time limit")
+    load.add_argument("--explorer", action="store_true",
+                      help="run the load test instead of the speed rows: a flood of concurrent faces requests, "
+                           "then p50/p95 of one face, one edit and one grid")
+    load.add_argument("--explorer-params", default="assets/celeba_64.params", help="with --explorer: its --params")
+    load.add_argument("--explorer-requests", type=int, default=50, help="with --explorer: concurrent requests")
+    load.add_argument("--explorer-faces", type=int, default=16, help="with --explorer: faces per flood request")
+    load.add_argument("--explorer-repeats", type=int, default=30, help="with --explorer: requests per latency row")
+    load.add_argument("--explorer-queue-size", type=int, default=20, help="with --explorer: app.py --queue-size")
+    load.add_argument("--explorer-time-limit", type=float, default=300.0,
+                      help="with --explorer: seconds for the whole test (rows stop early past it)")
     return parser
 
 
@@ -120,6 +133,11 @@ def main(argv=None) -> int:
     if args.gpu_check:
         args.argv = list(argv if argv is not None else sys.argv[1:])
         return gpu_check.run_check(args)
+    if args.explorer:
+        explorer_load.check(args)
+        args.argv = list(argv if argv is not None else sys.argv[1:])
+        explorer_load.run(args)
+        return 0
     from network import SIZES
 
     bad = [s for s in args.sizes if s not in SIZES]

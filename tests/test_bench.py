@@ -83,6 +83,7 @@ def test_the_bench_modules_load_without_torch():
 
     from conftest import ROOT
 
-    code = "import sys, bench, benchmarks.speed, benchmarks.harness; print('torch' in sys.modules)"
+    code = ("import sys, bench, benchmarks.speed, benchmarks.harness, benchmarks.explorer_load; "
+            "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
