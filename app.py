@@ -35,8 +35,8 @@ import torch
 
 import utils
 from editing.directions import directions_path, load_directions, make_command, parse_edit
-from editing.latents import (ARITH_EXAMPLE, CONCEPT_POOL, ConceptPool, arithmetic_latents, condition_names, latents,
-                             parse_arithmetic, slerp)
+from editing.latents import (ARITH_EXAMPLE, CONCEPT_EXAMPLE, CONCEPT_POOL, ConceptPool, arithmetic_latents,
+                             condition_names, latents, parse_arithmetic, slerp)
 from network import load_generator
 
 PRETRAINED = "assets/celeba_64.params"
@@ -438,8 +438,8 @@ def build_app(explorer: Explorer):
                     + (f" or of the sampled faces most surely showing a condition (attributes {attributes}; "
                        f"~ = without)" if attributes else f". {explorer.pool_note}"))
         with gr.Row():
-            expression = gr.Textbox(ARITH_EXAMPLE, label="Expression", max_length=MAX_TEXT, scale=4,
-                                    elem_id="expression")
+            expression = gr.Textbox(CONCEPT_EXAMPLE if explorer.concepts else ARITH_EXAMPLE, label="Expression",
+                                    max_length=MAX_TEXT, scale=4, elem_id="expression")
             add_this = gr.Button("Picked → this term", size="sm")
             add_plus = gr.Button("Picked → new + term", size="sm")
             add_minus = gr.Button("Picked → new - term", size="sm")
