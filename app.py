@@ -440,11 +440,12 @@ def build_app(explorer: Explorer):
         with gr.Row():
             expression = gr.Textbox(CONCEPT_EXAMPLE if explorer.concepts else ARITH_EXAMPLE, label="Expression",
                                     max_length=MAX_TEXT, scale=4, elem_id="expression")
+            arith_button = gr.Button("Add", variant="primary", scale=1, elem_id="add")
+        with gr.Row():
             add_this = gr.Button("Picked → this term", size="sm")
             add_plus = gr.Button("Picked → new + term", size="sm")
             add_minus = gr.Button("Picked → new - term", size="sm")
             add_start = gr.Button("Start over with picked", size="sm")
-            arith_button = gr.Button("Add", variant="primary", elem_id="add")
         arith = gr.Gallery(label="Each term's mean face, then the result", columns=8, format="png", fit_columns=False,
                            allow_preview=False, object_fit="contain", buttons=["download"], elem_id="arithmetic")
 

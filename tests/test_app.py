@@ -168,6 +168,10 @@ def test_every_action_is_a_named_endpoint_and_the_page_takes_no_path(served):
             assert "file" not in str(parameter["python_type"]).lower(), parameter
     config = str(app.build_app(explorer).config)
     assert "Smiling" in config and "Male" in config  # a slider per direction
+    import httpx
+
+    upload = httpx.post(client.src.rstrip("/") + "/gradio_api/upload", files={"files": ("x.bin", b"0" * 4096)})
+    assert upload.status_code == 413  # nothing to upload, so nothing over 1 KB is taken
 
 
 def test_params_without_directions_say_how_to_make_them(tmp_path):
