@@ -52,6 +52,7 @@ MAX_STEPS = 32  # frames of an interpolation
 MAX_TERMS = 8  # terms of an arithmetic expression
 MAX_TERM_SEEDS = 64  # seeds in all the terms of an expression together
 KEEP_FILES = 64  # the grid PNGs and GIFs the server keeps for download (older ones are deleted)
+SESSIONS = 100  # visitors (each API call is one) whose page state the server keeps; older ones are dropped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -487,7 +488,8 @@ def serve(demo, host: str = "127.0.0.1", port: int = 7860, queue_size: int = 20,
     try:
         demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, quiet=True, ssr_mode=False,
                     mcp_server=False, pwa=False, show_error=False, max_file_size="1kb", footer_links=["api"],
-                    enable_monitoring=False, max_threads=8 + concurrency, theme=theme, css=CSS,
+                    enable_monitoring=False, max_threads=8 + concurrency, state_session_capacity=SESSIONS,
+                    theme=theme, css=CSS,
                     prevent_thread_lock=not block)
     except OSError as err:
         raise utils.UserError(f"cannot serve on {host}:{port} ({err}); pass another --port") from None
