@@ -55,6 +55,7 @@ def served(tmp_path_factory):
     """(explorer, client) of a server on a free localhost port: the tiny generator, its two directions, and
     concepts from 64 faces; Gradio's files in a temporary folder."""
     folder = tmp_path_factory.mktemp("explorer")
+    before = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")  # read when files are cached, not at import
     params, classifier = tiny_params(folder)
     explorer = app.Explorer.load(str(params), classifier=str(classifier), pool_size=64, background=False)
@@ -65,7 +66,10 @@ def served(tmp_path_factory):
     yield explorer, client
     client.close()
     demo.close()
-    os.environ.pop("GRADIO_TEMP_DIR", None)
+    if before is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = before
 
 
 def read(path) -> np.ndarray:
