@@ -23,6 +23,7 @@ import functools
 import itertools
 import math
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -532,10 +533,12 @@ def main(argv=None) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"{explorer.summary()}\nserving the face explorer on http://{host}:{args.port}/ (Ctrl-C to stop)",
           flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a `kill` stops it as Ctrl-C does, files removed
     try:
         demo.block_thread()
     finally:
         demo.close()
+        shutil.rmtree(explorer.files, ignore_errors=True)
     return 0
 
 
