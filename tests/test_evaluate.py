@@ -522,7 +522,7 @@ def test_pr_of_two_sets_names_the_real_one_and_swapping_swaps_precision_and_reca
     backward = re.match(PR_LINE, capsys.readouterr().out.strip())
     assert (backward.group(1), backward.group(2)) == (forward.group(2), forward.group(1))
     (tmp_path / "x.npz").touch()
-    with pytest.raises(utils.UserError, match="statistics only; --pr and --nn need the images"):
+    with pytest.raises(utils.UserError, match="statistics only; --pr.* need the images"):
         evaluate.main(["--real", str(tmp_path / "x.npz"), "--fake", real, "--pr"])
 
 
