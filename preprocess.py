@@ -445,7 +445,9 @@ def run_pool(tasks: list, worker, workers: int, writers: dict, sizes: tuple, nam
     else:
         import multiprocessing
 
-        pool = multiprocessing.get_context("spawn" if sys.platform == "darwin" else None).Pool(workers)
+        # forkserver, not fork: a forked worker inherits the parent's locks mid-use when the parent runs
+        # threads (a notebook, a web server, a test session), and a Pool whose worker dies that way waits forever
+        pool = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "forkserver").Pool(workers)
         results = pool.imap(worker, tasks, chunksize=chunk)
     with pool, bar:
         for index, buffers, reason in results:
