@@ -12,8 +12,9 @@ arithmetic.
 
 Image k comes from its own random generator seeded with ``seed + k`` (the
 per-seed generators of NVlabs EDM), so it is the same whatever
-``--batch-size`` is (bit-identical on CPU, tested; on a GPU, cuDNN may pick
-other kernels for other batch shapes, which can move a rare pixel by one level). ``--params`` may be our ``generator.params`` (config +
+``--batch-size`` is (bit-identical on CPU with one thread, tested; with several
+threads, or on a GPU where cuDNN may pick other kernels for other batch shapes,
+a rare pixel can move by one level). ``--params`` may be our ``generator.params`` (config +
 raw and EMA weights) or a bare generator state_dict as the classic DCGAN code
 saves it (``torch.save(netG.state_dict(), path)``); the size is then inferred
 from the weight shapes. ``--edit`` and ``--sweep`` move latents along the

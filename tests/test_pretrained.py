@@ -26,7 +26,11 @@ def test_pretrained_faces_are_the_same_whatever_the_batch_size(tmp_path):
         assert generator.main(["-n", "12", "--params", str(PRETRAINED), "--out", str(tmp_path / out),
                                "--batch-size", str(batch), "--device", "cpu"]) == 0
     a, b = ({p.name: np.asarray(Image.open(p)) for p in sorted((tmp_path / d).glob("0*.png"))} for d in "ab")
-    assert len(a) == 12 and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert len(a) == 12 and a.keys() == b.keys()
+    # the same faces; with several threads oneDNN splits a batch of 5 and of 64 differently, which can move a
+    # rare pixel by one level (seen: 1 pixel of 147,456 with 2 threads; bit-identical with one)
+    diff = np.stack([np.abs(a[k].astype(int) - b[k].astype(int)) for k in a])
+    assert diff.max() <= 1 and (diff > 0).sum() <= 12
     faces = np.stack(list(a.values())).astype(np.float64)
     assert faces.std(axis=0).mean() > 20  # twelve different faces, not one image repeated (collapse)
 
