@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     directions.add_argument("--keep", default=None,
                             help="comma-separated attributes every other direction leaves alone (their normals are "
                                  "projected out), e.g. Male; default: none")
-    directions.add_argument("--tail", type=float, default=0.03,
-                            help="share of the most and of the least confident faces each boundary is fitted on")
+    directions.add_argument("--tail", type=float, default=0.0,
+                            help="0: fit each boundary on every face, split by the classifier's decision; > 0: on "
+                                 "that share of the most and of the least confident faces (InterFaceGAN's tails)")
     directions.add_argument("--eval-n", type=int, default=2000,
                             help="other latents (the seeds after the --n) on which each edit is scored")
     directions.add_argument("--step", type=float, default=3.0, help="the move along a direction that is scored")
@@ -170,8 +171,8 @@ def evaluate(args) -> int:
 def directions(args) -> int:
     if args.n < 2 or args.eval_n < 1 or args.batch_size < 1:
         raise UserError("--n must be at least 2, --eval-n and --batch-size at least 1")
-    if not 0 < args.tail <= 0.5:
-        raise UserError(f"--tail must be in (0, 0.5] (got {args.tail})")
+    if not 0 <= args.tail <= 0.5:
+        raise UserError(f"--tail must be 0 (every face) or in (0, 0.5] (got {args.tail})")
     if not Path(args.params).is_file():
         raise UserError(f"params file not found: {args.params} (e.g. --params assets/celeba_64.params)")
     device = utils.resolve_device(args.device)
@@ -207,7 +208,8 @@ def directions(args) -> int:
     for s in scores:
         print(edit_line(s))
     kept = f", keeping {', '.join(keep)}" if keep else ""
-    print(f"wrote {path}: {len(names)} directions{kept}, fitted on the {args.tail:g} tails of {args.n} faces, "
+    fitted = f"the {args.tail:g} tails of {args.n} faces" if args.tail else f"all {args.n} faces"
+    print(f"wrote {path}: {len(names)} directions{kept}, fitted on {fitted}, "
           f"edits of {args.step:+g} scored on {args.eval_n} others, {seconds:.0f} s")
     return 0
 

@@ -71,15 +71,21 @@ def classify_latents(generator, classifier, size: int, z: torch.Tensor, batch_si
     return torch.cat(out)
 
 
-def fit_direction(z: torch.Tensor, logits: torch.Tensor, tail: float = 0.1, l2: float = 1e-3) -> torch.Tensor:
-    """The unit normal of a logistic-regression boundary between the ``tail``
-    share of latents with the highest logits and the share with the lowest
-    (the most confident faces with and without the attribute), pointing
-    towards the attribute. z (N, nz), logits (N,) -> (nz,)."""
-    k = max(1, int(tail * len(z)))
-    order = torch.argsort(logits)
-    x = torch.cat([z[order[-k:]], z[order[:k]]]).double()
-    y = torch.cat([torch.ones(k), torch.zeros(k)]).double()
+def fit_direction(z: torch.Tensor, logits: torch.Tensor, tail: float = 0.0, l2: float = 1e-3) -> torch.Tensor:
+    """The unit normal of a logistic-regression boundary in z, pointing towards
+    the attribute. tail 0: between every latent the classifier calls positive
+    (logit > 0) and every other one (split at the median logit where it calls
+    all or none positive); tail > 0: between the ``tail`` share of latents with
+    the highest logits and the share with the lowest (InterFaceGAN's most
+    confident faces). z (N, nz), logits (N,) -> (nz,)."""
+    positive = logits > 0
+    if tail > 0 or positive.all() or not positive.any():
+        k = max(1, int((tail or 0.5) * len(z)))
+        order = torch.argsort(logits)
+        x = torch.cat([z[order[-k:]], z[order[:k]]]).double()
+        y = torch.cat([torch.ones(k), torch.zeros(k)]).double()
+    else:
+        x, y = z.double(), positive.double()
     w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")

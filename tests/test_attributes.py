@@ -109,6 +109,23 @@ def test_a_fitted_direction_recovers_a_planted_linear_attribute():
     assert torch.equal(kept[1], normals[1])
 
 
+def test_the_default_fit_edits_a_rare_attribute_across_its_boundary():
+    # glasses-like: 5 % of faces, the classifier's boundary 1.64 out along the planted normal
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(20000, 16, generator=gen)
+    planted = torch.nn.functional.normalize(torch.randn(16, generator=gen), dim=0)
+    logits = 4 * (z @ planted - 1.64) + torch.randn(20000, generator=gen)
+    normal = fit_direction(z, logits)  # every face, split by the classifier's decision
+    assert normal @ planted > 0.98 and normal.norm() == pytest.approx(1)
+
+    def probabilities(zs):
+        return torch.sigmoid(4 * (zs @ planted - 1.64))[:, None]
+
+    assert edit_scores(probabilities, z[:2000], ["A"], normal[None], 3.0)[0]["edit_success"] > 0.85
+    # a classifier that calls every face positive still gives the direction its confidence grows in
+    assert fit_direction(z, logits + 100) @ planted > 0.95
+
+
 def varied_generator() -> Generator:
     """A random tiny generator whose faces differ visibly: its last layer
     scaled up and its BatchNorm statistics estimated."""
