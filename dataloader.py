@@ -1,4 +1,4 @@
-"""Reading the arrays preprocess.py writes: checks, a plain Dataset, and the
+"""Reading the arrays preprocess.py writes: checks, the content fingerprint, and the
 fast device-resident batch feeder train.py uses.
 
     from dataloader import load_images, DeviceFeeder
@@ -94,26 +94,6 @@ def to_float(batch_u8: torch.Tensor, channels_last: bool = False) -> torch.Tenso
     if not channels_last:
         x = x.contiguous()  # reorder the 1-byte values, cheaper than reordering floats
     return x.to(torch.float32).div_(127.5).sub_(1.0)
-
-
-class ImageArrayDataset(torch.utils.data.Dataset):
-    """A plain Dataset over a preprocessed array (path or array): item k is a
-    float32 (3, S, S) tensor in [-1, 1]. For use with torch DataLoader."""
-
-    def __init__(self, path_or_array, size: int | None = None):
-        if isinstance(path_or_array, (str, Path)):
-            self.images = load_images(path_or_array, size)
-        else:
-            self.images = np.asarray(path_or_array)
-            check_images(self.images, "image array", size)
-        self.size = self.images.shape[1]
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        image = torch.from_numpy(np.array(self.images[index]))  # copy out of the (read-only) memmap
-        return to_float(image[None])[0]
 
 
 class DeviceFeeder:

@@ -1,11 +1,11 @@
-"""dataloader.py: array checks, fingerprint, Dataset and the DeviceFeeder (CPU)."""
+"""dataloader.py: array checks, fingerprint and the DeviceFeeder (CPU)."""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from dataloader import DeviceFeeder, ImageArrayDataset, data_fingerprint, load_images
+from dataloader import DeviceFeeder, data_fingerprint, load_images
 from utils import UserError
 
 S = 8
@@ -62,17 +62,6 @@ def test_fingerprint_from_sidecar_or_content(tmp_path):
     assert data_fingerprint(path) == "abc123"
     path.with_suffix(".json").write_text(json.dumps({"fingerprint": "abc123", "count": 5, "size": 8}))
     assert data_fingerprint(path) != "abc123"  # a stale sidecar describing another array is ignored
-
-
-def test_dataset_items_and_dataloader(tmp_path):
-    images = id_images(6)
-    np.save(tmp_path / "d.npy", images)
-    dataset = ImageArrayDataset(tmp_path / "d.npy")
-    item = dataset[3]
-    assert len(dataset) == 6 and item.shape == (3, S, S) and item.dtype == torch.float32
-    assert item.min() == -1 and item.max() == 1 and ids(item[None]) == [3]
-    batch = next(iter(torch.utils.data.DataLoader(ImageArrayDataset(images), batch_size=6)))
-    assert ids(batch) == list(range(6))
 
 
 def test_feeder_covers_every_image_once_per_epoch():
