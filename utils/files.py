@@ -98,6 +98,19 @@ def append_jsonl(obj, path) -> None:
         handle.write(json.dumps(obj) + "\n")
 
 
+def read_jsonl(path) -> list[dict]:
+    """The rows of a JSON-lines file ([] when it does not exist); blank lines
+    and a line that does not parse (one still being appended) are left out."""
+    if not Path(path).is_file():
+        return []
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+    return rows
+
+
 def torch_save(obj, path) -> None:
     """``torch.save`` through a temp file + fsync + rename."""
     import torch
