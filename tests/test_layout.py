@@ -1,6 +1,7 @@
 """The repository's shape: the top level holds the commands a user types, the
-rest lives in packages, and no module imports itself back through others
-(counting imports inside functions, which still run)."""
+rest lives in packages, no package imports a command, no module imports itself
+back through others (counting imports inside functions, which still run), and
+an import inside a function is rare and says why."""
 import ast
 from pathlib import Path
 
@@ -8,6 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"preprocess", "train", "generator", "evaluate", "attributes", "bench", "bench_quality", "app"}  # python X.py
 TOP_LEVEL = SCRIPTS | {"dataloader", "network", "network_128"}  # the design's files a reader opens first
 PACKAGES = {"training", "metrics", "benchmarks", "preprocessing", "editing", "utils"}
+MAX_LAZY_IMPORTS = 10  # project imports inside functions, each for an optional dependency or a torch-free fast path
 
 
 def project_modules(root: Path = ROOT) -> dict[str, Path]:
@@ -106,3 +108,68 @@ def test_the_top_level_holds_the_commands_and_the_packages():
         text = (ROOT / f"{name}.py").read_text()
         assert "main(" in text and '__name__ == "__main__"' in text, f"{name}.py is not a command"
     assert {p.parent.name for p in ROOT.glob("*/__init__.py")} == PACKAGES
+
+
+def package_command_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(package module, command) for every package module that imports a command."""
+    return sorted((name, target) for name, targets in graph.items() if name.split(".")[0] not in TOP_LEVEL
+                  for target in targets if target in SCRIPTS)
+
+
+def lazy_imports(root: Path = ROOT) -> list[tuple[str, int, str, bool]]:
+    """(file, line, module, has a reason) for each project import inside a function.
+    The reason is a comment on the import's line or on the line just above it."""
+    modules = project_modules(root)
+    tops = {name.split(".")[0] for name in modules}
+    found = []
+    for name, path in modules.items():
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse("\n".join(lines), str(path))):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import):
+                    targets = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    targets = ["." if node.level else node.module or ""]
+                else:
+                    continue
+                for target in targets:
+                    if target == "." or target.split(".")[0] in tops:
+                        here, above = lines[node.lineno - 1], lines[node.lineno - 2].strip()
+                        reason = "#" in here or above.startswith("#")
+                        found.append((str(path.relative_to(root)), node.lineno, target, reason))
+    return sorted(set(found))
+
+
+def test_no_package_imports_a_command():
+    assert package_command_imports(import_graph()) == []
+
+
+def test_a_planted_package_to_command_import_is_found(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "__init__.py").write_text("")
+    (tmp_path / "preprocess.py").write_text("def main():\n    pass\n")
+    (tmp_path / "metrics" / "features.py").write_text("def f():\n    import preprocess\n")
+    (tmp_path / "network.py").write_text("import preprocess\n")  # a top-level file may use a command
+    assert package_command_imports(import_graph(tmp_path)) == [("metrics.features", "preprocess")]
+
+
+def test_imports_inside_functions_are_few_and_say_why():
+    found = lazy_imports()
+    unexplained = [f"{path}:{line} {module}" for path, line, module, reason in found if not reason]
+    assert not unexplained, f"imports inside functions need a one-line reason comment: {unexplained}"
+    assert len(found) <= MAX_LAZY_IMPORTS, f"{len(found)} imports inside functions: " + \
+        ", ".join(f"{path}:{line} {module}" for path, line, module, _ in found)
+
+
+def test_the_lazy_import_finder_reads_reasons(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text(
+        "def f():\n    # torch-free fast path\n    from pkg import b\n"
+        "def g():\n    from . import b  # optional dependency\n"
+        "def h():\n    import pkg.b\n    import json\n")
+    (tmp_path / "pkg" / "b.py").write_text("")
+    assert lazy_imports(tmp_path) == [("pkg/a.py", 3, "pkg", True), ("pkg/a.py", 5, ".", True),
+                                      ("pkg/a.py", 7, "pkg.b", False)]
