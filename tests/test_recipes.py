@@ -18,6 +18,7 @@ import utils
 from conftest import make_trainer, torchrun
 from training import augment
 from training import loss as losses
+from training.config import recipe_options, resolve_config, typed_options
 from training.loss import Loss
 from training.trainer import Trainer
 
@@ -42,7 +43,7 @@ def argv(tmp_path, data, *extra, out="run", params="generator.params"):
 
 
 def resolved(flags):
-    return train.resolve_config(train.typed_options(train.build_parser().parse_args(flags)))
+    return resolve_config(typed_options(train.build_parser().parse_args(flags)))
 
 
 def tensors_equal(a: dict, b: dict) -> bool:
@@ -609,7 +610,7 @@ def test_resume_refuses_an_sn_change_and_takes_typed_rates(tmp_path):
 def test_recipe_best_sets_its_options_and_typed_flags_win(tmp_path):
     config = resolved(["--recipe", "best", "--augment", "translation", "--no-ema-bn-recompute"])
     best = {k: config["lr"] if v is None and k in ("lr_g", "lr_d") else v  # unset rates follow --lr
-            for k, v in train.recipe_options("best").items()}
+            for k, v in recipe_options("best").items()}
     assert best["augment"] != "translation" and best["ema_bn_recompute"] is True
     assert config["augment"] == "translation" and config["ema_bn_recompute"] is False
     assert all(config[k] == v for k, v in best.items() if k not in ("augment", "ema_bn_recompute"))
