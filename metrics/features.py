@@ -36,6 +36,7 @@ from dataloader import data_fingerprint, load_images
 from metrics.fid import activations_to_statistics, float64_device, frechet_distance, warn_if_small_sample
 from metrics.inception import FEATURE_DIMS, load_inception
 from metrics.precision_recall import knn_radii, manifold_metrics, nearest_neighbours
+from preprocessing import celeba, decode
 from utils import UserError
 
 KID_REAL_MAX = 5000  # real activations kept in the cache for --kid (float32, ~40 MB)
@@ -180,11 +181,9 @@ def load_folder(path, size: int | None = None) -> np.ndarray:
 
 def _preprocessed(file: Path, image_size: tuple[int, int], size: int) -> np.ndarray:
     """One image file cropped and resized as ``preprocess.py`` does -> uint8 (size, size, 3)."""
-    import preprocess
-
-    aligned = preprocess.celeba_scale(*image_size) is not None
-    crop = preprocess.CELEBA_CROP if aligned else "square"
-    (buffer,) = preprocess.load_image(str(file.parent), file.name, (size,), crop, aligned)
+    aligned = celeba.celeba_scale(*image_size) is not None
+    crop = celeba.CELEBA_CROP if aligned else "square"
+    (buffer,) = decode.load_image(str(file.parent), file.name, (size,), crop, aligned)
     return np.frombuffer(buffer, np.uint8).reshape(size, size, 3)
 
 

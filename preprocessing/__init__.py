@@ -1,1 +1,8 @@
-"""What preprocess.py reads besides photos: ``synthetic``, the offline cartoon faces."""
+"""The parts of preprocess.py, the data stage; the script keeps only its command line.
+
+- ``sources``: folders (searched recursively) and zips (read in place), each opened into a ``Source`` record
+- ``celeba``: everything CelebA: recognising it, its face box at every size, partitions, attribute files, the download
+- ``decode``: decoding and cropping one image to every output size (runs in the worker processes)
+- ``writer``: the worker pool streaming into ``.npy`` files, then labels, preview and ``.json``, each atomic
+- ``synthetic``: the offline cartoon faces of ``--synthetic N``
+"""

@@ -1,4 +1,4 @@
-"""preprocess.py on real (tiny) JPEG / PNG files made in tmp_path."""
+"""preprocess.py and its parts in preprocessing/ on real (tiny) JPEG / PNG files made in tmp_path."""
 import io
 import json
 import os
@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import preprocess
+from preprocessing import decode, writer
 from utils import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,11 +53,11 @@ def assert_crop(images: np.ndarray) -> None:
 
 
 def test_crop_box_is_centred():
-    assert preprocess.crop_box(178, 218, 140) == (19, 39, 159, 179)
-    assert preprocess.crop_box(178, 218, 108) == (35, 55, 143, 163)
-    assert preprocess.crop_box(178, 218, "square") == (0, 20, 178, 198)
-    assert preprocess.crop_box(101, 50, "square") == (25, 0, 75, 50)
-    assert preprocess.crop_box(60, 80, 140) == (0, 10, 60, 70)  # smaller than N: largest centred square
+    assert decode.crop_box(178, 218, 140) == (19, 39, 159, 179)
+    assert decode.crop_box(178, 218, 108) == (35, 55, 143, 163)
+    assert decode.crop_box(178, 218, "square") == (0, 20, 178, 198)
+    assert decode.crop_box(101, 50, "square") == (25, 0, 75, 50)
+    assert decode.crop_box(60, 80, 140) == (0, 10, 60, 70)  # smaller than N: largest centred square
     assert "(19, 39, 159, 179)" in preprocess.build_parser().format_help().replace("\n", " ")
 
 
@@ -252,7 +253,7 @@ def test_failed_run_leaves_previous_output_and_no_temp_files(tmp_path, monkeypat
     out = tmp_path / "out"
     run("--src", src, "--out", out, "--sizes", "8", "16")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    real, calls = preprocess._decode_task, []
+    real, calls = decode.decode_task, []
 
     def dies_midway(task):
         calls.append(task)
@@ -260,7 +261,7 @@ def test_failed_run_leaves_previous_output_and_no_temp_files(tmp_path, monkeypat
             raise RuntimeError("simulated crash after two images were written")
         return real(task)
 
-    monkeypatch.setattr(preprocess, "_decode_task", dies_midway)
+    monkeypatch.setattr(decode, "decode_task", dies_midway)
     with pytest.raises(RuntimeError, match="simulated"):
         run("--src", src, "--out", out, "--sizes", "8", "16", "--force")
     assert len(calls) == 3
@@ -288,13 +289,13 @@ def smaller_celeba(folder: Path, size: tuple[int, int], n: int = 3) -> Path:
 
 
 def test_face_box_scales_with_celeba_at_any_size():
-    assert preprocess.face_box(178, 218, 140, True) == (19, 39, 159, 179)  # full size: the integer box
-    assert preprocess.face_box(89, 109, 140, True) == (9.5, 19.5, 79.5, 89.5)
-    assert preprocess.face_box(89, 109, 108, True) == (17.5, 27.5, 71.5, 81.5)  # --crop counts full-size pixels
-    assert preprocess.face_box(44, 54, 140, True) == pytest.approx(tuple(v * 44 / 178 for v in (19, 39, 159, 179)))
-    assert preprocess.face_box(89, 109, "square", True) == preprocess.crop_box(89, 109, "square")
-    assert preprocess.face_box(89, 109, 140, False) == preprocess.crop_box(89, 109, 140)  # not CelebA
-    assert preprocess.face_box(100, 100, 140, True) == preprocess.crop_box(100, 100, 140)  # not CelebA's shape
+    assert decode.face_box(178, 218, 140, True) == (19, 39, 159, 179)  # full size: the integer box
+    assert decode.face_box(89, 109, 140, True) == (9.5, 19.5, 79.5, 89.5)
+    assert decode.face_box(89, 109, 108, True) == (17.5, 27.5, 71.5, 81.5)  # --crop counts full-size pixels
+    assert decode.face_box(44, 54, 140, True) == pytest.approx(tuple(v * 44 / 178 for v in (19, 39, 159, 179)))
+    assert decode.face_box(89, 109, "square", True) == decode.crop_box(89, 109, "square")
+    assert decode.face_box(89, 109, 140, False) == decode.crop_box(89, 109, 140)  # not CelebA
+    assert decode.face_box(100, 100, 140, True) == decode.crop_box(100, 100, 140)  # not CelebA's shape
 
 
 @pytest.mark.parametrize("size", [(89, 109), (44, 54)])
@@ -376,7 +377,7 @@ def test_attribute_rows_follow_skipped_images_and_the_file_rebuilds(tmp_path, ca
 def test_a_malformed_attribute_file_names_its_line_and_writes_nothing(tmp_path, text, line):
     src = make_celeba(tmp_path / "celeba" / "img_align_celeba")
     (tmp_path / "celeba" / "list_attr_celeba.txt").write_text(text)
-    with pytest.raises(preprocess.UserError, match=f"list_attr_celeba.txt line {line}: "):
+    with pytest.raises(UserError, match=f"list_attr_celeba.txt line {line}: "):
         run("--src", src, "--out", tmp_path / "out", "--sizes", "16")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     result = subprocess.run([sys.executable, "preprocess.py", "--src", str(src), "--out", str(tmp_path / "out")],
@@ -388,7 +389,7 @@ def test_several_sources_make_one_array_with_their_labels(tmp_path, capsys):
     full = make_celeba(tmp_path / "sample" / "img_align_celeba", n=2)  # no label file
     half = smaller_celeba(tmp_path / "half" / "img_align_celeba", (89, 109), n=3)
     write_attrs(tmp_path / "half" / "list_attr_celeba.txt", {k.replace(".jpg", ".png"): v for k, v in ROWS.items()})
-    with pytest.raises(preprocess.UserError, match="--name"):
+    with pytest.raises(UserError, match="--name"):
         run("--src", full, "--src", half, "--out", tmp_path / "out", "--sizes", "16")
     run("--src", full, "--src", half, "--name", "faces", "--out", tmp_path / "out", "--sizes", "16")
     assert "labels: 2 of 5 images have a row" in capsys.readouterr().out
@@ -427,11 +428,11 @@ def test_real_celeba_sample(tmp_path, celeba_sample):
 
 def test_stream_writer_header_shrinks_in_place(tmp_path):
     path = tmp_path / "x.npy"
-    writer = preprocess.NpyStreamWriter(str(path), capacity=10**7, size=4)  # room for 10 million, 3 written
+    stream = writer.NpyStreamWriter(str(path), capacity=10**7, size=4)  # room for 10 million, 3 written
     images = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
     for image in images:
-        writer.append(image.tobytes())
-    writer.close()
+        stream.append(image.tobytes())
+    stream.close()
     loaded = np.load(path, mmap_mode="r")
     assert loaded.shape == (3, 4, 4, 3) and np.array_equal(loaded, images)
     assert loaded.offset % 64 == 0 and path.stat().st_size == loaded.offset + images.nbytes
