@@ -107,7 +107,6 @@ def validate(args) -> None:
         raise UserError(f"--out {args.out} exists and is not a folder")
 
 
-
 def make_synthetic(args, sizes: tuple) -> int:
     """``preprocess.py --synthetic N``: N faces of ``--seed`` written for every size not up to date."""
     name = args.name or "synthetic"

@@ -4,7 +4,7 @@ Each face (skin, hair style, eyes with gaze, brows, nose, mouth, glasses, a
 small pose jitter) is a function of ``numpy.random.default_rng([seed, index])``
 alone, drawn at ``synthetic_canvas(size)`` px and reduced to each size.
 ``synthetic_task`` is preprocess.py's worker for them: ``preprocess.py --synthetic N``
-writes them with its .npy/.json/preview writer:
+writes them with ``preprocessing.writer``, as it writes photos:
 
     python preprocess.py --synthetic 2000                   # -> data/synthetic_{64,128}.npy
     python preprocess.py --synthetic 64 --sizes 32 --seed 1 --out /tmp/faces
