@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -35,13 +36,14 @@ import numpy as np
 import torch
 
 import utils
+from editing.classifier import load_classifier
 from editing.directions import directions_path, load_directions, make_command, parse_edit
 from editing.latents import (ARITH_EXAMPLE, CONCEPT_EXAMPLE, CONCEPT_POOL, ConceptPool, arithmetic_latents,
                              condition_names, latents, parse_arithmetic, slerp)
 from network import load_generator
+from utils.paths import CLASSIFIER, PRETRAINED_PARAMS, shown
 
-PRETRAINED = "assets/celeba_64.params"
-CLASSIFIER = "assets/celeba_attributes.pt"
+PRETRAINED = PRETRAINED_PARAMS  # the generator the explorer shows unless --params says otherwise
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 SEED_MAX = 2**31 - 1  # seeds 0..SEED_MAX
 MAX_FACES = 64  # faces per request
@@ -58,9 +60,10 @@ SESSIONS = 100  # visitors (each API call is one) whose page state the server ke
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=utils.HelpFormatter)
-    parser.add_argument("--params", default=PRETRAINED, help="generator.params of a run (or a bare state_dict)")
+    parser.add_argument("--params", default=shown(PRETRAINED),
+                        help="generator.params of a run (or a bare state_dict)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA weights")
-    parser.add_argument("--classifier", default=CLASSIFIER,
+    parser.add_argument("--classifier", default=shown(CLASSIFIER),
                         help="attribute classifier for concepts in the arithmetic (e.g. Smiling,~Male); "
                              "'none': seed lists only")
     parser.add_argument("--concept-pool", type=int, default=CONCEPT_POOL,
@@ -160,7 +163,7 @@ class Explorer:
         self._count_lock = threading.Lock()
 
     @classmethod
-    def load(cls, params: str, device="cpu", use_ema: bool = True, classifier: str | None = CLASSIFIER,
+    def load(cls, params: str | Path, device="cpu", use_ema: bool = True, classifier: str | Path | None = CLASSIFIER,
              pool_size: int = CONCEPT_POOL, background: bool = True) -> Explorer:
         """The explorer of ``params``: its directions when they are beside it,
         and a pool of ``pool_size`` classified faces for concepts when the
@@ -174,8 +177,6 @@ class Explorer:
                                f"{make_command(params)} and start the explorer again.")
         explorer = cls(generator, config, params, device, directions, directions_note)
         if classifier and pool_size > 0:
-            from editing.classifier import load_classifier
-
             model, classifier_config = load_classifier(classifier, device)
             attributes = classifier_config["attributes"]
             explorer.use_pool(lambda: ConceptPool(generator, model, classifier_config["size"], attributes,
@@ -300,7 +301,7 @@ class Explorer:
 
     def summary(self) -> str:
         c = self.config
-        parts = [f"{self.params}: {c['size']} px, nz {c['nz']}, ngf {c['ngf']}, "
+        parts = [f"{shown(self.params)}: {c['size']} px, nz {c['nz']}, ngf {c['ngf']}, "
                  f"{'EMA' if c.get('weights') == 'ema' else 'raw'} weights",
                  f"{len(self.names)} directions" if self.names else "no directions",
                  f"concepts from {self.pool_size} sampled faces" if self.concepts else "no concepts"]
@@ -308,70 +309,117 @@ class Explorer:
 
 
 # --------------------------------------------------------------------------- #
-# The page
+# The page: Gradio's handlers over an Explorer, then one function per section
 # --------------------------------------------------------------------------- #
 CSS = """
 #faces .grid-wrap, #arithmetic .grid-wrap { height: auto !important; min-height: 0 !important; }
 #face img, #strip img, #gif img { width: 100%; height: 100%; object-fit: contain; }
 """
+PRIVATE = {"api_visibility": "private"}  # an event only the page uses: not an API endpoint
+LIVE = {"show_progress": "hidden", "trigger_mode": "always_last", **PRIVATE}  # follows a slider as it moves
 
 
-def build_app(explorer: Explorer):
-    """The gr.Blocks page of ``explorer``: every action an ``api_name``d event."""
-    def answer(fn):
-        """fn, with a UserError turned into a gr.Error: shown in the page and sent through the API."""
-        @functools.wraps(fn)
-        def wrapped(*args):
-            try:
-                return fn(*args)
-            except utils.UserError as err:
-                raise gr.Error(str(err), print_exception=False) from None
-        return wrapped
+def answer(fn):
+    """fn, with a UserError turned into a gr.Error: shown in the page and sent through the API."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except utils.UserError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+    return wrapped
 
-    def faces(seeds: str):
+
+class Handlers:
+    """What the page's events call: the explorer's answers in the shapes the
+    components take (a gallery's (face, caption) pairs, a file to download, a
+    slider's new range), a UserError shown as a message. Gradio shows the
+    docstrings of the API's four (faces, edit, interpolate, arithmetic)."""
+
+    def __init__(self, explorer: Explorer):
+        self.explorer = explorer
+
+    # the faces -------------------------------------------------------------------
+    @answer
+    def faces(self, seeds: str):
         """Faces by seed: a seed list such as "0-15" or "3,7,42" (at most 64 faces) -> the faces (captioned
         "seed N") and their grid PNG."""
-        items, grid, seeds_list = explorer.faces(seeds)
-        return items, explorer.grid_png(grid, seeds_list)
+        items, grid, seeds_list = self.explorer.faces(seeds)
+        return items, self.explorer.grid_png(grid, seeds_list)
 
-    def page(seeds: str, step: int):
+    def page(self, seeds: str, step: int):
+        """The next (step +1) or previous (-1) page -> (its seed list, its faces, their grid PNG)."""
         text = page_seeds(seeds, step)
-        return (text, *faces(text))
+        return (text, *self.faces(text))
 
-    def random_page(seeds: str):
+    @answer
+    def previous_page(self, seeds: str):
+        """The page of faces before this one."""
+        return self.page(seeds, -1)
+
+    @answer
+    def next_page(self, seeds: str):
+        """The page of faces after this one."""
+        return self.page(seeds, +1)
+
+    @answer
+    def random_page(self, seeds: str):
+        """As many faces as now (a page when none), from a random seed under 100,000."""
         count = len(parse_seeds(seeds)) if seeds and seeds.strip() else PAGE
         text = seed_range(int(np.random.default_rng().integers(0, 100_000)), count)
-        return (text, *faces(text))
+        return (text, *self.faces(text))
 
-    def edit(seed: float, edits: str):
+    # the picked face -------------------------------------------------------------
+    @answer
+    def edit(self, seed: float, edits: str):
         """The face at a continuous seed (3.25: a quarter of the way from seed 3 to seed 4) moved along named
         directions, e.g. "Smiling=+2,Eyeglasses=+1.5" (empty: no edit)."""
         edits = check_text(edits, "edit").strip()
-        return explorer.face(seed, parse_edit(edits) if edits else [])
+        return self.explorer.face(seed, parse_edit(edits) if edits else [])
 
-    def show(seed: float, *strengths: float):
-        return explorer.face(seed, list(zip(explorer.names, strengths)))
+    @answer
+    def show(self, seed: float, *strengths: float):
+        """The face at the walk slider's seed, moved by the edit sliders' strengths."""
+        return self.explorer.face(seed, list(zip(self.explorer.names, strengths)))
 
-    def pick(seeds: str, evt: gr.SelectData, *strengths: float):
+    @answer
+    def pick(self, seeds: str, evt: gr.SelectData, *strengths: float):
+        """A face clicked in the gallery -> (its seed, the walk slider around it, it with the edits)."""
         caption = str((evt.value if isinstance(evt.value, dict) else {}).get("caption") or "")
         seed = int(caption.split()[-1]) if caption.startswith("seed ") else parse_seeds(seeds)[evt.index]
         low, high = max(0, seed - WALK_SPAN), min(SEED_MAX, seed + WALK_SPAN)
         return (seed, gr.Slider(minimum=low, maximum=high, value=seed),
-                explorer.face(seed, list(zip(explorer.names, strengths))))
+                self.explorer.face(seed, list(zip(self.explorer.names, strengths))))
 
-    def interpolate(seed_a: float, seed_b: float, steps: int):
+    @answer
+    def reset(self, seed: float):
+        """Every edit slider back to 0, and the face at ``seed`` without edits."""
+        return [0.0] * len(self.explorer.names) + [self.explorer.face(seed)]
+
+    @answer
+    def picked_seed(self, picked):
+        """The picked seed, for a walk's from or to seed."""
+        return int(check_seed(picked, "picked seed"))
+
+    # the walk and the arithmetic ---------------------------------------------------
+    @answer
+    def interpolate(self, seed_a: float, seed_b: float, steps: int):
         """The spherical walk from seed_a's face to seed_b's in `steps` frames (2 to 32) -> the frames as one PNG
         row and as a looping GIF."""
-        strip, frames = explorer.interpolate(seed_a, seed_b, steps)
-        return strip, explorer.walk_gif(frames, seed_a, seed_b)
+        strip, frames = self.explorer.interpolate(seed_a, seed_b, steps)
+        return strip, self.explorer.walk_gif(frames, seed_a, seed_b)
 
-    def arithmetic(expression: str):
+    @answer
+    def arithmetic(self, expression: str):
         """Face arithmetic (DCGAN paper, fig. 7): seed lists or attribute conditions joined by + and -, e.g.
         "3,17,42 - 5,8,9 + 11,23,31" or "Smiling,~Male - ~Smiling,~Male + ~Smiling,Male" -> each term's mean
         face and the result."""
-        return explorer.arithmetic(expression)
+        return self.explorer.arithmetic(expression)
 
-    def add_term(expression: str, picked, how: str):
+    @answer
+    def add_term(self, expression: str, picked, how: str):
+        """The expression with the picked seed added: to its last term ("this"), as a new "+" or "-" term,
+        or alone ("start")."""
         seed = int(check_seed(picked, "picked seed"))
         text = check_text(expression, "expression").strip()
         if not text or how == "start":
@@ -380,103 +428,151 @@ def build_app(explorer: Explorer):
             return f"{text},{seed}"
         return f"{text} {how} {seed}"
 
-    def picked_to(picked):
-        return int(check_seed(picked, "picked seed"))
 
-    private = {"api_visibility": "private"}
-    live = {"show_progress": "hidden", "trigger_mode": "always_last", **private}
-    attributes = ", ".join(explorer.concepts)
+@dataclass
+class PickedFace:
+    """The picked face's components, which the sections after its own read
+    and set. A section that makes a face the picked one (a click in the
+    gallery) sets ``picked``, ``walk`` and ``face``; one that uses it reads
+    ``picked``; ``sliders`` are the edit strengths applied to the face."""
+    picked: gr.Number  # the picked seed
+    walk: gr.Slider  # a continuous seed near it (picked +- WALK_SPAN): the face shown is this seed's
+    face: gr.Image  # the face at ``walk``, moved by ``sliders``
+    sliders: list[gr.Slider]  # one strength per direction, in explorer.names order; none without directions
+
+
+def build_app(explorer: Explorer) -> gr.Blocks:
+    """The gr.Blocks page of ``explorer``, one section after another, each
+    wiring its own events: every action an ``api_name``d event."""
+    handlers = Handlers(explorer)
     with gr.Blocks(title="DCGAN face explorer", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown(f"## DCGAN face explorer\n{explorer.summary()}. Click a face to pick it; walk, edit and add "
                     f"it below. Every action is also an API endpoint (see the API link at the foot of the page).")
-        with gr.Row():
-            seeds = gr.Textbox(seed_range(0, PAGE), label="Seeds (e.g. 0-15 or 3,7,42; at most "
-                               f"{MAX_FACES} faces)", max_length=MAX_TEXT, scale=4, elem_id="seeds")
-            show_button = gr.Button("Show", variant="primary", scale=1, elem_id="show")
-            prev_button = gr.Button("◀ Previous", scale=1, elem_id="previous")
-            next_button = gr.Button("Next ▶", scale=1, elem_id="next")
-            random_button = gr.Button("Random", scale=1, elem_id="random")
-        gallery = gr.Gallery(label="Faces (click one to pick it)", columns=8, format="png", allow_preview=False,
-                             object_fit="contain", elem_id="faces", buttons=["download", "download_all"])
-        grid_file = gr.DownloadButton("Download the grid (PNG)", elem_id="grid-download", size="sm")
-
-        with gr.Row():
-            with gr.Column(scale=1, min_width=280):
-                face = gr.Image(label="The picked face, walked and edited", format="png", height=256,
-                                interactive=False, buttons=["download"], elem_id="face")
-                picked = gr.Number(0, label="Picked seed", precision=0, minimum=0, maximum=SEED_MAX,
-                                   interactive=False, elem_id="picked")
-                walk = gr.Slider(0, 2 * WALK_SPAN, value=0, step=0.01, label="Walk: a continuous seed",
-                                 info="between two seeds, a spherical walk between their latents", elem_id="walk")
-            with gr.Column(scale=2):
-                gr.Markdown("### Edit: move the face along a named direction")
-                sliders, reset = [], None
-                if explorer.names:
-                    half = (len(explorer.names) + 1) // 2
-                    with gr.Row():
-                        for names in (explorer.names[:half], explorer.names[half:]):
-                            with gr.Column(min_width=200):
-                                sliders += [gr.Slider(-EDIT_MAX, EDIT_MAX, value=0, step=0.1, label=name,
-                                                      elem_id=f"edit-{name}") for name in names]
-                    reset = gr.Button("Reset the edits", size="sm")
-                else:
-                    gr.Markdown(explorer.directions_note, elem_id="no-directions")
-
-        gr.Markdown("### Walk from one face to another")
-        with gr.Row():
-            seed_a = gr.Number(0, label="From seed", minimum=0, maximum=SEED_MAX, elem_id="seed-a")
-            to_a = gr.Button("Picked → from", size="sm")
-            seed_b = gr.Number(1, label="To seed", minimum=0, maximum=SEED_MAX, elem_id="seed-b")
-            to_b = gr.Button("Picked → to", size="sm")
-            steps = gr.Slider(2, MAX_STEPS, value=8, step=1, label="Frames")
-            walk_button = gr.Button("Walk", variant="primary", elem_id="walk-button")
-        with gr.Row():
-            strip = gr.Image(label="The walk (PNG)", format="png", interactive=False, buttons=["download"],
-                             height=160, scale=3, elem_id="strip")
-            gif = gr.Image(label="The walk (GIF)", type="filepath", interactive=False, buttons=["download"],
-                           height=160, scale=1, elem_id="gif")
-
-        gr.Markdown("### Add faces: A - B + C\nEach term is the mean of its faces' latents (a seed list)"
-                    + (f" or of the sampled faces most surely showing a condition (attributes {attributes}; "
-                       f"~ = without)" if attributes else f". {explorer.pool_note}"))
-        with gr.Row():
-            expression = gr.Textbox(CONCEPT_EXAMPLE if explorer.concepts else ARITH_EXAMPLE, label="Expression",
-                                    max_length=MAX_TEXT, scale=4, elem_id="expression")
-            arith_button = gr.Button("Add", variant="primary", scale=1, elem_id="add")
-        with gr.Row():
-            add_this = gr.Button("Picked → this term", size="sm")
-            add_plus = gr.Button("Picked → new + term", size="sm")
-            add_minus = gr.Button("Picked → new - term", size="sm")
-            add_start = gr.Button("Start over with picked", size="sm")
-        arith = gr.Gallery(label="Each term's mean face, then the result", columns=8, format="png", fit_columns=False,
-                           allow_preview=False, object_fit="contain", buttons=["download"], elem_id="arithmetic")
-
-        # the events: the API endpoints first, then what only the page uses
-        gr.on([show_button.click, seeds.submit, demo.load], answer(faces), seeds, [gallery, grid_file],
-              api_name="faces")
-        # the API's edit: any seed (the slider's range is the picked seed's neighbourhood) and the edits as text
-        edit_seed, edit_text = gr.Number(visible=False), gr.Textbox(visible=False)
-        edit_trigger = gr.Button(visible=False)
-        edit_trigger.click(answer(edit), [edit_seed, edit_text], face, api_name="edit")
-        walk_button.click(answer(interpolate), [seed_a, seed_b, steps], [strip, gif], api_name="interpolate")
-        arith_button.click(answer(arithmetic), expression, arith, api_name="arithmetic")
-        expression.submit(answer(arithmetic), expression, arith, **private)
-
-        prev_button.click(answer(lambda s: page(s, -1)), seeds, [seeds, gallery, grid_file], **private)
-        next_button.click(answer(lambda s: page(s, +1)), seeds, [seeds, gallery, grid_file], **private)
-        random_button.click(answer(random_page), seeds, [seeds, gallery, grid_file], **private)
-        demo.load(answer(show), [walk, *sliders], face, **private)
-        gallery.select(answer(pick), [seeds, *sliders], [picked, walk, face], **private)
-        gr.on([walk.input, *(s.input for s in sliders)], answer(show), [walk, *sliders], face, **live)
-        if reset is not None:
-            reset.click(answer(lambda seed: [0.0] * len(sliders) + [explorer.face(seed)]), walk, [*sliders, face],
-                        **private)
-        to_a.click(answer(picked_to), picked, seed_a, **private)
-        to_b.click(answer(picked_to), picked, seed_b, **private)
-        for button, how in ((add_this, "this"), (add_plus, "+"), (add_minus, "-"), (add_start, "start")):
-            button.click(answer(lambda e, p, how=how: add_term(e, p, how)), [expression, picked], expression,
-                         **private)
+        seeds, gallery = faces_section(demo, handlers)
+        picked = picked_face_section(demo, handlers, seeds, gallery)
+        walk_section(handlers, picked)
+        arithmetic_section(handlers, picked)
+        edit_endpoint(handlers, picked)
     return demo
+
+
+def faces_section(demo: gr.Blocks, handlers: Handlers) -> tuple[gr.Textbox, gr.Gallery]:
+    """A page of faces by seed (Show, Previous, Next, Random) and their grid
+    PNG: the ``faces`` endpoint, also run when the page opens. -> (the seed
+    list, the gallery a face is picked in)."""
+    with gr.Row():
+        seeds = gr.Textbox(seed_range(0, PAGE), label="Seeds (e.g. 0-15 or 3,7,42; at most "
+                           f"{MAX_FACES} faces)", max_length=MAX_TEXT, scale=4, elem_id="seeds")
+        show_button = gr.Button("Show", variant="primary", scale=1, elem_id="show")
+        prev_button = gr.Button("◀ Previous", scale=1, elem_id="previous")
+        next_button = gr.Button("Next ▶", scale=1, elem_id="next")
+        random_button = gr.Button("Random", scale=1, elem_id="random")
+    gallery = gr.Gallery(label="Faces (click one to pick it)", columns=8, format="png", allow_preview=False,
+                         object_fit="contain", elem_id="faces", buttons=["download", "download_all"])
+    grid_file = gr.DownloadButton("Download the grid (PNG)", elem_id="grid-download", size="sm")
+
+    gr.on([show_button.click, seeds.submit, demo.load], handlers.faces, seeds, [gallery, grid_file],
+          api_name="faces")
+    for button, handler in ((prev_button, handlers.previous_page), (next_button, handlers.next_page),
+                            (random_button, handlers.random_page)):
+        button.click(handler, seeds, [seeds, gallery, grid_file], **PRIVATE)
+    return seeds, gallery
+
+
+def picked_face_section(demo: gr.Blocks, handlers: Handlers, seeds: gr.Textbox, gallery: gr.Gallery) -> PickedFace:
+    """The face picked in ``gallery``, walked along a continuous seed and
+    moved by an edit slider per direction (the API's edit is edit_endpoint)."""
+    explorer = handlers.explorer
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            face = gr.Image(label="The picked face, walked and edited", format="png", height=256,
+                            interactive=False, buttons=["download"], elem_id="face")
+            picked = gr.Number(0, label="Picked seed", precision=0, minimum=0, maximum=SEED_MAX,
+                               interactive=False, elem_id="picked")
+            walk = gr.Slider(0, 2 * WALK_SPAN, value=0, step=0.01, label="Walk: a continuous seed",
+                             info="between two seeds, a spherical walk between their latents", elem_id="walk")
+        with gr.Column(scale=2):
+            gr.Markdown("### Edit: move the face along a named direction")
+            sliders, reset = edit_sliders(explorer)
+
+    demo.load(handlers.show, [walk, *sliders], face, **PRIVATE)
+    gallery.select(handlers.pick, [seeds, *sliders], [picked, walk, face], **PRIVATE)
+    gr.on([walk.input, *(s.input for s in sliders)], handlers.show, [walk, *sliders], face, **LIVE)
+    if reset is not None:
+        reset.click(handlers.reset, walk, [*sliders, face], **PRIVATE)
+    return PickedFace(picked, walk, face, sliders)
+
+
+def edit_sliders(explorer: Explorer) -> tuple[list[gr.Slider], gr.Button | None]:
+    """A slider per direction in two columns and a reset button -> (sliders,
+    reset); without directions, the note that says how to make them."""
+    if not explorer.names:
+        gr.Markdown(explorer.directions_note, elem_id="no-directions")
+        return [], None
+    sliders, half = [], (len(explorer.names) + 1) // 2
+    with gr.Row():
+        for names in (explorer.names[:half], explorer.names[half:]):
+            with gr.Column(min_width=200):
+                sliders += [gr.Slider(-EDIT_MAX, EDIT_MAX, value=0, step=0.1, label=name, elem_id=f"edit-{name}")
+                            for name in names]
+    return sliders, gr.Button("Reset the edits", size="sm")
+
+
+def walk_section(handlers: Handlers, shared: PickedFace) -> None:
+    """The spherical walk from one seed's face to another's (the picked seed
+    at either end), as a PNG row and a looping GIF: the ``interpolate`` endpoint."""
+    gr.Markdown("### Walk from one face to another")
+    with gr.Row():
+        seed_a = gr.Number(0, label="From seed", minimum=0, maximum=SEED_MAX, elem_id="seed-a")
+        to_a = gr.Button("Picked → from", size="sm")
+        seed_b = gr.Number(1, label="To seed", minimum=0, maximum=SEED_MAX, elem_id="seed-b")
+        to_b = gr.Button("Picked → to", size="sm")
+        steps = gr.Slider(2, MAX_STEPS, value=8, step=1, label="Frames")
+        walk_button = gr.Button("Walk", variant="primary", elem_id="walk-button")
+    with gr.Row():
+        strip = gr.Image(label="The walk (PNG)", format="png", interactive=False, buttons=["download"],
+                         height=160, scale=3, elem_id="strip")
+        gif = gr.Image(label="The walk (GIF)", type="filepath", interactive=False, buttons=["download"],
+                       height=160, scale=1, elem_id="gif")
+
+    walk_button.click(handlers.interpolate, [seed_a, seed_b, steps], [strip, gif], api_name="interpolate")
+    to_a.click(handlers.picked_seed, shared.picked, seed_a, **PRIVATE)
+    to_b.click(handlers.picked_seed, shared.picked, seed_b, **PRIVATE)
+
+
+def arithmetic_section(handlers: Handlers, shared: PickedFace) -> None:
+    """Face arithmetic, A - B + C, by seed lists or attribute conditions, the
+    picked seed added to it by button: the ``arithmetic`` endpoint."""
+    explorer = handlers.explorer
+    attributes = ", ".join(explorer.concepts)
+    gr.Markdown("### Add faces: A - B + C\nEach term is the mean of its faces' latents (a seed list)"
+                + (f" or of the sampled faces most surely showing a condition (attributes {attributes}; "
+                   f"~ = without)" if attributes else f". {explorer.pool_note}"))
+    with gr.Row():
+        expression = gr.Textbox(CONCEPT_EXAMPLE if explorer.concepts else ARITH_EXAMPLE, label="Expression",
+                                max_length=MAX_TEXT, scale=4, elem_id="expression")
+        arith_button = gr.Button("Add", variant="primary", scale=1, elem_id="add")
+    with gr.Row():  # how each button adds the picked seed (Handlers.add_term)
+        adders = {how: gr.Button(label, size="sm") for how, label in (
+            ("this", "Picked → this term"), ("+", "Picked → new + term"), ("-", "Picked → new - term"),
+            ("start", "Start over with picked"))}
+    arith = gr.Gallery(label="Each term's mean face, then the result", columns=8, format="png", fit_columns=False,
+                       allow_preview=False, object_fit="contain", buttons=["download"], elem_id="arithmetic")
+
+    arith_button.click(handlers.arithmetic, expression, arith, api_name="arithmetic")
+    expression.submit(handlers.arithmetic, expression, arith, **PRIVATE)
+    for how, button in adders.items():
+        button.click(functools.partial(handlers.add_term, how=how), [expression, shared.picked], expression,
+                     **PRIVATE)
+
+
+def edit_endpoint(handlers: Handlers, shared: PickedFace) -> None:
+    """The API's ``edit``: any seed (the walk slider covers only the picked
+    seed's neighbourhood) and the edits as text, in hidden inputs, so last on
+    the page; it answers into the picked face."""
+    edit_seed, edit_text = gr.Number(visible=False), gr.Textbox(visible=False)
+    edit_trigger = gr.Button(visible=False)
+    edit_trigger.click(handlers.edit, [edit_seed, edit_text], shared.face, api_name="edit")
 
 
 def serve(demo, host: str = "127.0.0.1", port: int = 7860, queue_size: int = 20, concurrency: int = 1,
@@ -517,10 +613,10 @@ def main(argv=None) -> int:
         raise utils.UserError(f"--concept-pool must be 0 (no concepts) to 100000 (got {args.concept_pool})")
     if not Path(args.params).exists():
         raise utils.UserError(f"params file not found: {args.params}. Explore the pretrained CelebA faces with "
-                              f"--params {PRETRAINED}, or pass --params PATH to a run's generator.params")
+                              f"--params {shown(PRETRAINED)}, or pass --params PATH to a run's generator.params")
     classifier = None if args.classifier.lower() in ("none", "") else args.classifier
     if classifier and not Path(classifier).exists():
-        if args.classifier != CLASSIFIER:
+        if Path(classifier).resolve() != CLASSIFIER:
             raise utils.UserError(f"attribute classifier not found: {classifier} (or pass --classifier none)")
         classifier = None  # a clone without the asset: seed lists only
     device = utils.resolve_device(args.device)
