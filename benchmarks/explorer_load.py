@@ -35,7 +35,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import utils
-from benchmarks.harness import ROOT, fmt
+from benchmarks.harness import fmt, machine
+from utils.paths import ROOT
 
 SERVING = "serving the face explorer on "
 
@@ -179,8 +180,6 @@ def latencies(url: str, repeats: int, deadline: float) -> dict:
 
 def run(args) -> dict:
     """The whole load test with the --explorer-* options of ``args``; prints a table and one JSON line."""
-    from benchmarks.harness import machine
-
     deadline = time.monotonic() + args.explorer_time_limit
     seeds = f"0-{args.explorer_faces - 1}"
     server_args = ["--params", args.explorer_params, "--queue-size", str(args.explorer_queue_size),

@@ -1,21 +1,26 @@
-"""What the speed bench and the GPU check share: each measurement in its own
-fresh process with its peak memory (``isolated``), the machine it ran on, the
-rows themselves (``measure_*``: our training step, the classic loop, the
-feeder, preprocess, FID features), the images they read, and the Trainer
-built as train.py builds it (``make_trainer``: the same precision rule).
+"""What the speed bench and the GPU check share, without torch: each
+measurement in its own fresh process with its peak memory (``isolated``, the
+row named as ``"module:function"`` so only that process imports it), a command
+run as a user runs it (``run_script``), the preprocess row, the images the rows
+read and the machine they ran on. The rows that use torch are in rows.py.
 
-    row = isolated(measure_ours, npy="data/celeba_64.npy", size=64, device="cuda", batch_size=128, steps=50,
-                   warmup=3, precision="auto", compile=True, channels_last="auto", small=False, profile=False)
+    row = isolated("benchmarks.rows:measure_ours", npy="data/celeba_64.npy", size=64, device="cuda",
+                   batch_size=128, steps=50, warmup=3, precision="auto", compile=True, channels_last="auto",
+                   small=False, profile=False)
+    row = isolated("benchmarks.harness:measure_preprocess", src="faces", out="/tmp/arrays", sizes=[64])
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import multiprocessing
 import os
 import platform
+import runpy
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -23,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 import utils
+from utils.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -69,8 +74,6 @@ class MemoryWatch:
     pre-exec memory and that of unrelated helper processes)."""
 
     def __init__(self, interval: float = 0.2):
-        import threading
-
         self.interval, self.tree_peak_kib = interval, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -107,15 +110,21 @@ class MemoryWatch:
         }
 
 
-def _child(conn, fn, kwargs) -> None:
+def resolve(reference: str):
+    """``"package.module:function"`` -> that function, its module imported now:
+    a row or a stage is named, so the process that plans never imports it (nor torch)."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _child(conn, row: str, kwargs) -> None:
     try:
         with MemoryWatch() as watch:
-            result = fn(**kwargs)
+            result = resolve(row)(**kwargs)
         result.update(watch.result())
-        import torch
-
-        device = torch.device(kwargs.get("device") or "cpu")
-        if device.type == "cuda" and torch.cuda.is_initialized():  # the benchmarked GPU, not the current one
+        torch = sys.modules.get("torch")  # loaded by the row, if it uses it
+        device = torch and torch.device(kwargs.get("device") or "cpu")
+        if device and device.type == "cuda" and torch.cuda.is_initialized():  # the benchmarked GPU, not the current one
             result["gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         conn.send(result)
     except BaseException as err:  # reported as a failed row, never a crash of the whole bench
@@ -125,13 +134,14 @@ def _child(conn, fn, kwargs) -> None:
         conn.close()
 
 
-def isolated(fn, timeout: float | None = None, **kwargs) -> dict:
-    """Run ``fn(**kwargs)`` in a fresh spawned (non-daemon, so it may start
-    its own workers) process; return its result dict plus its peak memory.
-    After ``timeout`` seconds the process is killed and the row failed."""
+def isolated(row: str, timeout: float | None = None, **kwargs) -> dict:
+    """Run the function ``row`` names (``"benchmarks.rows:measure_ours"``) with
+    ``kwargs`` in a fresh spawned (non-daemon, so it may start its own workers)
+    process; return its result dict plus its peak memory. After ``timeout``
+    seconds the process is killed and the row failed."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(send, fn, kwargs))
+    process = ctx.Process(target=_child, args=(send, row, kwargs))
     process.start()
     send.close()
     try:
@@ -152,32 +162,6 @@ def isolated(fn, timeout: float | None = None, **kwargs) -> dict:
 
 def unavailable(reason: str) -> dict:
     return {"status": "unavailable", "reason": reason}
-
-
-def sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def maybe_profile(enabled: bool, label: str):
-    if not enabled:
-        yield
-        return
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU]
-    import torch
-
-    if torch.cuda.is_available():
-        activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
-        yield
-    key = "self_cuda_time_total" if len(activities) > 1 else "self_cpu_time_total"
-    print(f"\n--- profile: {label} (sorted by {key}) ---")
-    print(prof.key_averages().table(sort_by=key, row_limit=15))
 
 
 @contextlib.contextmanager
@@ -203,254 +187,34 @@ def default_compile_backend(backend: str | None):
         torch.compile = original
 
 
-def endless(feeder):
-    """The feeder's batches, epoch after epoch, for as many steps as a row times."""
-    epoch = 0
-    while True:
-        yield from feeder.epoch(epoch)
-        epoch += 1
-
-
-# --------------------------------------------------------------------------- #
-# Our training path, as train.py sets it up
-# --------------------------------------------------------------------------- #
-def net_config(size: int, small: bool) -> dict:
-    from network import DEFAULT_CONFIG
-
-    width = 8 if small else 64
-    return {**DEFAULT_CONFIG, "size": size, "ngf": width, "ndf": width}
-
-
-def row_precision(requested: str, device) -> tuple[str, str]:
-    """``--precision`` (auto, fp32, bf16, fp16) on ``device`` -> (precision, why),
-    by train.py's rule: bf16 on CUDA with native bf16, fp16 on older CUDA GPUs, fp32 elsewhere."""
-    import torch
-
-    from training.device import device_capability, resolve_precision
-
-    device = torch.device(device)
-    return resolve_precision(requested, device.type, *device_capability(device))
-
-
-def row_channels_last(option: str, device) -> bool:
-    """``--channels-last`` auto / on / off -> the memory format train.py would use."""
-    from training.device import default_channels_last
-
-    return {"auto": default_channels_last(device), "on": True, "off": False}[option]
-
-
-def make_trainer(config: dict, device, precision: str = "auto", compile: bool = False, channels_last: bool = True,
-                 steps_per_epoch: int | None = None):
-    """The Trainer as train.py builds it: ``precision`` resolved by train.py's rule
-    (``row_precision``); ``steps_per_epoch``: the feeder's batches (top-k's schedule)."""
-    from training.trainer import Trainer
-
-    precision, _ = row_precision(precision, device)
-    return Trainer(config, device, precision=precision, compile=compile, channels_last=channels_last,
-                   steps_per_epoch=steps_per_epoch)
-
-
-# --------------------------------------------------------------------------- #
-# The rows (each runs inside its own process)
-# --------------------------------------------------------------------------- #
-def measure_classic(image_root: str, size: int, device: str, batch_size: int, steps: int, warmup: int,
-                    workers: int, small: bool, profile: bool) -> dict:
-    """The tutorial-style loop: ImageFolder + Resize/CenterCrop, DataLoader
-    workers, fp32, Sigmoid + BCELoss, .item() every step."""
-    import torch
-    import torchvision.datasets as dset
-    import torchvision.transforms as T
-    from torch import nn
-
-    from network import build_discriminator, build_generator
-
-    device = utils.resolve_device(device)
-    config = net_config(size, small)
-    dataset = dset.ImageFolder(
-        root=image_root,
-        transform=T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
-                             T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]),
-    )
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
-    netG = build_generator(config).to(device)
-    netD = nn.Sequential(build_discriminator(config), nn.Sigmoid()).to(device)  # the tutorial's D ends in Sigmoid
-    criterion = nn.BCELoss()
-    optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    history = []
-
-    def step(real_cpu):
-        real = real_cpu.to(device)
-        b = real.size(0)
-        # D: real batch labelled 1, then G's batch (detached) labelled 0, one Adam step
-        netD.zero_grad()
-        target = torch.full((b,), 1.0, device=device)
-        out = netD(real).view(-1)
-        loss_real = criterion(out, target)
-        loss_real.backward()
-        d_x = out.mean().item()
-        z = torch.randn(b, config["nz"], 1, 1, device=device)
-        fake = netG(z)
-        target.fill_(0.0)
-        out = netD(fake.detach()).view(-1)
-        loss_fake = criterion(out, target)
-        loss_fake.backward()
-        d_g_z1 = out.mean().item()
-        optD.step()
-        # G: the same fake batch labelled 1 (non-saturating), one Adam step
-        netG.zero_grad()
-        target.fill_(1.0)
-        out = netD(fake).view(-1)
-        loss_g = criterion(out, target)
-        loss_g.backward()
-        d_g_z2 = out.mean().item()
-        optG.step()
-        history.append(((loss_real + loss_fake).item(), loss_g.item(), d_x, d_g_z1, d_g_z2))
-        return b
-
-    def batches():
-        while True:  # a new epoch re-creates the iterator (and its workers), as the tutorial's loop does
-            for images, _ in loader:
-                yield images
-
-    stream = batches()
-    for _ in range(warmup):
-        step(next(stream))
-    sync(device)
-    count = 0
-    with maybe_profile(profile, f"classic {size} px"):
-        start = time.perf_counter()
-        for _ in range(steps):
-            count += step(next(stream))
-        sync(device)
-        seconds = time.perf_counter() - start
-    return {"status": "ok", "img_s": count / seconds, "seconds": seconds, "images": count,
-            "loss_g_last": history[-1][1]}
-
-
-def measure_ours(npy: str, size: int, device: str, batch_size: int, steps: int, warmup: int,
-                 precision: str, compile: bool, channels_last: str, small: bool, profile: bool,
-                 recipe: str = "classic", compile_backend: str | None = None) -> dict:
-    """training.trainer.Trainer's real step fed by dataloader.DeviceFeeder,
-    with train.py's --recipe options; warmup_s includes torch.compile's work."""
-    import dataloader
-    from train import recipe_options
-    from training.training_loop import DEFAULTS
-
-    device = utils.resolve_device(device)
-    config = {**DEFAULTS, **recipe_options(recipe), **net_config(size, small), "batch_size": batch_size}
-    channels_last = row_channels_last(channels_last, device)
-    feeder = dataloader.DeviceFeeder(npy, batch_size=batch_size, device=device, seed=0,
-                                     channels_last=channels_last)
-    if len(feeder) < 1:
-        return unavailable(f"{feeder.num_images} images are fewer than one batch of {batch_size}")
-    with default_compile_backend(compile_backend):
-        trainer = make_trainer(config, device, precision, compile, channels_last, steps_per_epoch=len(feeder))
-
-    stream = endless(feeder)
-    out = None
-    start = time.perf_counter()
-    for _ in range(warmup):
-        out = trainer.step(next(stream))
-    sync(device)
-    warmup_s = time.perf_counter() - start
-    count = 0
-    with maybe_profile(profile, f"ours {size} px"):
-        start = time.perf_counter()
-        for _ in range(steps):
-            batch = next(stream)
-            out = trainer.step(batch)
-            count += batch.shape[0]
-        loss_g = float(out["loss_G"])  # one host read at the end (also a device sync)
-        sync(device)
-        seconds = time.perf_counter() - start
-    return {"status": "ok", "img_s": count / seconds, "seconds": seconds, "images": count, "warmup_s": warmup_s,
-            "precision": trainer.precision, "compile": compile, "recipe": recipe, "channels_last": channels_last,
-            "loss_g_last": loss_g}
-
-
-def measure_feeder(npy: str, device: str, batch_size: int, batches: int, channels_last: str = "auto") -> dict:
-    """DeviceFeeder batches in the memory format the training rows use."""
-    import dataloader
-
-    device = utils.resolve_device(device)
-    channels_last = row_channels_last(channels_last, device)
-    start_setup = time.perf_counter()
-    feeder = dataloader.DeviceFeeder(npy, batch_size=batch_size, device=device, seed=0, flip=True,
-                                     channels_last=channels_last)
-    setup = time.perf_counter() - start_setup
-    if len(feeder) < 1:
-        return unavailable(f"{feeder.num_images} images are fewer than one batch of {batch_size}")
-
-    it = endless(feeder)
-    next(it)  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    last = None
-    for _ in range(batches):
-        last = next(it)
-    sync(device)
-    seconds = time.perf_counter() - start
-    return {"status": "ok", "batches_s": batches / seconds, "img_s": batches * batch_size / seconds,
-            "setup_s": setup, "batch_shape": list(last.shape), "dtype": str(last.dtype),
-            "channels_last": channels_last}
+def run_script(script: str, argv: list) -> int:
+    """``python SCRIPT ARGV`` run in this process, as a user runs the command
+    (its ``__main__`` block) -> its exit code: for a process that measures the
+    command itself, or sets torch.compile's default backend first."""
+    path, saved = ROOT / script, sys.argv
+    sys.argv = [str(path), *map(str, argv)]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
+    finally:
+        sys.argv = saved
+    return 0
 
 
 def measure_preprocess(src: str, out: str, sizes: list, limit: int = 0) -> dict:
     """preprocess.py on ``src`` into ``out`` (``bench_<size>.npy``), images per second."""
-    import preprocess
-
     argv = ["--src", src, "--out", out, "--sizes", *map(str, sizes), "--name", "bench", "--force"]
     if limit:
         argv += ["--limit", str(limit)]
     start = time.perf_counter()
-    preprocess.main(argv)
+    code = run_script("preprocess.py", argv)
     seconds = time.perf_counter() - start
+    if code:
+        raise utils.UserError(f"preprocess.py exited with {code} (its error is printed above)")
     meta = json.loads((Path(out) / f"bench_{sizes[0]}.json").read_text())
     return {"status": "ok", "img_s": meta["count"] / seconds, "seconds": seconds, "images": meta["count"],
             "skipped": len(meta.get("skipped", [])), "sizes": sizes}
-
-
-def random_fid_weights(path: Path) -> None:
-    """A randomly initialised FID Inception state_dict (for timing only: speed
-    does not depend on the weight values), built by pytorch-fid's own code
-    with its download replaced by nothing."""
-    from unittest import mock
-
-    import torch
-    from pytorch_fid import inception
-
-    with mock.patch.object(inception, "load_state_dict_from_url", return_value={}), \
-            mock.patch.object(torch.nn.Module, "load_state_dict", return_value=None):
-        net = inception.fid_inception_v3()
-    utils.torch_save(net.state_dict(), path)
-
-
-def measure_evaluate(npy: str, device: str, n: int, batch_size: int, tmp: str) -> dict:
-    """evaluate.py's feature extraction alone: load_inception once, warm up,
-    then time array_features (uint8 -> device -> 299 px Inception pool3)."""
-    from metrics import features, inception
-
-    device = utils.resolve_device(device)
-    hub = inception.hub_weights_path()
-    if hub.is_file():
-        weights, kind = hub, "FID Inception (hub cache)"
-    else:
-        weights, kind = Path(tmp) / "random_inception.pth", "random init (FID weights offline; speed only)"
-        if not weights.is_file():
-            random_fid_weights(weights)
-    model = inception.load_inception(device, weights_path=weights)
-    images = np.load(npy, mmap_mode="r")
-    n = min(n, len(images))
-    batch_size = min(batch_size, n)
-    features.array_features(model, images[:batch_size], device, batch_size=batch_size, desc="warm-up")
-    sync(device)
-    start = time.perf_counter()
-    feats = features.array_features(model, images[:n], device, batch_size=batch_size, desc="timed")
-    sync(device)
-    seconds = time.perf_counter() - start
-    return {"status": "ok", "img_s": n / seconds, "seconds": seconds, "images": n, "batch": batch_size,
-            "weights": kind, "features": list(feats.shape)}
 
 
 # --------------------------------------------------------------------------- #

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import os
 import traceback
+import warnings
 from pathlib import Path
 
-from benchmarks.harness import ROOT
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from utils.paths import ROOT
 
 
 def probe_host_syncs(step, steps: int, device) -> dict:
     """Run ``step`` ``steps`` times under HostSyncRecorder (and on CUDA under
     torch.cuda.set_sync_debug_mode("warn"), then one more step under "error")."""
-    import warnings
-
-    import torch
-
     cuda = torch.device(device).type == "cuda"
-    with warnings.catch_warnings(record=True) as caught, host_sync_recorder(device) as recorder:
+    with warnings.catch_warnings(record=True) as caught, HostSyncRecorder(device) as recorder:
         warnings.simplefilter("always")
         if cuda:
             torch.cuda.set_sync_debug_mode("warn")
@@ -54,8 +54,6 @@ def probe_host_syncs(step, steps: int, device) -> dict:
 
 def _sync_reason(func, args, kwargs, device) -> str | None:
     """Why this aten call makes the host wait for ``device`` (None: it does not)."""
-    import torch
-
     name = func.overloadpacket.__name__
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     on_device = bool(tensors) and tensors[0].device.type == device.type
@@ -77,39 +75,35 @@ def _sync_reason(func, args, kwargs, device) -> str | None:
     return None
 
 
-def _recorder_class():
-    from torch.utils._python_dispatch import TorchDispatchMode
+class HostSyncRecorder(TorchDispatchMode):
+    """Records every aten call that makes the host wait for ``device``:
+    scalar reads (.item(), float(), bool()), data-dependent output sizes
+    (nonzero, masked_select, boolean-mask indexing, unique) and blocking
+    copies between the host and the device; with the project line that
+    caused each (autograd threads have no Python line). On the CPU these
+    are the calls that would sync on a GPU.
 
-    class HostSyncRecorder(TorchDispatchMode):
-        """Records every aten call that makes the host wait for ``device``:
-        scalar reads (.item(), float(), bool()), data-dependent output sizes
-        (nonzero, masked_select, boolean-mask indexing, unique) and blocking
-        copies between the host and the device; with the project line that
-        caused each (autograd threads have no Python line). On the CPU these
-        are the calls that would sync on a GPU."""
+        with HostSyncRecorder("cuda") as recorder: ...; recorder.events
+    """
 
-        def __init__(self, device="cpu"):
-            super().__init__()
-            import torch
+    def __init__(self, device="cpu"):
+        super().__init__()
+        self.device, self.events, self.optimizer_reads = torch.device(device), [], 0
 
-            self.device, self.events, self.optimizer_reads = torch.device(device), [], 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        reason = _sync_reason(func, args, kwargs, self.device)
+        if reason and self.device.type == "cpu" and _in_optimizer():
+            self.optimizer_reads += 1  # CPU Adam reads its step counters; CUDA's fused Adam does not
+        elif reason:
+            self.events.append((reason, project_line()))
+        return func(*args, **kwargs)
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            reason = _sync_reason(func, args, kwargs, self.device)
-            if reason and self.device.type == "cpu" and _in_optimizer():
-                self.optimizer_reads += 1  # CPU Adam reads its step counters; CUDA's fused Adam does not
-            elif reason:
-                self.events.append((reason, project_line()))
-            return func(*args, **kwargs)
-
-        def where(self) -> dict:
-            counts: dict = {}
-            for reason, line in self.events:
-                counts[f"{line}: {reason}"] = counts.get(f"{line}: {reason}", 0) + 1
-            return counts
-
-    return HostSyncRecorder
+    def where(self) -> dict:
+        counts: dict = {}
+        for reason, line in self.events:
+            counts[f"{line}: {reason}"] = counts.get(f"{line}: {reason}", 0) + 1
+        return counts
 
 
 def _in_optimizer() -> bool:
@@ -124,14 +118,3 @@ def project_line() -> str:
                 "__torch_dispatch__", "project_line")) and "site-packages" not in path.parts:
             return f"{path.relative_to(ROOT)}:{frame.lineno} ({frame.name})"
     return "(no Python line: autograd or C++ thread)"
-
-
-def host_sync_recorder(device="cpu"):
-    """A HostSyncRecorder (a TorchDispatchMode: ``with host_sync_recorder("cuda") as r: ...; r.events``);
-    the class is made on first use, so importing this module does not import torch."""
-    global _RECORDER
-    _RECORDER = _RECORDER or _recorder_class()
-    return _RECORDER(device)
-
-
-_RECORDER = None

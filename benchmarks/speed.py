@@ -38,16 +38,14 @@ from pathlib import Path
 
 import utils
 from benchmarks import explorer_load, gpu_check
-from benchmarks.harness import (ROOT, fmt, isolated, machine, measure_classic, measure_evaluate, measure_feeder,
-                                measure_ours, measure_preprocess, prepare_images, row_precision)
+from benchmarks.harness import fmt, isolated, machine, prepare_images
+from utils.paths import PRETRAINED_PARAMS, SHARED_DATA, shown
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "celeba_sample"
+DEFAULT_DATA = SHARED_DATA / "celeba_sample"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # here, not at the top: spawned rows re-import this module, and the preprocess row's memory
-    # must be preprocessing's, not torch's (training.device imports torch)
-    from training.device import PRECISIONS
+    from training.device import PRECISIONS  # torch-free import: spawned rows re-import this module (torch at the top)
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=utils.HelpFormatter
@@ -98,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--explorer", action="store_true",
                       help="run the load test instead of the speed rows: a flood of concurrent faces requests, "
                            "then p50/p95 of one face, one edit and one grid")
-    load.add_argument("--explorer-params", default="assets/celeba_64.params", help="with --explorer: its --params")
+    load.add_argument("--explorer-params", default=shown(PRETRAINED_PARAMS), help="with --explorer: its --params")
     load.add_argument("--explorer-requests", type=int, default=50, help="with --explorer: concurrent requests")
     load.add_argument("--explorer-faces", type=int, default=16, help="with --explorer: faces per flood request")
     load.add_argument("--explorer-repeats", type=int, default=30, help="with --explorer: requests per latency row")
@@ -128,6 +126,62 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def check_args(args, supported: tuple) -> None:
+    """One line for the first bad value, before any work."""
+    bad = [s for s in args.sizes if s not in supported]
+    if bad:
+        raise utils.UserError(f"--sizes {bad[0]} is not supported; choose from {', '.join(map(str, supported))}")
+    for flag in ("batch_size", "steps", "feeder_batches", "synthetic", "eval_batch_size"):
+        if getattr(args, flag) < 1:
+            raise utils.UserError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
+    for flag in ("warmup", "workers", "limit", "eval_n"):
+        if getattr(args, flag) < 0:
+            raise utils.UserError(f"--{flag.replace('_', '-')} must be 0 or more (got {getattr(args, flag)})")
+    if args.rss_check and any(n < 1 for n in args.rss_check):
+        raise utils.UserError("--rss-check counts must be at least 1")
+
+
+def measure_rows(args, results: dict, root: Path, tmp: Path, device, sizes: list, eval_n: int) -> None:
+    """Every row not in --skip into ``results["rows"]``, each in its own process, and
+    the ours / classic ratio per size into ``results["ratio"]``; arrays go to ``tmp``."""
+    rows = results["rows"]
+    arrays = tmp / "arrays"
+    row = isolated("benchmarks.harness:measure_preprocess", src=str(root), out=str(arrays), sizes=sizes)
+    if "preprocess" not in args.skip:
+        rows["preprocess"] = row
+    if row.get("status") != "ok":
+        raise utils.UserError(f"preprocess.py failed on {root}, so no row has its arrays: {row.get('reason')}")
+    npys = {s: arrays / f"bench_{s}.npy" for s in sizes}
+    for n in args.rss_check:
+        rows[f"preprocess rss n={n}"] = isolated("benchmarks.harness:measure_preprocess", src=str(root),
+                                                 out=str(tmp / f"rss{n}"), sizes=sizes, limit=n)
+
+    for size in sizes:
+        if "feeder" not in args.skip:
+            rows[f"feeder {size}"] = isolated(
+                "benchmarks.rows:measure_feeder", npy=str(npys[size]), device=str(device),
+                batch_size=args.batch_size, batches=args.feeder_batches, channels_last=args.channels_last)
+        if "classic" not in args.skip:
+            print(f"classic {size} px ...", flush=True)
+            rows[f"train classic {size}"] = isolated(
+                "benchmarks.rows:measure_classic", image_root=str(root), size=size, device=str(device),
+                batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, workers=args.workers,
+                small=args.small, profile=args.profile)
+        if "ours" not in args.skip:
+            print(f"ours {size} px ...", flush=True)
+            rows[f"train ours {size}"] = isolated(
+                "benchmarks.rows:measure_ours", npy=str(npys[size]), size=size, device=str(device),
+                batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, precision=args.precision,
+                compile=args.compile, channels_last=args.channels_last, small=args.small, profile=args.profile)
+        ours, classic = rows.get(f"train ours {size}", {}), rows.get(f"train classic {size}", {})
+        if ours.get("status") == "ok" and classic.get("status") == "ok":
+            results["ratio"][str(size)] = ours["img_s"] / classic["img_s"]
+    if "evaluate" not in args.skip:
+        rows[f"evaluate features {sizes[0]}"] = isolated(
+            "benchmarks.rows:measure_evaluate", npy=str(npys[sizes[0]]), device=str(device), n=eval_n,
+            batch_size=args.eval_batch_size, tmp=str(tmp))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.gpu_check:
@@ -138,19 +192,9 @@ def main(argv=None) -> int:
         args.argv = list(argv if argv is not None else sys.argv[1:])
         explorer_load.run(args)
         return 0
-    from network import SIZES
+    from benchmarks.rows import SIZES, row_precision  # torch-free import, as in build_parser
 
-    bad = [s for s in args.sizes if s not in SIZES]
-    if bad:
-        raise utils.UserError(f"--sizes {bad[0]} is not supported; choose from {', '.join(map(str, SIZES))}")
-    for flag in ("batch_size", "steps", "feeder_batches", "synthetic", "eval_batch_size"):
-        if getattr(args, flag) < 1:
-            raise utils.UserError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
-    for flag in ("warmup", "workers", "limit", "eval_n"):
-        if getattr(args, flag) < 0:
-            raise utils.UserError(f"--{flag.replace('_', '-')} must be 0 or more (got {getattr(args, flag)})")
-    if args.rss_check and any(n < 1 for n in args.rss_check):
-        raise utils.UserError("--rss-check counts must be at least 1")
+    check_args(args, SIZES)
     device = utils.resolve_device(args.device)
     sizes = sorted(set(args.sizes))
     eval_n = args.eval_n or (4096 if device.type == "cuda" else 256)
@@ -161,49 +205,13 @@ def main(argv=None) -> int:
         argv if argv is not None else sys.argv[1:]), "machine": machine(), "device": str(device),
         "precision": precision, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
         "small": args.small, "rows": {}, "ratio": {}}
-    rows = results["rows"]
     with tempfile.TemporaryDirectory(prefix="dcgan-bench-") as tmp_name:
         tmp = Path(tmp_name)
         root, described = prepare_images(Path(args.data), args.limit, args.synthetic, max(sizes), tmp)
         results["data"] = described
         print(f"bench: {described}; device {device}; ours in {precision} ({precision_why}); batch {args.batch_size}; "
               f"{args.warmup} warm-up + {args.steps} timed steps; sizes {sizes}")
-
-        arrays = tmp / "arrays"
-        row = isolated(measure_preprocess, src=str(root), out=str(arrays), sizes=sizes)
-        if "preprocess" not in args.skip:
-            rows["preprocess"] = row
-        if row.get("status") != "ok":
-            raise utils.UserError(f"preprocess.py failed on {root}, so no row has its arrays: {row.get('reason')}")
-        npys = {s: arrays / f"bench_{s}.npy" for s in sizes}
-        for n in args.rss_check:
-            rows[f"preprocess rss n={n}"] = isolated(measure_preprocess, src=str(root), out=str(tmp / f"rss{n}"),
-                                                   sizes=sizes, limit=n)
-
-        for size in sizes:
-            if "feeder" not in args.skip:
-                rows[f"feeder {size}"] = isolated(measure_feeder, npy=str(npys[size]), device=str(device),
-                                                  batch_size=args.batch_size, batches=args.feeder_batches,
-                                                  channels_last=args.channels_last)
-            if "classic" not in args.skip:
-                print(f"classic {size} px ...", flush=True)
-                rows[f"train classic {size}"] = isolated(
-                    measure_classic, image_root=str(root), size=size, device=str(device),
-                    batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, workers=args.workers,
-                    small=args.small, profile=args.profile)
-            if "ours" not in args.skip:
-                print(f"ours {size} px ...", flush=True)
-                rows[f"train ours {size}"] = isolated(
-                    measure_ours, npy=str(npys[size]), size=size, device=str(device), batch_size=args.batch_size,
-                    steps=args.steps, warmup=args.warmup, precision=args.precision, compile=args.compile,
-                    channels_last=args.channels_last, small=args.small, profile=args.profile)
-            ours, classic = rows.get(f"train ours {size}", {}), rows.get(f"train classic {size}", {})
-            if ours.get("status") == "ok" and classic.get("status") == "ok":
-                results["ratio"][str(size)] = ours["img_s"] / classic["img_s"]
-        if "evaluate" not in args.skip:
-            rows[f"evaluate features {sizes[0]}"] = isolated(
-                measure_evaluate, npy=str(npys[sizes[0]]), device=str(device), n=eval_n,
-                batch_size=args.eval_batch_size, tmp=str(tmp))
+        measure_rows(args, results, root, tmp, device, sizes, eval_n)
     results["seconds"] = round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1)
     print(table(results))
     print(json.dumps(results))

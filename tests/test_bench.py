@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import harness, speed
+from benchmarks import rows, speed
 from utils import UserError
 
 
@@ -66,11 +66,11 @@ def test_auto_precision_of_the_bench_rows_is_train_pys_choice(monkeypatch, capab
             self.precision = kwargs["precision"]
 
     monkeypatch.setattr(trainer_module, "Trainer", FakeTrainer)
-    trainer = harness.make_trainer({}, torch.device("cuda"), "auto", steps_per_epoch=7)
+    trainer = rows.make_trainer({}, torch.device("cuda"), "auto", steps_per_epoch=7)
     assert built["precision"] == trainer.precision == expected and built["steps_per_epoch"] == 7
-    precision, why = harness.row_precision("auto", "cuda")
+    precision, why = rows.row_precision("auto", "cuda")
     assert precision == expected and name in why
-    assert harness.row_precision("auto", "cpu")[0] == "fp32" and harness.row_precision("fp16", "cpu")[0] == "fp16"
+    assert rows.row_precision("auto", "cpu")[0] == "fp32" and rows.row_precision("fp16", "cpu")[0] == "fp16"
     assert speed.build_parser().parse_args(["--precision", "fp16"]).precision == "fp16"
 
 

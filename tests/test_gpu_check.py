@@ -1,4 +1,4 @@
-"""bench.py --gpu-check (benchmarks/gpu_check.py): the dry run of every stage
+"""bench.py --gpu-check (benchmarks/gpu_check*.py): the dry run of every stage
 on the CPU, so the GPU check cannot rot; the host-sync probe must see a planted
 .item(); a stage that hangs or crashes fails alone; the targets of
 docs/gpu_check.md and their verdicts; no GPU without --dry-run is one line, exit 2.
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import utils
-from benchmarks import gpu_check, host_sync, speed
+from benchmarks import gpu_check, gpu_check_registry, gpu_check_report, host_sync, speed
 from utils import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def test_dry_run_every_stage_ok_and_both_files_well_formed(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--gpu-check", "--dry-run", "--out", str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
-    for name, limit, _ in gpu_check.plan(gpu_check.DEFAULT_BUDGET, None):  # the plan, with limits, comes first
+    for name, limit, _ in gpu_check.plan(gpu_check.DEFAULT_BUDGET, None, dry_run=True):  # the plan, with limits, first
         assert f"  {name:<9}{limit:>5} s" in done.stdout
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["dry_run"] is True and list(report["stages"]) == [n for n, _, _ in gpu_check.STAGES]
@@ -51,6 +51,27 @@ def test_dry_run_every_stage_ok_and_both_files_well_formed(tmp_path):
     assert "DRY RUN" in md and md.count("\n| ") >= len(stages) + len(rows) + 9
     for name in stages:
         assert f"| {name} | ok |" in md
+
+
+def test_each_stage_is_defined_at_one_site_its_registration():
+    """The plan, the stage process, the summaries and the measures all come from
+    the registry: no stage name is written anywhere else in the GPU check."""
+    import ast
+
+    from benchmarks import harness
+
+    specs = gpu_check_registry.STAGE_SPECS
+    assert [name for name, _, _ in gpu_check.STAGES] == list(specs)
+    assert gpu_check.DEFAULT_BUDGET == sum(spec.seconds for spec in specs.values())
+    sites = {name: [] for name in specs}
+    for path in sorted((ROOT / "benchmarks").glob("gpu_check*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in sites:
+                sites[node.value].append(f"{path.name}:{node.lineno}")
+    assert all(len(where) == 1 and where[0].startswith("gpu_check_registry.py:") for where in sites.values()), sites
+    for spec in specs.values():  # each names a stage function and sums up and measures even an empty result
+        assert callable(harness.resolve(spec.run)) and isinstance(spec.summary({}), str)
+        assert all(value is None for value, _ in spec.measures({}, False).values())
 
 
 def test_sync_probe_finds_a_planted_item_in_a_real_training_step(one_thread):
@@ -119,7 +140,7 @@ def fake_report(**speeds) -> dict:
 
 def test_targets_pass_and_fail_against_the_numbers_in_the_doc():
     report = fake_report(ours64=25000.0, classic64=2000.0, best64=21000.0)
-    verdicts = {t["target"]: t["result"] for t in gpu_check.targets(report)}
+    verdicts = {t["target"]: t["result"] for t in gpu_check_report.targets(report)}
     assert verdicts == {
         "64 px training at batch 128 >= 20,000 img/s": "pass", "64 px against the classic loop >= 10 x": "pass",
         "128 px training at batch 128 >= 5,000 img/s": "pass", "FID feature extraction >= 3,000 img/s": "FAIL",
@@ -129,27 +150,27 @@ def test_targets_pass_and_fail_against_the_numbers_in_the_doc():
         "host syncs and CUDA sync warnings in training steps, every option == 0": "pass",
         "tensors that differ between a --deterministic resume and an uninterrupted run == 0": "FAIL"}
     report["stages"]["sync"]["cuda_sync_warnings"] = 1  # a CUDA sync warning fails the host-sync target too
-    assert [t["result"] for t in gpu_check.targets(report) if t["target"].startswith("host syncs")] == ["FAIL"]
-    report["targets"] = gpu_check.targets(report)
-    md = gpu_check.markdown(report)
+    assert [t["result"] for t in gpu_check_report.targets(report) if t["target"].startswith("host syncs")] == ["FAIL"]
+    report["targets"] = gpu_check_report.targets(report)
+    md = gpu_check_report.markdown(report)
     assert "| resume | **failed**: 2 of 145 tensors differ |" in md
     assert "| 64 px against the classic loop >= 10 x | 12.5x (2,000 img/s) | pass |" in md
 
 
 def test_the_doc_targets_are_the_ones_the_check_measures(tmp_path):
-    targets = gpu_check.read_targets()
-    measured = gpu_check.measures({"dry_run": False, "stages": {}})
+    targets = gpu_check_report.read_targets()
+    measured = gpu_check_report.measures({"dry_run": False, "stages": {}})
     assert sorted(t["measure"] for t in targets) == sorted(measured)  # every figure judged, none unknown
     assert all(value is None for value, _ in measured.values())  # nothing run: nothing measured
     fid_cost, = [t for t in targets if t["measure"] == "fid_cost_pct"]
-    assert f"{gpu_check.FID_COST_EVERY:,} steps" in fid_cost["target"]  # the cadence the check computes with
+    assert f"{gpu_check_registry.FID_COST_EVERY:,} steps" in fid_cost["target"]  # the cadence the check computes with
     doc = tmp_path / "gpu_check.md"
     doc.write_text("# x\n\n## Targets\n\n| target | measure | pass when |\n|---|---|---|\n| fast | `x` | about 3 |\n")
     with pytest.raises(UserError, match="cannot read the target 'about 3'"):
-        gpu_check.read_targets(doc)
+        gpu_check_report.read_targets(doc)
     doc.write_text("# x\n")
     with pytest.raises(UserError, match="no '## Targets' section"):
-        gpu_check.read_targets(doc)
+        gpu_check_report.read_targets(doc)
 
 
 def test_without_a_gpu_the_check_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
