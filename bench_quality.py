@@ -1,4 +1,5 @@
-"""Quality bench: held-out FID, KID, precision and recall of training recipes (benchmarks/quality.py).
+"""Quality bench: held-out FID, KID, precision and recall of training recipes (benchmarks/quality.py;
+its report: benchmarks/quality_report.py).
 
     python bench_quality.py --size 64 --variants classic best --steps 2000 --eval-every 500
     python bench_quality.py --size 64 --report                  # table + assets/quality_celeba_64.png

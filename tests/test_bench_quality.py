@@ -1,5 +1,5 @@
-"""The quality bench (python quality.py, benchmarks/quality.py): the fixed held-out split, snapshots by exact resume, and
-the report (table, curve, grid beside real faces) -- tiny nets, no Inception."""
+"""The quality bench (python bench_quality.py; benchmarks/quality.py, quality_report.py): the fixed
+held-out split, snapshots by exact resume, and the report (table, curve, grid beside real faces) -- tiny nets, no Inception."""
 import json
 
 import numpy as np
@@ -8,7 +8,7 @@ from PIL import Image
 import pytest
 
 import utils
-from benchmarks import quality
+from benchmarks import quality, quality_report
 
 
 def image_folder(tmp_path, n=12):
@@ -70,7 +70,7 @@ def test_report_draws_the_curve_and_the_grids_beside_real_faces_and_classic_besi
     width = (halves.shape[1] - 8) // 2
     assert halves[:, :width].shape == halves[:, -width:].shape and halves.shape[0] > width
     assert not np.array_equal(halves[:, :width], halves[:, -width:])  # two different generators
-    rows = quality.table([json.loads(x) for x in (out / "quality.jsonl").read_text().splitlines()])
+    rows = quality_report.table([json.loads(x) for x in (out / "quality.jsonl").read_text().splitlines()])
     assert "| t | 64 | classic | 4/4, 4 | 2 | 8 | ema | 300.0 |" in rows
 
 
@@ -157,7 +157,7 @@ def test_floor_row_scores_real_training_faces_with_precision_and_recall_when_the
 def test_table_shows_precision_and_recall_beside_fid_and_dashes_for_rows_without_them():
     row = {"data": "t", "size": 64, "variant": "classic", "ngf": 4, "ndf": 4, "batch_size": 4, "step": 2,
            "images_seen": 8, "weights": "ema", "fid": 300.0, "kid": 0.3, "kid_std": 0.01}
-    text = quality.table([{**row, "precision": 0.6, "recall": 0.25}, {**row, "weights": "raw"}])
+    text = quality_report.table([{**row, "precision": 0.6, "recall": 0.25}, {**row, "weights": "raw"}])
     assert "| ema | 300.0 | 0.60 | 0.25 | 0.3000 ± 0.0100 |" in text
     assert "| raw | 300.0 | - | - | 0.3000 ± 0.0100 |" in text
 
@@ -183,15 +183,16 @@ def test_report_from_a_committed_rows_file_draws_table_and_curve_and_skips_absen
 
 def test_every_variant_is_a_valid_train_config_and_changes_what_its_name_says():
     import train
+    from training.config import resolve_config, typed_options, validate
 
     def config(options):
-        resolved = train.resolve_config(options)
-        train.validate(resolved)
+        resolved = resolve_config(options)
+        validate(resolved)
         return resolved
 
     configs = {name: config(options) for name, options in quality.VARIANTS.items()}  # a typo fails here
     classic, best = configs["classic"], configs["best"]
-    assert best["augment"] == config(train.typed_options(train.build_parser().parse_args(["--augment"])))["augment"]
+    assert best["augment"] == config(typed_options(train.build_parser().parse_args(["--augment"])))["augment"]
     assert best["augment"] == "color,translation"  # bare --augment = best's policy (README)
     for name, options in quality.VARIANTS.items():  # each changes its own options of classic or best
         base = best if options.get("recipe") == "best" else classic
@@ -203,9 +204,9 @@ def test_every_variant_is_a_valid_train_config_and_changes_what_its_name_says():
 def test_collapse_check_measures_the_worst_rise_after_each_runs_own_minimum(tmp_path, capsys):
     """The no-collapse target: FID may not climb more than 10 % above
     the run's minimum at any later point; each seed is its own run."""
-    assert quality.rise_after_minimum({500: 300.0, 1000: 116.0, 1500: 128.8, 2000: 124.0}) == \
+    assert quality_report.rise_after_minimum({500: 300.0, 1000: 116.0, 1500: 128.8, 2000: 124.0}) == \
         (1000, 116.0, 1500, 128.8 / 116.0 - 1)
-    assert quality.rise_after_minimum({500: 300.0, 1000: 200.0, 1500: 150.0}) == (1500, 150.0, 1500, 0.0)
+    assert quality_report.rise_after_minimum({500: 300.0, 1000: 200.0, 1500: 150.0}) == (1500, 150.0, 1500, 0.0)
     results = tmp_path / "rows.jsonl"
     # seed 0 rises 11 %; seed 1 was scored twice (another machine): the re-run, written last, replaces the first
     runs = [(1, (300.0, 100.0, 150.0)), (0, (300.0, 100.0, 111.0)), (1, (300.0, 100.0, 109.0))]
@@ -231,10 +232,10 @@ def test_a_retrained_trajectory_is_kept_apart_and_a_rescore_replaces_its_own_row
                 "real_n": 4, "params": params, "seed": 0, "snapshot": snapshot}
 
     rows = [row(1000, 122.3, "aaa"), row(2000, 93.5, "bbb"), row(1000, 121.0, "aaa"), row(1000, 133.1, "ccc")]
-    shown = quality.latest_rows(rows)
+    shown = quality_report.latest_rows(rows)
     assert [(r["step"], r["fid"]) for r in shown] == [(1000, 121.0), (2000, 93.5)]  # first trajectory, re-scored
-    assert "| best | 4/4, 4 | ema | 0 | 1000 | 121.0, 133.1 | 10% |" in quality.retrained_table(rows)
-    assert quality.retrained_table(rows[:2]) == ""
+    assert "| best | 4/4, 4 | ema | 0 | 1000 | 121.0, 133.1 | 10% |" in quality_report.retrained_table(rows)
+    assert quality_report.retrained_table(rows[:2]) == ""
 
     assert quality.is_scored(row(1000, 0.0, "ccc"), rows)  # the same snapshot: not scored again
     assert not quality.is_scored(row(1000, 0.0, "ddd"), rows)  # another trajectory: scored
