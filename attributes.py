@@ -35,8 +35,7 @@ from editing.directions import (classify_latents, condition, directions_path, ed
 from editing.latents import latents
 from network import load_generator
 from utils import UserError
-
-CLASSIFIER = "assets/celeba_attributes.pt"
+from utils.paths import CLASSIFIER, PRETRAINED_PARAMS, shown
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="initialisation, order and augmentation")
 
     evaluate = command("evaluate", "balanced accuracy and AUC of each attribute on labelled faces")
-    evaluate.add_argument("--classifier", default=CLASSIFIER, help="a file from `attributes.py train`")
+    evaluate.add_argument("--classifier", default=shown(CLASSIFIER), help="a file from `attributes.py train`")
     evaluate.add_argument("--data", default="data/celeba_64.npy", help="image array with <name>.attrs.npz beside it")
     evaluate.add_argument("--rows", default=":", help=rows_help)
     evaluate.add_argument("--results", default=None, help="JSON lines to append to; default: results.jsonl beside "
@@ -74,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     directions = command("directions", "fit one latent direction per attribute and store it beside --params")
     directions.add_argument("--params", default="generator.params", help="the generator")
-    directions.add_argument("--classifier", default=CLASSIFIER, help="a file from `attributes.py train`")
+    directions.add_argument("--classifier", default=shown(CLASSIFIER), help="a file from `attributes.py train`")
     directions.add_argument("--n", type=int, default=20000, help="latents to sample and label (seeds --seed ...)")
     directions.add_argument("--attributes", default=None,
                             help="comma-separated names; default: every attribute of the classifier")
@@ -174,7 +173,7 @@ def directions(args) -> int:
     if not 0 <= args.tail <= 0.5:
         raise UserError(f"--tail must be 0 (every face) or in (0, 0.5] (got {args.tail})")
     if not Path(args.params).is_file():
-        raise UserError(f"params file not found: {args.params} (e.g. --params assets/celeba_64.params)")
+        raise UserError(f"params file not found: {args.params} (e.g. --params {shown(PRETRAINED_PARAMS)})")
     device = utils.resolve_device(args.device)
     start = time.time()
     generator, gconfig = load_generator(args.params, device, use_ema=not args.no_ema)

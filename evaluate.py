@@ -33,6 +33,7 @@ import numpy as np
 
 import utils
 from dataloader import load_images
+from editing.classifier import load_classifier, predict
 from metrics.attribute_balance import attribute_balance, attribute_shares, balance_lines
 from metrics.features import (K_DC, K_PR, first_generated_images, generated_batches, generated_features, load_folder,
                               manifold_scores, nearest_neighbour_picture, path_statistics, statistics_from_features,
@@ -40,7 +41,9 @@ from metrics.features import (K_DC, K_PR, first_generated_images, generated_batc
 from metrics.fid import SmallSampleWarning, float64_device, frechet_distance, kernel_inception_distance, warn_if_small_sample
 from metrics.inception import FID_WEIGHTS_FILE, load_inception
 from metrics.precision_recall import copy_share
+from network import load_generator
 from utils import UserError
+from utils.paths import CLASSIFIER, shown
 
 NN_SAMPLES = 32  # generated faces in the --nn picture
 
@@ -79,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attrs", action="store_true",
                         help="also the attribute balance: the share of each attribute among the generated and "
                              "the real faces by --classifier, and the mean absolute difference of the shares")
-    parser.add_argument("--classifier", default="assets/celeba_attributes.pt",
+    parser.add_argument("--classifier", default=shown(CLASSIFIER),
                         help="attribute classifier for --attrs (`attributes.py train`)")
     parser.add_argument("--nn-out", default=None,
                         help="the --nn picture; default: nearest_neighbours.png beside --params")
@@ -110,7 +113,7 @@ def _validate(args) -> None:
         raise UserError("--attrs needs --params (generated faces to label beside --data), not --real/--fake")
     if args.attrs and not Path(args.classifier).is_file():
         raise UserError(f"--classifier {args.classifier} not found: --attrs needs the attribute classifier "
-                        f"(assets/celeba_attributes.pt, or `python attributes.py train`)")
+                        f"({shown(CLASSIFIER)}, or `python attributes.py train`)")
     if args.pr or args.nn or args.attrs:
         for path in (args.real, args.fake) if args.real is not None else (args.data,):
             if path is not None and Path(path).suffix == ".npz":
@@ -146,8 +149,6 @@ def _run(args) -> int:
     device = utils.resolve_device(args.device)
     if args.real is not None:
         return _compare_sets(args, device, start)
-
-    from network import load_generator
 
     if args.save_stats is not None and not Path(args.params).is_file():  # --data + --save-stats: real stats only
         return _save_real(args, device, start)
@@ -204,8 +205,6 @@ def _run(args) -> int:
 def _attribute_balance(args, generator, nz: int, data: Path, size: int, device) -> dict:
     """--attrs: label the generated faces (the FID's seeds) and the real ones with
     the classifier, print the shares and their balance, return the record's fields."""
-    from editing.classifier import load_classifier, predict
-
     classifier, cconfig = load_classifier(args.classifier, device)
     names = list(cconfig["attributes"])
     fake = np.concatenate([predict(classifier, batch.permute(0, 2, 3, 1).cpu(), cconfig["size"], device=device)

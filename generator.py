@@ -36,13 +36,11 @@ from editing.directions import EDIT_EXAMPLE, load_directions, parse_edit
 from editing.latents import (ARITH_EXAMPLE, CONCEPT_EXAMPLE, CONCEPT_POOL, CONCEPT_TOP, ConceptPool, arithmetic_latents,
                              condition_names, latents, parse_arithmetic, slerp)
 from network import export_ema, load_generator
+from utils.paths import CLASSIFIER, PRETRAINED_PARAMS, shown
 
 GRID_MAX = 64  # grid.png shows the first 64 images; every image still gets its own PNG
 ARITH_VARIATIONS = 8  # noisy copies of the result in arithmetic.png's second row
 SWEEP_MAX = 3.0  # --sweep goes from -SWEEP_MAX to +SWEEP_MAX along the direction
-
-
-PRETRAINED = "assets/celeba_64.params"  # the README's quick start: 64 px CelebA, --recipe best, EMA weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{CONCEPT_POOL} sampled ones; writes only arithmetic.png: the concepts' mean faces "
                              f"and the result, then {ARITH_VARIATIONS} copies of the result with noise added "
                              f"(default: off)")
-    parser.add_argument("--classifier", default="assets/celeba_attributes.pt",
+    parser.add_argument("--classifier", default=shown(CLASSIFIER),
                         help="attribute classifier (`attributes.py train`) for --arithmetic's attribute conditions")
     parser.add_argument("--concept-top", type=int, default=CONCEPT_TOP,
                         help="faces each attribute condition of --arithmetic averages")
@@ -205,8 +203,9 @@ def main(argv=None) -> int:
     if not Path(args.params).exists():
         raise utils.UserError(
             f"params file not found: {args.params}. Sample the pretrained CelebA faces with --params "
-            f"{PRETRAINED}, or train a generator first (`python train.py ...` writes generator.params; see "
-            f"README quick start), or pass --params PATH to one (e.g. --params runs/<run>/generator.params)")
+            f"{shown(PRETRAINED_PARAMS)}, or train a generator first (`python train.py ...` writes "
+            f"generator.params; see README quick start), or pass --params PATH to one (e.g. --params "
+            f"runs/<run>/generator.params)")
     if args.export is not None:
         if Path(args.export).resolve() == Path(args.params).resolve():
             raise utils.UserError("--export PATH must differ from --params (the run keeps its raw weights)")
@@ -231,7 +230,7 @@ def main(argv=None) -> int:
         if condition_names(terms):
             if not Path(args.classifier).exists():
                 raise utils.UserError(f"--classifier {args.classifier} not found: attribute conditions need the "
-                                      f"attribute classifier (assets/celeba_attributes.pt, or `python attributes.py "
+                                      f"attribute classifier ({shown(CLASSIFIER)}, or `python attributes.py "
                                       f"train`)")
             classifier, cconfig = load_classifier(args.classifier, device)
             pool = ConceptPool(generator, classifier, cconfig["size"], cconfig["attributes"], device=device,

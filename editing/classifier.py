@@ -29,6 +29,7 @@ from tqdm import tqdm
 import utils
 from dataloader import to_float
 from utils import UserError
+from utils.paths import CLASSIFIER, shown
 
 CLASSIFIER_FORMAT = "dcgan-attribute-classifier/1"
 # Salient attributes CelebA labels reliably; its labels of the other 30 (Attractive, Oval_Face...) are noisy.
@@ -294,7 +295,7 @@ def save_classifier(path, state: dict, config: dict) -> None:
 
 def load_classifier(path, device="cpu") -> tuple[AttributeNet, dict]:
     """-> (AttributeNet in eval mode on ``device``, its config), or a one-line UserError."""
-    hint = "pass --classifier PATH to one from `python attributes.py train` (e.g. assets/celeba_attributes.pt)"
+    hint = f"pass --classifier PATH to one from `python attributes.py train` (e.g. {shown(CLASSIFIER)})"
     blob = utils.torch_load(path, what="attribute classifier", hint=hint)
     if not (isinstance(blob, dict) and blob.get("format") == CLASSIFIER_FORMAT):
         raise UserError(f"{path} is not an attribute classifier; {hint}")

@@ -31,10 +31,10 @@ from tqdm import tqdm
 import utils
 from editing.classifier import as_input, read_npz
 from utils import UserError
+from utils.paths import CLASSIFIER, shown
 
 DIRECTIONS_FORMAT = "dcgan-directions/1"
 EDIT_EXAMPLE = "Smiling=+3,Eyeglasses=+2"
-CLASSIFIER_EXAMPLE = "assets/celeba_attributes.pt"
 
 
 def directions_path(params) -> Path:
@@ -44,7 +44,7 @@ def directions_path(params) -> Path:
 
 def make_command(params, extra: str = "") -> str:
     """The command that writes the directions of ``params``, in backticks."""
-    return f"`python attributes.py directions --params {params} --classifier {CLASSIFIER_EXAMPLE}{extra}`"
+    return f"`python attributes.py directions --params {params} --classifier {shown(CLASSIFIER)}{extra}`"
 
 
 def weights_fingerprint(generator: torch.nn.Module) -> str:

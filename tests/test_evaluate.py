@@ -542,8 +542,6 @@ class CopyingGenerator(torch.nn.Module):
 
 def test_nn_picture_shows_planted_copies_beside_their_training_faces_and_counts_them(
         inception, tmp_path, capsys, monkeypatch):
-    import network
-
     train = smooth_images(12, 32, seed=13)
     data = tmp_path / "faces_32.npy"
     np.save(data, train)
@@ -554,7 +552,7 @@ def test_nn_picture_shows_planted_copies_beside_their_training_faces_and_counts_
     params = tmp_path / "generator.params"
     save_generator_params(params, {"size": 32, "nz": 16, "ngf": 4}, Generator(size=32, nz=16, ngf=4).state_dict())
     fake = CopyingGenerator(table, 16)
-    monkeypatch.setattr(network, "load_generator", lambda *a, **k: (fake, {"size": 32, "nz": 16, "weights": "fake"}))
+    monkeypatch.setattr(evaluate, "load_generator", lambda *a, **k: (fake, {"size": 32, "nz": 16, "weights": "fake"}))
     out = tmp_path / "nn.png"
     assert evaluate.main(["--params", str(params), "--data", str(data), "-n", "8", "--batch-size", "3",
                           "--device", "cpu", "--nn", "2", "--nn-out", str(out)]) == 0

@@ -1,5 +1,7 @@
 """generator.py: per-seed determinism, both params formats, EMA choice,
 interpolation, and one-line errors."""
+import functools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +12,10 @@ import torch
 from PIL import Image
 
 import generator
+from editing.latents import ConceptPool
 from network import Generator, save_generator_params
 from utils import UserError
+from utils.paths import CLASSIFIER, PRETRAINED_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"size": 32, "nz": 16, "ngf": 4, "ndf": 4, "nc": 3}
@@ -219,10 +223,24 @@ def test_missing_params_is_one_line_without_traceback(tmp_path):
 def test_default_params_missing_says_how_to_get_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a fresh clone: no generator.params yet
     with pytest.raises(UserError, match=r"params file not found: generator\.params\. Sample the pretrained CelebA "
-                                        r"faces with --params assets/celeba_64\.params, or train a generator first "
+                                        rf"faces with --params {re.escape(str(PRETRAINED_PARAMS))}, or train a "
+                                        r"generator first "
                                         r"\(`python train.py \.\.\.` writes generator\.params.*--params PATH"):
         generator.main(["-n", "1"])
     assert not (tmp_path / "samples").exists()
+
+
+def test_arithmetic_by_attribute_finds_the_shipped_classifier_from_another_folder(params, tmp_path, monkeypatch,
+                                                                                   capsys):
+    if not CLASSIFIER.is_file():
+        pytest.skip(f"the shipped classifier {CLASSIFIER} is absent")
+    monkeypatch.chdir(tmp_path)  # not the repository: a relative assets/... default would not be found
+    assert Path(generator.build_parser().parse_args([]).classifier).resolve() == CLASSIFIER.resolve()
+    monkeypatch.setattr(generator, "ConceptPool", functools.partial(ConceptPool, n=64))  # 5,000 faces: minutes on CPU
+    assert generator.main(["--params", str(params), "--out", "out", "--device", "cpu",
+                           "--arithmetic", "Smiling,~Male - ~Smiling,~Male + ~Smiling,Male"]) == 0
+    assert (tmp_path / "out" / "arithmetic.png").is_file()
+    assert f"the mean of the 3 faces of 64 sampled that {CLASSIFIER} puts most" in capsys.readouterr().out
 
 
 def test_unreadable_params_is_a_user_error(tmp_path):
