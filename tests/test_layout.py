@@ -173,3 +173,33 @@ def test_the_lazy_import_finder_reads_reasons(tmp_path):
     (tmp_path / "pkg" / "b.py").write_text("")
     assert lazy_imports(tmp_path) == [("pkg/a.py", 3, "pkg", True), ("pkg/a.py", 5, ".", True),
                                       ("pkg/a.py", 7, "pkg.b", False)]
+
+
+def unlisted_modules(readme: str, root: Path = ROOT) -> list[str]:
+    """Package modules the README's layout table does not name: a row names
+    ``pkg/x.py`` outright, or as ``x.py`` in a row that names ``pkg/`` first."""
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    missing = []
+    for path in sorted(root.glob("*/*.py")):
+        package, file = path.parent.name, path.name
+        if package not in PACKAGES or file == "__init__.py":
+            continue
+        named = any(f"`{package}/{file}`" in row or (f"`{package}/" in row.split("|")[1] and f"`{file}`" in row)
+                    for row in rows)
+        if not named:
+            missing.append(f"{package}/{file}")
+    return missing
+
+
+def test_the_readme_layout_table_lists_every_package_module():
+    assert unlisted_modules((ROOT / "README.md").read_text()) == []
+
+
+def test_an_unlisted_module_is_found(tmp_path):
+    for package in ("utils", "metrics"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    for name in ("utils/cli.py", "utils/files.py", "metrics/fid.py", "metrics/new.py"):
+        (tmp_path / name).write_text("")
+    readme = "| `utils/cli.py`, `files.py` | errors, files |\n| `metrics/fid.py` | FID |\n"
+    assert unlisted_modules(readme, tmp_path) == ["metrics/new.py"]
