@@ -126,7 +126,7 @@ def call(http, name: str, *data, timeout: float = 60.0) -> tuple[str, float, str
 
 def flood(url: str, requests: int, seeds: str, timeout: float) -> dict:
     """``requests`` concurrent faces(seeds) calls, released together -> counts and wall time."""
-    import httpx
+    import httpx  # the page's HTTP client, installed with gradio (app.py's optional dependency)
 
     barrier = threading.Barrier(requests)
     limits = httpx.Limits(max_connections=2 * requests, max_keepalive_connections=2 * requests)

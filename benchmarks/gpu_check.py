@@ -69,7 +69,7 @@ def plan(budget: float, names: list | None, dry_run: bool = False) -> list[tuple
 
 def run_check(args) -> int:
     """bench.py --gpu-check: run the stages, write DIR/gpu_check.json and .md."""
-    import torch
+    import torch  # here, not at the top: bench.py's spawned rows re-import the modules that import this one
 
     if not args.dry_run and not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"

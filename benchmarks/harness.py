@@ -169,7 +169,7 @@ def default_compile_backend(backend: str | None):
     """torch.compile calls that name no backend use ``backend`` meanwhile
     (aot_eager: dynamo and AOTAutograd without Inductor's C++ / Triton code
     generation, which takes a minute on a CPU); None changes nothing."""
-    import torch
+    import torch  # only when called: this module loads without torch
 
     if backend is None:
         yield
@@ -259,7 +259,7 @@ def prepare_images(data: Path, limit: int, synthetic: int, size: int, tmp: Path)
 # --------------------------------------------------------------------------- #
 def machine(gpu: bool = True) -> dict:
     """CPU, torch, Python, the commit; ``gpu``: also the GPU's name (this starts CUDA in this process)."""
-    import torch
+    import torch  # only when called: this module loads without torch
 
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
