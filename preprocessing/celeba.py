@@ -1,5 +1,6 @@
 """Everything preprocess.py knows about CelebA: recognising the aligned set (by
-its name or its 178:218 images at any size), where its face lies, its
+its name or its 178:218 images at any size), where its face lies, where to
+find it (data/, or attached to a Kaggle notebook under /kaggle/input), its
 train/valid/test partition, its attribute labels and the download.
 
     from preprocessing import celeba
@@ -18,12 +19,18 @@ from utils import UserError
 CELEBA_CROP = 140  # the face's square side in full-size (178x218) pixels
 CELEBA_IMAGE_SIZE = (178, 218)  # width, height of every aligned CelebA image
 CELEBA_PROBE = 3  # images whose header is read to recognise aligned CelebA by content
-SEARCH_PLACES = (
+KAGGLE_INPUT = Path("/kaggle/input")  # where a Kaggle notebook's attached data sets are mounted (read-only)
+# CelebA attached on Kaggle: "celeba-dataset" (jessicali9530's, the common one) nests the images one folder
+# deeper; any other upload of the aligned set keeps the usual folder name
+KAGGLE_PLACES = ("celeba-dataset/img_align_celeba/img_align_celeba", "*/img_align_celeba/img_align_celeba",
+                 "*/img_align_celeba")
+LOCAL_PLACES = (
     "data/celeba/img_align_celeba",
     "data/img_align_celeba",
     "data/celeba/img_align_celeba.zip",
     "data/img_align_celeba.zip",
 )
+SEARCH_PLACES = LOCAL_PLACES + tuple(f"{KAGGLE_INPUT}/{place}" for place in KAGGLE_PLACES)  # in search order
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 DOWNLOAD_ADVICE = (
     "get CelebA with `python preprocess.py --download` (torchvision; needs `pip install gdown`, network access, "
@@ -65,11 +72,20 @@ def looks_like_aligned_celeba(first_sizes: list[tuple[int, int] | None]) -> bool
 # --------------------------------------------------------------------------- #
 # Finding and downloading it
 # --------------------------------------------------------------------------- #
+def search_places() -> list[Path]:
+    """``SEARCH_PLACES`` that exist, in order: data/ under the working folder,
+    then CelebA attached to a Kaggle notebook (under ``KAGGLE_INPUT``)."""
+    local = [Path(place) for place in LOCAL_PLACES if Path(place).exists()]
+    kaggle = [match for place in KAGGLE_PLACES for match in sorted(KAGGLE_INPUT.glob(place)) if match.is_dir()]
+    return list(dict.fromkeys(local + kaggle))
+
+
 def find_default_source() -> Path:
-    for place in SEARCH_PLACES:
-        if Path(place).exists():
-            return Path(place)
-    raise UserError(f"no CelebA found (looked in {', '.join(SEARCH_PLACES)}); {DOWNLOAD_ADVICE}")
+    found = search_places()
+    if found:
+        return found[0]
+    raise UserError(f"no CelebA found (looked in {', '.join(SEARCH_PLACES)}); {DOWNLOAD_ADVICE}; on Kaggle, "
+                    f"attach CelebA (Add Input: celeba-dataset) and it is found under {KAGGLE_INPUT}")
 
 
 def download_celeba(root: Path) -> Path:
