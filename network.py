@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from export.weights import is_exported, read_weights
 from utils import UserError, torch_load, torch_save
 
 PARAMS_FORMAT = "dcgan-generator-params/1"
@@ -222,25 +223,47 @@ def strip_prefixes(state: dict) -> dict:
     return out
 
 
-def load_generator(path, device="cpu", use_ema: bool = True) -> tuple[Generator, dict]:
-    """Load generator.params (ours, or a bare state_dict as the classic DCGAN
-    code saves it) -> (Generator in eval mode on ``device``, config); config["weights"]
-    says which were loaded: "ema" (the default when the file has them) or "raw"."""
+def ema_alone(path) -> UserError:
+    return UserError(f"{path} holds the EMA weights alone (an export); the raw weights (--no-ema) are in the run's "
+                     f"own generator.params")
+
+
+def read_params(path, use_ema: bool = True) -> tuple[dict, dict]:
+    """generator.params (ours, or a bare state_dict as the classic DCGAN code
+    saves it) -> (state_dict, config)."""
     blob = torch_load(path, what="generator.params file",
                       hint="pass --params generator.params (written by train.py, e.g. runs/<run>/generator.params)")
     if isinstance(blob, dict) and blob.get("format") == PARAMS_FORMAT:
         config = {**DEFAULT_CONFIG, **blob["config"]}
         if blob.get("generator") is None and not use_ema:
-            raise UserError(f"{path} holds the EMA weights alone (an export); the raw weights (--no-ema) are in "
-                            f"the run's own generator.params")
+            raise ema_alone(path)
         ema = use_ema and blob.get("generator_ema") is not None
-        state = blob["generator_ema"] if ema else blob["generator"]
         config["weights"] = "ema" if ema else "raw"
-    elif isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        return blob["generator_ema"] if ema else blob["generator"], config
+    if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
         state = strip_prefixes(blob)
-        config = {**DEFAULT_CONFIG, **infer_config(state), "weights": "raw"}
-    else:
-        raise UserError(f"{path} is not a generator.params file nor a generator state_dict")
+        return state, {**DEFAULT_CONFIG, **infer_config(state), "weights": "raw"}
+    raise UserError(f"{path} is not a generator.params file nor a generator state_dict")
+
+
+def read_exported(path, use_ema: bool = True) -> tuple[dict, dict]:
+    """An exported folder or .safetensors (export/weights.py: one set of
+    weights, its config beside or inside) -> (state_dict, config)."""
+    state, config = read_weights(path)
+    weights = config.get("weights", "raw")
+    config = {**DEFAULT_CONFIG, **(config or infer_config(strip_prefixes(state))), "weights": weights}
+    if config["weights"] == "ema" and not use_ema:
+        raise ema_alone(path)
+    return state, config
+
+
+def load_generator(path, device="cpu", use_ema: bool = True) -> tuple[Generator, dict]:
+    """Load a generator -> (Generator in eval mode on ``device``, config):
+    generator.params (ours, or a bare state_dict as the classic DCGAN code
+    saves it), or an export: a folder from ``generator.py --export DIR`` or a
+    .safetensors. config["weights"] says which weights were loaded: "ema"
+    (the default when the file has them) or "raw"."""
+    state, config = read_exported(path, use_ema) if is_exported(path) else read_params(path, use_ema)
     generator = build_generator(config)
     try:
         generator.load_state_dict(strip_prefixes(state))

@@ -11,9 +11,10 @@ keep (``--keep Male``: a smile that leaves the gender alone).
     book = load_directions(params, generator)              # refuses other weights than they were made for
     z_edited = z + book.offset(parse_edit("Smiling=+3,Eyeglasses=+2"))
 
-The file sits beside the params and records the fingerprint of the weights it
-was fitted on, so generator.py finds it without a flag and never applies
-directions of another generator.
+The file sits beside the params (in an exported folder, its
+directions.safetensors: one tensor per name) and records the fingerprint of
+the weights it was fitted on, so generator.py finds it without a flag and
+never applies directions of another generator.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 import utils
 from editing.classifier import as_input, read_npz
+from export.weights import read_safetensors, save_safetensors
 from utils import UserError
 from utils.paths import CLASSIFIER, shown
 
@@ -38,8 +40,12 @@ EDIT_EXAMPLE = "Smiling=+3,Eyeglasses=+2"
 
 
 def directions_path(params) -> Path:
-    """assets/celeba_64.params -> assets/celeba_64.directions.npz."""
-    return Path(params).with_suffix(".directions.npz")
+    """assets/celeba_64.params -> assets/celeba_64.directions.npz; an exported
+    folder -> DIR/directions.safetensors; g.safetensors -> g.directions.safetensors."""
+    params = Path(params)
+    if params.is_dir():
+        return params / "directions.safetensors"
+    return params.with_suffix(".directions.safetensors" if params.suffix == ".safetensors" else ".directions.npz")
 
 
 def make_command(params, extra: str = "") -> str:
@@ -153,12 +159,50 @@ def save_directions(path, names, vectors: torch.Tensor, normals: torch.Tensor, k
                     meta: dict) -> None:
     """Write ``<params stem>.directions.npz`` atomically: names, vectors (the
     directions to apply), normals (before conditioning), keep, fingerprint,
-    and ``meta`` (plain values: how they were made and scored, as JSON)."""
+    and ``meta`` (plain values: how they were made and scored, as JSON). A
+    path ending .safetensors holds one vector per name (``load_file(path)["Smiling"]``
+    without this repository), the normals as one (A, nz) tensor, the rest as metadata."""
+    if Path(path).suffix == ".safetensors":
+        tensors = {**{name: vectors[k] for k, name in enumerate(names)}, "normals": normals}
+        save_safetensors(tensors, path, {"format": DIRECTIONS_FORMAT, "names": json.dumps(list(names)),
+                                         "keep": json.dumps(list(keep)), "fingerprint": fingerprint,
+                                         "meta": json.dumps(meta)})
+        return
     with utils.atomic_path(path, suffix=".tmp.npz") as tmp:
         np.savez(tmp, format=np.array(DIRECTIONS_FORMAT), names=np.array(list(names)),
                  vectors=vectors.numpy().astype(np.float32), normals=normals.numpy().astype(np.float32),
                  keep=np.array(list(keep), dtype=str), fingerprint=np.array(fingerprint),
                  meta=np.array(json.dumps(meta)))
+
+
+def read_directions(path, params) -> dict:
+    """The directions file ``path`` (.npz or .safetensors) -> {"names",
+    "vectors" (A, nz) float32 tensor, "normals", "keep", "fingerprint",
+    "meta" (dict)}, or a one-line UserError that says how to remake it."""
+    path = Path(path)
+    fix = f"make it again with {make_command(params)}"
+    if not path.is_file():
+        raise UserError(f"{params} has no attribute directions ({path} not found); make them with "
+                        f"{make_command(params)}")
+    if path.suffix == ".safetensors":
+        tensors, blob = read_safetensors(path)
+    else:
+        blob = read_npz(path, "", "a directions file from attributes.py", fix)
+    if str(blob.get("format")) != DIRECTIONS_FORMAT:
+        raise UserError(f"{path} is not a directions file from attributes.py (format {blob.get('format')}); {fix}")
+    try:
+        if path.suffix == ".safetensors":
+            names = json.loads(blob["names"])
+            vectors, normals = torch.stack([tensors[n] for n in names]).float(), tensors["normals"].float()
+            keep, meta = json.loads(blob["keep"]), json.loads(blob["meta"])
+        else:
+            names = [str(n) for n in blob["names"]]
+            vectors, normals = torch.from_numpy(blob["vectors"]), torch.from_numpy(blob["normals"])
+            keep, meta = [str(k) for k in blob["keep"]], json.loads(str(blob["meta"]))
+    except (KeyError, ValueError, RuntimeError, TypeError):
+        raise UserError(f"{path} is an incomplete directions file; {fix}") from None
+    return {"names": names, "vectors": vectors, "normals": normals, "keep": keep,
+            "fingerprint": str(blob["fingerprint"]), "meta": meta}
 
 
 @dataclass
@@ -189,21 +233,35 @@ def load_directions(params, generator: torch.nn.Module, weights: str = "ema") ->
     """The directions beside ``params``, made for exactly these weights
     (``weights``: "ema" or "raw", for the message), or a one-line UserError."""
     path = directions_path(params)
-    blob = read_npz(path, f"{params} has no attribute directions ({path} not found); make them with "
-                          f"{make_command(params)}",
-                    "a directions file from attributes.py", f"make it again with {make_command(params)}")
-    if str(blob.get("format")) != DIRECTIONS_FORMAT:
-        raise UserError(f"{path} is not a directions file from attributes.py (format {blob.get('format')}); "
-                        f"make it again with {make_command(params)}")
-    names, vectors, fingerprint = [str(n) for n in blob["names"]], blob["vectors"], str(blob["fingerprint"])
-    made_for = json.loads(str(blob["meta"])).get("weights")
-    if fingerprint != weights_fingerprint(generator):
-        raise UserError(f"{path} was made for other weights ({made_for or 'unknown'}) than the {weights} weights of "
-                        f"{params} now; make them again with "
+    blob = read_directions(path, params)
+    names, vectors = blob["names"], blob["vectors"]
+    if blob["fingerprint"] != weights_fingerprint(generator):
+        raise UserError(f"{path} was made for other weights ({blob['meta'].get('weights') or 'unknown'}) than the "
+                        f"{weights} weights of {params} now; make them again with "
                         f"{make_command(params, ' --no-ema' if weights == 'raw' else '')}")
     if vectors.shape[1] != generator.nz:
         raise UserError(f"{path} holds {vectors.shape[1]}-d directions but the generator's latents have {generator.nz}")
-    return Directions(names, torch.from_numpy(vectors), path, str(params))
+    return Directions(names, vectors, path, str(params))
+
+
+def directions_for(params, generator: torch.nn.Module) -> dict | None:
+    """The directions record (``read_directions``) beside ``params`` when
+    there is one made for exactly ``generator``'s weights, else None."""
+    path = directions_path(params)
+    blob = read_directions(path, params) if path.is_file() else None
+    return blob if blob is not None and blob["fingerprint"] == weights_fingerprint(generator) else None
+
+
+def carry_directions(blob: dict | None, export) -> Path | None:
+    """Write a directions record beside (or into) the export ``export`` in
+    its form; None: remove a stale file there. -> the path written."""
+    target = directions_path(export)
+    if blob is None:
+        target.unlink(missing_ok=True)
+        return None
+    save_directions(target, blob["names"], blob["vectors"], blob["normals"], blob["keep"], blob["fingerprint"],
+                    blob["meta"])
+    return target
 
 
 def parse_edit(text: str) -> list[tuple[str, float]]:
