@@ -9,6 +9,7 @@ arithmetic.
     python generator.py --arithmetic "3,17,42 - 5,8,9 + 11,23,31"  # samples/arithmetic.png (paper's fig. 7)
     python generator.py --params assets/celeba_64.params --edit "Smiling=+3,Eyeglasses=+2"  # the same faces, edited
     python generator.py --params assets/celeba_64.params -n 8 --sweep Smiling  # samples/sweep_Smiling.png
+    python generator.py --params assets/celeba_64.params --export celeba_64  # model.safetensors, config.json, README.md
 
 Image k comes from its own random generator seeded with ``seed + k`` (the
 per-seed generators of NVlabs EDM), so it is the same whatever
@@ -16,8 +17,9 @@ per-seed generators of NVlabs EDM), so it is the same whatever
 threads, or on a GPU where cuDNN may pick other kernels for other batch shapes,
 a rare pixel can move by one level). ``--params`` may be our ``generator.params`` (config +
 raw and EMA weights) or a bare generator state_dict as the classic DCGAN code
-saves it (``torch.save(netG.state_dict(), path)``); the size is then inferred
-from the weight shapes. ``--edit`` and ``--sweep`` move latents along the
+saves it (``torch.save(netG.state_dict(), path)``; the size is then inferred
+from the weight shapes), or an export: a folder ``--export DIR`` wrote or a
+``.safetensors``. ``--edit`` and ``--sweep`` move latents along the
 named directions ``attributes.py directions`` stored beside the params
 (``<params stem>.directions.npz``).
 """
@@ -32,11 +34,19 @@ from tqdm import tqdm
 
 import utils
 from editing.classifier import load_classifier
-from editing.directions import EDIT_EXAMPLE, load_directions, parse_edit
+from editing.directions import (EDIT_EXAMPLE, carry_directions, directions_for, load_directions, parse_edit,
+                                weights_fingerprint)
 from editing.latents import (ARITH_EXAMPLE, CONCEPT_EXAMPLE, CONCEPT_POOL, CONCEPT_TOP, ConceptPool, arithmetic_latents,
                              condition_names, latents, parse_arithmetic, slerp)
+from export import model_card
+from export.weights import EXPORT_SUFFIXES, save_weights, write_folder
 from network import export_ema, load_generator
 from utils.paths import CLASSIFIER, PRETRAINED_PARAMS, shown
+
+try:  # optional: --export PATH.onnx needs onnx (requirements-export.txt)
+    from export.onnx_export import export_onnx
+except ImportError as missing:
+    export_onnx, ONNX_MISSING = None, f"the {missing.name or 'onnx'} module"
 
 GRID_MAX = 64  # grid.png shows the first 64 images; every image still gets its own PNG
 ARITH_VARIATIONS = 8  # noisy copies of the result in arithmetic.png's second row
@@ -72,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arith-noise", type=float, default=0.25,
                         help="standard deviation of the noise added to the result's latent in the second row")
     parser.add_argument("--export", metavar="PATH", default=None,
-                        help="write the EMA weights of --params alone to PATH (the file to share: half the size) "
-                             "and stop")
+                        help="write --params's EMA weights (else its raw ones) and stop: DIR a Hugging Face-style "
+                             "folder (model.safetensors, config.json, README.md model card, directions); "
+                             "PATH.safetensors the bare weights, config inside; PATH.onnx for onnxruntime; "
+                             "PATH.params the EMA weights alone as generator.params")
     parser.add_argument("--gif", action="store_true",
                         help="with --interpolate: also write interpolation.gif, a looping animation of the walks "
                              "(frame t: every walk at step t)")
@@ -171,6 +183,38 @@ def sweep_grid(generator, nz: int, direction: torch.Tensor, n: int, steps: int, 
     return utils.image_grid(np.concatenate(list(generate(generator, zs, device, batch_size))), nrow=steps)
 
 
+def export(params, dst: Path, use_ema: bool = True) -> str:
+    """--export: ``params``'s EMA weights (else, or with ``use_ema`` False,
+    its raw ones) to ``dst`` in the form its suffix names (a folder without
+    one), with the directions made for them; -> the line to print."""
+    if dst.resolve() == Path(params).resolve():
+        raise utils.UserError("--export PATH must differ from --params (the run keeps its raw weights)")
+    if dst.suffix and dst.suffix not in EXPORT_SUFFIXES and not dst.is_dir():
+        raise utils.UserError(f"--export {dst}: name a folder (no suffix) or a file ending "
+                              f"{', '.join(EXPORT_SUFFIXES)}")
+    if dst.suffix == ".params":
+        config = export_ema(params, dst)
+        return (f"wrote {dst}: the EMA weights of {params} ({config['size']} px, ngf {config['ngf']}, "
+                f"step {config.get('step', '?')}), {dst.stat().st_size / 2**20:.1f} MiB")
+    if dst.suffix == ".onnx" and export_onnx is None:
+        raise utils.UserError(f"--export PATH.onnx needs {ONNX_MISSING}: pip install -r requirements-export.txt")
+    generator, config = load_generator(params, use_ema=use_ema)
+    blob = directions_for(params, generator)
+    what = f"the {'EMA' if config['weights'] == 'ema' else 'raw'} weights of {params}"
+    if dst.suffix == ".onnx":
+        path = export_onnx(generator, config, dict(zip(blob["names"], blob["vectors"])) if blob else None, dst)
+        return f"wrote {path}: {what}" + (f", with {len(blob['names'])} directions" if blob else "")
+    if dst.suffix == ".safetensors":
+        save_weights(generator.state_dict(), config, dst)
+    else:
+        facts = model_card.facts_for(weights_fingerprint(generator))
+        card = model_card.render(config, dst.name, facts, blob["names"] if blob else [],
+                                 sum(p.numel() for p in generator.parameters()))
+        write_folder(dst, generator.state_dict(), config, card)
+    carried = carry_directions(blob, dst)
+    return f"wrote {dst}: {what}" + (f", with its directions ({carried.name})" if carried else "")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.num < 1:
@@ -207,11 +251,7 @@ def main(argv=None) -> int:
             f"generator.params; see README quick start), or pass --params PATH to one (e.g. --params "
             f"runs/<run>/generator.params)")
     if args.export is not None:
-        if Path(args.export).resolve() == Path(args.params).resolve():
-            raise utils.UserError("--export PATH must differ from --params (the run keeps its raw weights)")
-        config = export_ema(args.params, args.export)
-        print(f"wrote {args.export}: the EMA weights of {args.params} ({config['size']} px, ngf {config['ngf']}, "
-              f"step {config.get('step', '?')}), {Path(args.export).stat().st_size / 2**20:.1f} MiB")
+        print(export(args.params, Path(args.export), use_ema=not args.no_ema))
         return 0
     device = utils.resolve_device(args.device)
     generator, config = load_generator(args.params, device, use_ema=not args.no_ema)
