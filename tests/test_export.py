@@ -274,3 +274,24 @@ def test_the_folder_is_what_upload_folder_sends(exported, tmp_path):
     assert not [name for name in sent if file_kind(folder / name)[0] in ("pickle", "torch", "zip")]
     card = huggingface_hub.ModelCard.load(folder / CARD_FILE)
     assert card.data.license == "other" and card.data.pipeline_tag == "unconditional-image-generation"
+
+
+def test_export_onnx_hands_the_onnx_module_the_weights_and_directions(tmp_path, monkeypatch):
+    """The dispatch only (tests/test_onnx.py runs the real exporter, 14 s)."""
+    calls = []
+    monkeypatch.setattr(generator, "export_onnx", lambda *args: calls.append(args) or args[3])
+    assert generator.main(["--params", str(PRETRAINED_PARAMS), "--export", str(tmp_path / "faces.onnx")]) == 0
+    (g, config, directions, path), = calls
+    shipped = np.load(directions_path(PRETRAINED_PARAMS))
+    assert path == tmp_path / "faces.onnx" and config["weights"] == "ema" and not g.training
+    assert list(directions) == [str(n) for n in shipped["names"]]
+    assert np.array_equal(directions["Smiling"].numpy(), shipped["vectors"][1])
+    assert weights_fingerprint(g) == str(shipped["fingerprint"])
+
+
+def test_export_onnx_without_the_module_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(generator, "export_onnx", None)
+    monkeypatch.setattr(generator, "ONNX_MISSING", "the onnx module", raising=False)
+    with pytest.raises(UserError, match="pip install -r requirements-export.txt"):
+        generator.main(["--params", str(PRETRAINED_PARAMS), "--export", str(tmp_path / "faces.onnx")])
+    assert not (tmp_path / "faces.onnx").exists()
