@@ -1,5 +1,6 @@
 """The DCGAN generator and discriminator (Radford et al., 2016), built by one
-function that loops over resolution, plus the ``generator.params`` format.
+function that loops over resolution, plus the ``generator.params`` format;
+``load_generator`` also reads an export (a folder or .safetensors, export/weights.py).
 
 At 64 px with ngf = ndf = 64 the layers, their order and their parameter
 counts are those of the PyTorch DCGAN tutorial, so a generator state_dict
