@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=utils.HelpFormatter
     )
     parser.add_argument("-n", "--num", type=int, default=64, help="number of images to write")
-    parser.add_argument("--params", default="generator.params", help="generator.params or a bare state_dict")
+    parser.add_argument("--params", default="generator.params",
+                        help="generator.params, a bare state_dict, or an export (a folder or .safetensors)")
     parser.add_argument("--out", default="samples", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="image k uses seed + k")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA weights")
