@@ -4,6 +4,7 @@ generator's faces (Gradio), served on this machine only unless --host says other
     python app.py                                              # http://127.0.0.1:7860, assets/celeba_64.params
     python app.py --params runs/x/generator.params --port 7861 # any run's params (edits need its directions)
     python app.py --host 0.0.0.0                               # the whole network may use it (warned)
+    python app.py --runtime torch                              # eager PyTorch renders (default: onnxruntime if installed)
 
 Every action is also an API endpoint (``faces``, ``edit``, ``interpolate``,
 ``arithmetic``) that ``gradio_client`` drives:
@@ -40,6 +41,8 @@ from editing.classifier import load_classifier
 from editing.directions import directions_path, load_directions, make_command, parse_edit
 from editing.latents import (ARITH_EXAMPLE, CONCEPT_EXAMPLE, CONCEPT_POOL, ConceptPool, arithmetic_latents,
                              condition_names, latents, parse_arithmetic, slerp)
+from export.onnx_export import onnx_bytes_apart, onnx_installed
+from export.onnx_runtime import OnnxGenerator, onnxruntime, require_onnxruntime
 from network import load_generator
 from utils.paths import CLASSIFIER, PRETRAINED_PARAMS, shown
 
@@ -56,6 +59,7 @@ MAX_TERMS = 8  # terms of an arithmetic expression
 MAX_TERM_SEEDS = 64  # seeds in all the terms of an expression together
 KEEP_FILES = 64  # the grid PNGs and GIFs the server keeps for download (older ones are deleted)
 SESSIONS = 100  # visitors (each API call is one) whose page state the server keeps; older ones are dropped
+RUNTIMES = ("auto", "onnx", "torch")  # what renders the faces (--runtime)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests that may wait; more are refused with a message (not queued)")
     parser.add_argument("--concurrency", type=int, default=1, help="requests computed at the same time")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                        help="what renders the faces: onnx (onnxruntime on the CPU, the generator exported in memory "
+                             "at start; pip install -r requirements-export.txt), torch (eager PyTorch), auto (onnx "
+                             "when installed and on the CPU, else torch)")
     return parser
 
 
@@ -150,6 +158,7 @@ class Explorer:
     def __init__(self, generator, config: dict, params: str, device="cpu", directions=None,
                  directions_note: str = ""):
         self.generator, self.config, self.params, self.device = generator, config, str(params), device
+        self.runtime = "onnx" if isinstance(generator, OnnxGenerator) else "torch"
         self.nz = config["nz"]
         self.directions, self.directions_note = directions, directions_note
         self.names = list(directions.names) if directions is not None else []
@@ -164,10 +173,11 @@ class Explorer:
 
     @classmethod
     def load(cls, params: str | Path, device="cpu", use_ema: bool = True, classifier: str | Path | None = CLASSIFIER,
-             pool_size: int = CONCEPT_POOL, background: bool = True) -> Explorer:
+             pool_size: int = CONCEPT_POOL, background: bool = True, runtime: str = "torch") -> Explorer:
         """The explorer of ``params``: its directions when they are beside it,
-        and a pool of ``pool_size`` classified faces for concepts when the
-        ``classifier`` is there (made in a thread when ``background``)."""
+        a pool of ``pool_size`` classified faces for concepts when the
+        ``classifier`` is there (made in a thread when ``background``), its
+        faces rendered by ``runtime`` (see renderer)."""
         generator, config = load_generator(params, device, use_ema=use_ema)
         directions, directions_note = None, ""
         if directions_path(params).exists():
@@ -175,7 +185,8 @@ class Explorer:
         else:
             directions_note = (f"{params} has no named directions, so there are no edit sliders; make them with "
                                f"{make_command(params)} and start the explorer again.")
-        explorer = cls(generator, config, params, device, directions, directions_note)
+        explorer = cls(renderer(generator, params, use_ema, device, runtime), config, params, device, directions,
+                       directions_note)
         if classifier and pool_size > 0:
             model, classifier_config = load_classifier(classifier, device)
             attributes = classifier_config["attributes"]
@@ -304,8 +315,35 @@ class Explorer:
         parts = [f"{shown(self.params)}: {c['size']} px, nz {c['nz']}, ngf {c['ngf']}, "
                  f"{'EMA' if c.get('weights') == 'ema' else 'raw'} weights",
                  f"{len(self.names)} directions" if self.names else "no directions",
+                 f"rendered by {'onnxruntime' if self.runtime == 'onnx' else 'PyTorch'}",
                  f"concepts from {self.pool_size} sampled faces" if self.concepts else "no concepts"]
         return "; ".join(parts)
+
+
+def renderer(generator, params, use_ema: bool, device, runtime: str = "auto"):
+    """What renders an explorer's faces for ``runtime``: the torch
+    ``generator`` (loaded from ``params``) itself ("torch"), or an
+    OnnxGenerator of the same weights ("onnx": onnxruntime on the CPU, several
+    times faster for one face), exported at start in a separate process and
+    kept in memory (nothing is written); "auto" is onnx when onnxruntime and
+    the exporter are installed, the device is the CPU and the export
+    succeeds, else torch."""
+    if runtime not in RUNTIMES:
+        raise utils.UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    cpu = torch.device(device).type == "cpu"
+    if runtime == "torch" or (runtime == "auto" and not (cpu and onnxruntime is not None and onnx_installed())):
+        return generator
+    if not cpu:
+        raise utils.UserError(f"--runtime onnx runs on the CPU; leave --device out, or keep --device {device} with "
+                              f"--runtime torch")
+    require_onnxruntime()
+    try:
+        return OnnxGenerator(onnx_bytes_apart(params, use_ema))
+    except Exception as err:  # auto: any failure of the exporter leaves the page on PyTorch
+        if runtime == "onnx":
+            raise
+        print(f"note: the ONNX export failed ({type(err).__name__}: {err}); rendering with PyTorch", file=sys.stderr)
+        return generator
 
 
 # --------------------------------------------------------------------------- #
@@ -621,7 +659,7 @@ def main(argv=None) -> int:
         classifier = None  # a clone without the asset: seed lists only
     device = utils.resolve_device(args.device)
     explorer = Explorer.load(args.params, device, use_ema=not args.no_ema, classifier=classifier,
-                             pool_size=args.concept_pool)
+                             pool_size=args.concept_pool, runtime=args.runtime)
     warning = host_warning(args.host)
     if warning:
         print(warning, file=sys.stderr)

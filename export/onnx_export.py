@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +26,7 @@ from torch import nn
 
 import utils
 from utils import UserError
+from utils.paths import ROOT
 
 ONNX_FORMAT = "dcgan-generator-onnx/1"
 INPUT, OUTPUT = "z", "images"  # (B, nz) float32 -> (B, nc, size, size) float32 in [-1, 1]
@@ -53,6 +56,26 @@ def onnx_bytes(generator: nn.Module, nz: int) -> bytes:
                                 output_names=[OUTPUT], dynamic_shapes=({0: batch},), external_data=False,
                                 optimize=True, verbose=False)
     return program.model_proto.SerializeToString()
+
+
+def onnx_bytes_apart(params, use_ema: bool = True, timeout: float = 600) -> bytes:
+    """``onnx_bytes`` of the generator in ``params`` (as network.load_generator
+    loads it), made in a fresh Python process that hands back the bytes: the
+    exporter's modules (torch.export, onnx, onnxscript; about 250 MiB) never
+    enter this process, which a long-running server wants."""
+    require_onnx()
+    code = ("import sys; from network import load_generator; from export.onnx_export import onnx_bytes; "
+            "g, c = load_generator(sys.argv[1], use_ema=sys.argv[2] == '1'); "
+            "sys.stdout.buffer.write(onnx_bytes(g, c['nz']))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(Path(params).resolve()), str(int(use_ema))],
+                              cwd=ROOT, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"the ONNX export of {params} took more than {timeout:.0f} s") from None
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
+        raise UserError(f"the ONNX export of {params} failed: {lines[-1]}")
+    return done.stdout
 
 
 def metadata(config: dict, directions: dict | None) -> dict:

@@ -11,7 +11,7 @@ import app
 from editing.directions import load_directions
 from export import onnx_export, onnx_runtime
 from export.onnx_export import export_onnx
-from network import Generator, load_generator, recompute_bn_stats
+from network import Generator, load_generator, recompute_bn_stats, save_generator_params
 from utils import UserError
 from utils.paths import PRETRAINED_PARAMS
 
@@ -27,8 +27,10 @@ def shipped(tmp_path_factory):
     generator, config = load_generator(PRETRAINED_PARAMS)
     directions = load_directions(PRETRAINED_PARAMS, generator, config["weights"])
     path = tmp_path_factory.mktemp("onnx") / "faces.onnx"
+    generator.train()  # the export is of eval mode whatever the module's mode, which it leaves alone
     assert export_onnx(generator, config, dict(zip(directions.names, directions.vectors)), path) == path
-    return generator, config, directions, path
+    assert generator.training
+    return generator.eval(), config, directions, path
 
 
 def assert_same_images(generator, onnx_generator, nz):
@@ -59,17 +61,13 @@ def test_the_json_beside_it_has_nz_size_config_and_the_directions(shipped):
     assert np.array_equal(np.array(list(meta["directions"].values()), dtype=np.float32), directions.vectors.numpy())
 
 
-def test_a_tiny_random_generator_with_batch_statistics_exports_exactly(tmp_path):
+def test_a_tiny_random_generator_exported_in_another_process_gives_the_same_images(tmp_path):
     torch.manual_seed(0)
     generator = recompute_bn_stats(Generator(size=32, nz=8, ngf=4), n=64, batch_size=16)  # BN stats not 0 / 1
-    generator.train()  # the export is of eval mode whatever the module's mode, which it leaves alone
-    config = {"size": 32, "nz": 8, "ngf": 4, "nc": 3}
-    path = export_onnx(generator, config, None, tmp_path / "tiny.onnx")
-    assert generator.training
-    assert json.loads((tmp_path / "tiny.json").read_text())["directions"] == {}
-    onnx_generator = onnx_runtime.OnnxGenerator(path)
+    save_generator_params(tmp_path / "tiny.params", {"size": 32, "nz": 8, "ngf": 4, "nc": 3}, generator.state_dict())
+    onnx_generator = onnx_runtime.OnnxGenerator(onnx_export.onnx_bytes_apart(tmp_path / "tiny.params"))
     assert (onnx_generator.nz, onnx_generator.size) == (8, 32)
-    assert_same_images(generator.eval(), onnx_generator, 8)
+    assert_same_images(generator, onnx_generator, 8)
 
 
 def test_bad_exports_and_bad_files_are_one_line_and_write_nothing(tmp_path):
@@ -89,10 +87,11 @@ def test_bad_exports_and_bad_files_are_one_line_and_write_nothing(tmp_path):
 
 
 def test_the_explorer_renders_the_same_faces_with_either_runtime(shipped, monkeypatch):
-    generator, config, _, _ = shipped
-    on_onnx = app.renderer(generator, config, "cpu", "auto")
+    generator, config, _, path = shipped
+    monkeypatch.setattr(app, "onnx_bytes_apart", lambda params, use_ema: path.read_bytes())  # exported above
+    on_onnx = app.renderer(generator, PRETRAINED_PARAMS, True, "cpu", "auto")
     assert isinstance(on_onnx, onnx_runtime.OnnxGenerator)
-    assert app.renderer(generator, config, "cpu", "torch") is generator
+    assert app.renderer(generator, PRETRAINED_PARAMS, True, "cpu", "torch") is generator
     faces = {}
     for runtime, rendering in (("torch", generator), ("onnx", on_onnx)):
         explorer = app.Explorer(rendering, config, PRETRAINED_PARAMS)
@@ -102,8 +101,8 @@ def test_the_explorer_renders_the_same_faces_with_either_runtime(shipped, monkey
     assert np.abs(faces["torch"] - faces["onnx"]).max() <= 1  # 1e-6 apart before rounding to uint8
     monkeypatch.setattr(app, "onnxruntime", None)  # auto without onnxruntime: PyTorch; onnx: one line
     monkeypatch.setattr(onnx_runtime, "onnxruntime", None)
-    assert app.renderer(generator, config, "cpu", "auto") is generator
+    assert app.renderer(generator, PRETRAINED_PARAMS, True, "cpu", "auto") is generator
     with pytest.raises(UserError, match="needs onnxruntime: pip install -r requirements-export.txt"):
-        app.renderer(generator, config, "cpu", "onnx")
+        app.renderer(generator, PRETRAINED_PARAMS, True, "cpu", "onnx")
     with pytest.raises(UserError, match="--runtime onnx runs on the CPU"):
-        app.renderer(generator, config, "cuda", "onnx")
+        app.renderer(generator, PRETRAINED_PARAMS, True, "cuda", "onnx")
