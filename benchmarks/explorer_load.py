@@ -183,7 +183,7 @@ def run(args) -> dict:
     deadline = time.monotonic() + args.explorer_time_limit
     seeds = f"0-{args.explorer_faces - 1}"
     server_args = ["--params", args.explorer_params, "--queue-size", str(args.explorer_queue_size),
-                   "--classifier", "none"]
+                   "--classifier", "none", "--runtime", args.explorer_runtime]
     started = time.perf_counter()
     server = Server(server_args)
     try:

@@ -8,6 +8,7 @@ each. Prints a table and one JSON line.
     python bench.py --steps 3 --sizes 64 --small --synthetic 256      # smoke run, seconds on a CPU
     python bench.py --gpu-check --out gpu_check                       # the GPU check (docs/gpu_check.md)
     python bench.py --explorer                                        # app.py under load (docs/explorer.md)
+    python bench.py --onnx                                            # eager PyTorch vs onnxruntime, batch 1/16/64
 
 The two training paths:
   ours     training.trainer.Trainer(...).step(batch), fed by dataloader.DeviceFeeder from
@@ -103,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--explorer-queue-size", type=int, default=20, help="with --explorer: app.py --queue-size")
     load.add_argument("--explorer-time-limit", type=float, default=300.0,
                       help="with --explorer: seconds for the whole test (rows stop early past it)")
+    load.add_argument("--explorer-runtime", default="auto", choices=["auto", "onnx", "torch"],
+                      help="with --explorer: app.py --runtime (what renders the faces)")
+    onnx = parser.add_argument_group("eager PyTorch against onnxruntime for one generator on the CPU "
+                                     "(benchmarks/onnx_speed.py; pip install -r requirements-export.txt)")
+    onnx.add_argument("--onnx", action="store_true",
+                      help="run the comparison instead of the speed rows: ms per call at batch 1, 16, 64")
+    onnx.add_argument("--onnx-params", default=shown(PRETRAINED_PARAMS), help="with --onnx: the generator")
+    onnx.add_argument("--onnx-threads", type=int, nargs="+", default=[1, 2],
+                      help="with --onnx: intra-op threads of both runtimes, a set of rows per value")
+    onnx.add_argument("--onnx-seconds", type=float, default=3.0, help="with --onnx: timed seconds per row")
     return parser
 
 
@@ -191,6 +202,13 @@ def main(argv=None) -> int:
         explorer_load.check(args)
         args.argv = list(argv if argv is not None else sys.argv[1:])
         explorer_load.run(args)
+        return 0
+    if args.onnx:
+        from benchmarks import onnx_speed  # torch and onnxruntime at its top: only this mode loads them
+
+        onnx_speed.check(args)
+        args.argv = list(argv if argv is not None else sys.argv[1:])
+        onnx_speed.run(args)
         return 0
     from benchmarks.rows import SIZES, row_precision  # torch-free import, as in build_parser
 
