@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import utils
+from benchmarks import harness
 from benchmarks.gpu_check_registry import FIRST_STAGE, SIZES
 from utils import UserError
 from utils.paths import ROOT
@@ -62,14 +63,16 @@ class Stage:
         return time.monotonic() - start
 
     def train_command(self) -> list:
-        """train.py, or on the dry run train.py with torch.compile on its backend (``train`` below)."""
+        """train.py, or on the dry run train.py with torch.compile on its backend, for a train.py subprocess."""
         return (["-m", "benchmarks.gpu_check", "train", "--backend", self.backend, "--"] if self.backend
                 else [ROOT / "train.py"])
 
     def train(self, argv: list) -> int:
-        """train.py ARGV --device DEVICE in a subprocess (output into this log) -> its exit code."""
-        command = [sys.executable, *map(str, self.train_command()), *map(str, argv), "--device", self.device]
-        return subprocess.run(command, cwd=self.out, timeout=max(self.left() - 3, 1)).returncode
+        """train.py ARGV --device DEVICE in this process, as ``python train.py`` runs it
+        (torch.compile on the dry run's backend) -> its exit code. In-process, as the
+        stage process has torch loaded already: a subprocess per run would pay its imports again."""
+        with harness.default_compile_backend(self.backend):
+            return harness.run_script("train.py", [*map(str, argv), "--device", self.device])
 
     def mark_row(self, row: str) -> None:
         """Mark the log where ``row`` starts, for ``log_counts(after_mark=row)``."""
