@@ -8,6 +8,8 @@ gpu_check_registry.py. Imports torch: the parent that plans never loads this.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -109,12 +111,13 @@ def train_args(st: Stage, size: int, run: Path, *extra) -> list:
 
 
 def resolved_config(st: Stage, argv: list) -> dict:
-    """The training_loop config train.py resolves from ``argv`` (its --dry-run prints it)."""
-    done = subprocess.run([sys.executable, ROOT / "train.py", *map(str, argv), "--dry-run"], cwd=st.out,
-                          capture_output=True, text=True, timeout=max(st.left() - 3, 1))
-    if done.returncode != 0:
-        raise UserError(f"train.py --dry-run exited with {done.returncode}: {done.stderr.strip()[-300:]}")
-    return json.loads(done.stdout.split("would train with ", 1)[1])
+    """The training_loop config train.py resolves from ``argv`` (its --dry-run prints it), run in this process."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = harness.run_script("train.py", [*map(str, argv), "--dry-run"])
+    if code != 0:
+        raise UserError(f"train.py --dry-run exited with {code}")
+    return json.loads(printed.getvalue().split("would train with ", 1)[1])
 
 
 def stage_sync(st: Stage) -> None:
