@@ -172,7 +172,7 @@ def directions(args) -> int:
         raise UserError("--n must be at least 2, --eval-n and --batch-size at least 1")
     if not 0 <= args.tail <= 0.5:
         raise UserError(f"--tail must be 0 (every face) or in (0, 0.5] (got {args.tail})")
-    if not Path(args.params).is_file():
+    if not Path(args.params).exists():
         raise UserError(f"params file not found: {args.params} (e.g. --params {shown(PRETRAINED_PARAMS)})")
     device = utils.resolve_device(args.device)
     start = time.time()

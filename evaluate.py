@@ -98,7 +98,7 @@ def _validate(args) -> None:
         raise UserError(f"Inception weights file not found: {args.inception_weights}")
     if args.fake is not None and args.real is None:
         raise UserError("--fake needs --real (the set to compare it with)")
-    if args.real is None and args.save_stats is None and not Path(args.params).is_file():
+    if args.real is None and args.save_stats is None and not Path(args.params).exists():
         raise UserError(f"params file not found: {args.params} (pass --params, or --real/--fake)")
     for path in (args.real, args.fake):
         if path is not None and not Path(path).exists():
@@ -130,7 +130,7 @@ def _kid_features(stats: dict, what: str):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.real is not None and args.fake is None and args.save_stats is None:
-        if not Path(args.params).is_file():
+        if not Path(args.params).exists():
             raise UserError(f"--real {args.real} alone scores --params against it, but {args.params} was not found; "
                             f"to compare two image sets add --fake B")
         args.data, args.real = args.real, None  # --params P --real FOLDER: FOLDER is the real set
@@ -150,7 +150,7 @@ def _run(args) -> int:
     if args.real is not None:
         return _compare_sets(args, device, start)
 
-    if args.save_stats is not None and not Path(args.params).is_file():  # --data + --save-stats: real stats only
+    if args.save_stats is not None and not Path(args.params).exists():  # --data + --save-stats: real stats only
         return _save_real(args, device, start)
     generator, config = load_generator(args.params, device, use_ema=not args.no_ema)
     size = int(config["size"])
