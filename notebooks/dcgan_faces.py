@@ -249,8 +249,9 @@ try:
 except subprocess.CalledProcessError:
     if source == ["--download"]:
         raise RuntimeError(
-            "torchvision's download of CelebA failed (see above): Google Drive refuses it once the shared file's "
-            "daily quota is used up, often for a day. Instead: on Kaggle attach the celeba-dataset input; on "
+            "torchvision's download of CelebA failed (the reason is above): most often Google Drive refuses it "
+            "because the shared file's daily quota is used up ('Too many users have viewed or downloaded this "
+            "file recently'), for up to a day. Instead: on Kaggle attach the celeba-dataset input; on "
             f"Colab put img_align_celeba.zip in My Drive (CELEBA_ZIP = {CELEBA_ZIP!r}); or set SYNTHETIC_FACES "
             "= 2000 to try the notebook on cartoon faces") from None
     raise
