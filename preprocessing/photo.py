@@ -26,7 +26,7 @@ from utils import UserError
 
 MAX_BYTES = 10 * 1024 * 1024  # 10 MB: a phone's full-size JPEG is 2-8 MB
 MAX_PIXELS = 25_000_000       # 25 megapixels, far below Pillow's own bomb limit (89 M warns, 179 M refuses)
-MIN_SIDE = 64                 # px: the generator's size; below it no face has the 16 px between the eyes alignment needs
+MIN_SIDE = 64                 # px: the generator's size, the least a photo worth aligning has
 MAX_ASPECT = 8.0              # long side / short side: a panorama is 3-6
 FORMATS = ("JPEG", "PNG", "WEBP")  # the PIL plugins allowed to open an upload (MPO comes through JPEG's)
 ANIMATABLE = ("PNG", "WEBP")  # formats whose several frames are an animation (an MPO's are views of one photo)
