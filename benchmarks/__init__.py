@@ -13,4 +13,5 @@
     gpu_check_report    the targets of docs/gpu_check.md and the markdown table
     host_sync           the check's probe for host syncs in a training step (.item(), data-dependent shapes, copies)
     explorer_load       the face explorer under load (python bench.py --explorer)
+    alignment           how well preprocessing.align puts faces back where CelebA has them (python -m benchmarks.alignment)
 """
