@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
                         help="what renders the faces: onnx (onnxruntime on the CPU, the generator exported in memory "
                              "at start; pip install -r requirements-export.txt), torch (eager PyTorch), auto (onnx "
-                             "when installed and on the CPU, else torch)")
+                             "when installed and on the CPU, exported after start while PyTorch renders; else torch)")
     return parser
 
 
@@ -158,7 +158,7 @@ class Explorer:
     def __init__(self, generator, config: dict, params: str, device="cpu", directions=None,
                  directions_note: str = ""):
         self.generator, self.config, self.params, self.device = generator, config, str(params), device
-        self.runtime = "onnx" if isinstance(generator, OnnxGenerator) else "torch"
+        self.onnx_pending = False  # an ONNX renderer is being made in a thread (render_with)
         self.nz = config["nz"]
         self.directions, self.directions_note = directions, directions_note
         self.names = list(directions.names) if directions is not None else []
@@ -177,7 +177,11 @@ class Explorer:
         """The explorer of ``params``: its directions when they are beside it,
         a pool of ``pool_size`` classified faces for concepts when the
         ``classifier`` is there (made in a thread when ``background``), its
-        faces rendered by ``runtime`` (see renderer)."""
+        faces rendered by ``runtime``: eager PyTorch ("torch"), or onnxruntime
+        on the CPU ("onnx", several times faster for one face) with the same
+        weights, exported by a separate process and kept in memory (nothing
+        is written); "auto" is onnx when installed and on the CPU, its export
+        made like the pool (the page renders with PyTorch until it is done)."""
         generator, config = load_generator(params, device, use_ema=use_ema)
         directions, directions_note = None, ""
         if directions_path(params).exists():
@@ -185,8 +189,14 @@ class Explorer:
         else:
             directions_note = (f"{params} has no named directions, so there are no edit sliders; make them with "
                                f"{make_command(params)} and start the explorer again.")
-        explorer = cls(renderer(generator, params, use_ema, device, runtime), config, params, device, directions,
-                       directions_note)
+        explorer = cls(generator, config, params, device, directions, directions_note)
+        if wants_onnx(runtime, device):
+            def make():
+                return OnnxGenerator(onnx_bytes_apart(params, use_ema))
+            if runtime == "onnx":
+                explorer.generator = make()
+            else:
+                explorer.render_with(make, background)
         if classifier and pool_size > 0:
             model, classifier_config = load_classifier(classifier, device)
             attributes = classifier_config["attributes"]
@@ -214,6 +224,30 @@ class Explorer:
             threading.Thread(target=run, name="concept-pool", daemon=True).start()
         else:
             run()
+
+    def render_with(self, make, background: bool = True) -> None:
+        """self.generator = make() (another renderer of the same faces), made
+        in a thread when ``background``; meanwhile, or if it fails (a note on
+        stderr), the faces are rendered as before."""
+        def run():
+            try:
+                self.generator = make()
+                print(f"the faces are now rendered by {self.runtime}", flush=True)
+            except Exception as err:  # the page goes on with the renderer it has
+                print(f"note: no ONNX renderer ({type(err).__name__}: {err}); rendering with PyTorch", file=sys.stderr)
+            finally:
+                self.onnx_pending = False
+
+        self.onnx_pending = True
+        if background:
+            threading.Thread(target=run, name="onnx-export", daemon=True).start()
+        else:
+            run()
+
+    @property
+    def runtime(self) -> str:
+        """What renders the faces now: "onnxruntime" or "PyTorch"."""
+        return "onnxruntime" if isinstance(self.generator, OnnxGenerator) else "PyTorch"
 
     # the pictures ------------------------------------------------------------
     @torch.no_grad()
@@ -315,35 +349,24 @@ class Explorer:
         parts = [f"{shown(self.params)}: {c['size']} px, nz {c['nz']}, ngf {c['ngf']}, "
                  f"{'EMA' if c.get('weights') == 'ema' else 'raw'} weights",
                  f"{len(self.names)} directions" if self.names else "no directions",
-                 f"rendered by {'onnxruntime' if self.runtime == 'onnx' else 'PyTorch'}",
+                 f"rendered by {self.runtime}" + (" (onnxruntime once exported)" if self.onnx_pending else ""),
                  f"concepts from {self.pool_size} sampled faces" if self.concepts else "no concepts"]
         return "; ".join(parts)
 
 
-def renderer(generator, params, use_ema: bool, device, runtime: str = "auto"):
-    """What renders an explorer's faces for ``runtime``: the torch
-    ``generator`` (loaded from ``params``) itself ("torch"), or an
-    OnnxGenerator of the same weights ("onnx": onnxruntime on the CPU, several
-    times faster for one face), exported at start in a separate process and
-    kept in memory (nothing is written); "auto" is onnx when onnxruntime and
-    the exporter are installed, the device is the CPU and the export
-    succeeds, else torch."""
+def wants_onnx(runtime: str, device) -> bool:
+    """Whether ``runtime`` renders with onnxruntime on ``device``: "onnx"
+    (on the CPU only, and installed, else a UserError), "auto" when
+    onnxruntime and the exporter are installed and the device is the CPU."""
     if runtime not in RUNTIMES:
         raise utils.UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     cpu = torch.device(device).type == "cpu"
-    if runtime == "torch" or (runtime == "auto" and not (cpu and onnxruntime is not None and onnx_installed())):
-        return generator
-    if not cpu:
-        raise utils.UserError(f"--runtime onnx runs on the CPU; leave --device out, or keep --device {device} with "
-                              f"--runtime torch")
-    require_onnxruntime()
-    try:
-        return OnnxGenerator(onnx_bytes_apart(params, use_ema))
-    except Exception as err:  # auto: any failure of the exporter leaves the page on PyTorch
-        if runtime == "onnx":
-            raise
-        print(f"note: the ONNX export failed ({type(err).__name__}: {err}); rendering with PyTorch", file=sys.stderr)
-        return generator
+    if runtime == "onnx":
+        if not cpu:
+            raise utils.UserError(f"--runtime onnx runs on the CPU; leave --device out, or keep --device {device} "
+                                  f"with --runtime torch")
+        require_onnxruntime()
+    return runtime == "onnx" or (runtime == "auto" and cpu and onnxruntime is not None and onnx_installed())
 
 
 # --------------------------------------------------------------------------- #

@@ -2,6 +2,7 @@
 <= 1e-4 at batch 1 and 7, in [-1, 1]), for the shipped generator and a tiny
 random one; the JSON beside it; one-line errors; the explorer's runtimes."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -86,23 +87,34 @@ def test_bad_exports_and_bad_files_are_one_line_and_write_nothing(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_the_explorer_renders_the_same_faces_with_either_runtime(shipped, monkeypatch):
+def test_the_explorer_renders_the_same_faces_with_either_runtime(shipped, monkeypatch, capsys):
     generator, config, _, path = shipped
     monkeypatch.setattr(app, "onnx_bytes_apart", lambda params, use_ema: path.read_bytes())  # exported above
-    on_onnx = app.renderer(generator, PRETRAINED_PARAMS, True, "cpu", "auto")
-    assert isinstance(on_onnx, onnx_runtime.OnnxGenerator)
-    assert app.renderer(generator, PRETRAINED_PARAMS, True, "cpu", "torch") is generator
     faces = {}
-    for runtime, rendering in (("torch", generator), ("onnx", on_onnx)):
-        explorer = app.Explorer(rendering, config, PRETRAINED_PARAMS)
-        assert explorer.runtime == runtime and f"rendered by {'onnxruntime' if runtime == 'onnx' else 'PyTorch'}" \
-            in explorer.summary()
+    for runtime in ("torch", "onnx"):
+        explorer = app.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime=runtime)
+        name = "onnxruntime" if runtime == "onnx" else "PyTorch"
+        assert explorer.runtime == name and f"rendered by {name};" in explorer.summary()
         faces[runtime] = explorer.faces("0-6")[1].astype(int)
     assert np.abs(faces["torch"] - faces["onnx"]).max() <= 1  # 1e-6 apart before rounding to uint8
-    monkeypatch.setattr(app, "onnxruntime", None)  # auto without onnxruntime: PyTorch; onnx: one line
+    explorer = app.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime="auto")  # made in a thread
+    for _ in range(200):
+        if not explorer.onnx_pending:
+            break
+        time.sleep(0.05)
+    assert explorer.runtime == "onnxruntime" and "now rendered by onnxruntime" in capsys.readouterr().out
+
+    def failing(params, use_ema):
+        raise UserError("the export failed")
+    monkeypatch.setattr(app, "onnx_bytes_apart", failing)  # auto: PyTorch goes on; onnx: the one line
+    explorer = app.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime="auto", background=False)
+    assert explorer.runtime == "PyTorch" and "the export failed); rendering with PyTorch" in capsys.readouterr().err
+    with pytest.raises(UserError, match="the export failed"):
+        app.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime="onnx")
+    monkeypatch.setattr(app, "onnxruntime", None)  # without onnxruntime: auto is PyTorch, onnx says what to install
     monkeypatch.setattr(onnx_runtime, "onnxruntime", None)
-    assert app.renderer(generator, PRETRAINED_PARAMS, True, "cpu", "auto") is generator
+    assert not app.wants_onnx("auto", "cpu") and not app.wants_onnx("torch", "cpu")
     with pytest.raises(UserError, match="needs onnxruntime: pip install -r requirements-export.txt"):
-        app.renderer(generator, PRETRAINED_PARAMS, True, "cpu", "onnx")
+        app.wants_onnx("onnx", "cpu")
     with pytest.raises(UserError, match="--runtime onnx runs on the CPU"):
-        app.renderer(generator, PRETRAINED_PARAMS, True, "cuda", "onnx")
+        app.wants_onnx("onnx", "cuda")
