@@ -39,6 +39,7 @@ DOWNLOAD_ADVICE = (
     "(no need to unzip); or use any image folder with --src, or --synthetic N for built-in offline faces"
 )
 ATTRIBUTES_FILE = "list_attr_celeba.txt"
+DRIVE_QUOTA_SIGNS = ("too many users", "quota", "many accesses")  # gdown's words when Drive refuses a shared file
 
 
 # --------------------------------------------------------------------------- #
@@ -99,6 +100,12 @@ def download_celeba(root: Path) -> Path:
         for folder in reversed(created):  # leave no empty folders behind
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        if any(sign in str(err).lower() for sign in DRIVE_QUOTA_SIGNS):  # gdown puts the reason on a later line
+            raise UserError("Google Drive refused the download of CelebA: the shared file's daily quota is used up "
+                            "('Too many users have viewed or downloaded this file recently'), often for up to a "
+                            "day; download img_align_celeba.zip by hand from "
+                            "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html to data/celeba/img_align_celeba.zip, "
+                            "attach CelebA on Kaggle, or use --src / --synthetic N") from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise UserError(f"download of CelebA failed ({type(err).__name__}: {first}); {DOWNLOAD_ADVICE}") from None
     return root / "celeba" / "img_align_celeba"

@@ -6,18 +6,18 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = {"preprocess", "train", "generator", "evaluate", "attributes", "bench", "bench_quality", "app"}  # python X.py
+SCRIPTS = {"preprocess", "train", "generator", "evaluate", "attributes", "bench", "bench_quality", "app", "projector"}  # python X.py
 TOP_LEVEL = SCRIPTS | {"dataloader", "network", "network_128"}  # the design's files a reader opens first
 PACKAGES = {"training", "metrics", "benchmarks", "preprocessing", "editing", "utils", "export"}
 MAX_LAZY_IMPORTS = 10  # project imports inside functions, each for an optional dependency or a torch-free fast path
 
 
 def project_modules(root: Path = ROOT) -> dict[str, Path]:
-    """Dotted module name -> file, for the top-level scripts and the packages (tests and docs left out)."""
+    """Dotted module name -> file, for the top-level scripts and the packages (tests, docs and notebooks left out)."""
     modules = {}
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
-        if rel.parts[0] in ("tests", "docs") or any(part.startswith(".") for part in rel.parts):
+        if rel.parts[0] in ("tests", "docs", "notebooks") or any(part.startswith(".") for part in rel.parts):
             continue
         parts = rel.with_suffix("").parts
         modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path

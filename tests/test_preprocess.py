@@ -220,6 +220,22 @@ def test_download_failure_gives_the_same_advice(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_drive_quota_refusal_says_so_in_one_line(tmp_path, monkeypatch):
+    import torchvision
+
+    def quota(*args, **kwargs):  # gdown's message: the reason comes on a later line
+        raise RuntimeError("Failed to retrieve file url:\n\n\tToo many users have viewed or downloaded this file "
+                           "recently. Please try accessing the file again later.\n\nYou may still be able to ...")
+
+    monkeypatch.setattr(torchvision.datasets, "CelebA", quota)
+    with pytest.raises(UserError) as err:
+        run("--download", "--out", tmp_path / "out")
+    message = str(err.value)
+    assert "\n" not in message and "quota" in message and "img_align_celeba.zip" in message
+    assert "--download" not in message  # trying again now would meet the same quota
+    assert not (tmp_path / "out").exists()
+
+
 def test_split_uses_partition_file(tmp_path):
     src = make_celeba(tmp_path / "celeba" / "img_align_celeba", n=3)
     (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 2\n000003.jpg 2\n")
