@@ -10,6 +10,7 @@ arithmetic.
     python generator.py --params assets/celeba_64.params --edit "Smiling=+3,Eyeglasses=+2"  # the same faces, edited
     python generator.py --params assets/celeba_64.params -n 8 --sweep Smiling  # samples/sweep_Smiling.png
     python generator.py --params assets/celeba_64.params --export celeba_64  # model.safetensors, config.json, README.md
+    python generator.py --params projections/me/generator.params --latents projections/me/z.npy --edit Smiling=+3
 
 Image k comes from its own random generator seeded with ``seed + k`` (the
 per-seed generators of NVlabs EDM), so it is the same whatever
@@ -21,7 +22,9 @@ saves it (``torch.save(netG.state_dict(), path)``; the size is then inferred
 from the weight shapes), or an export: a folder ``--export DIR`` wrote or a
 ``.safetensors``. ``--edit`` and ``--sweep`` move latents along the
 named directions ``attributes.py directions`` stored beside the params
-(``<params stem>.directions.npz``).
+(``<params stem>.directions.npz``). ``--latents Z.npy`` renders saved latents
+instead of seeds (one (nz,) or a stack (N, nz), such as projector.py's z.npy);
+a generator projector.py tuned takes the directions of the one it was tuned from.
 """
 from __future__ import annotations
 
@@ -100,7 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(after --edit), and with several names sweeps.png, all of them under their names "
                              f"(default: off)")
     parser.add_argument("--sweep-steps", type=int, default=7, help="faces per --sweep row, ends included")
+    parser.add_argument("--latents", metavar="Z.npy", default=None,
+                        help="render these saved latents ((nz,) or (N, nz) float, e.g. projector.py's z.npy) "
+                             "instead of seeds: image k is row k; -n is ignored (default: off)")
     return parser
+
+
+def read_latents(path, nz: int) -> torch.Tensor:
+    """--latents: a .npy of one latent (nz,) or a stack (N, nz) -> float32 (N, nz), or a UserError."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise utils.UserError(f"--latents {path}: not a .npy array of latents ({str(err).splitlines()[0][:100]})") from None
+    if z.ndim == 1:
+        z = z[None]
+    if z.ndim != 2 or z.shape[1] != nz or not len(z) or not np.issubdtype(z.dtype, np.floating):
+        raise utils.UserError(f"--latents {path} holds a {z.dtype} array of shape {z.shape}; this generator needs "
+                              f"({nz},) or (N, {nz}) floats")
+    if not np.isfinite(z).all():
+        raise utils.UserError(f"--latents {path} holds NaN or infinite values")
+    return torch.from_numpy(z.astype(np.float32))
 
 
 def write_arithmetic(generator, nz: int, terms, out: Path, seed: int, noise: float, device,
@@ -128,15 +150,16 @@ def generate(generator, z: torch.Tensor, device, batch_size: int):
 
 
 def write_samples(generator, nz: int, n: int, out: Path, seed: int, device, batch_size: int,
-                  offset: torch.Tensor | None = None) -> None:
+                  offset: torch.Tensor | None = None, fixed: torch.Tensor | None = None) -> None:
     """Write out/000000.png ... and out/grid.png (the first GRID_MAX images);
-    ``offset`` (nz,), an --edit, is added to every latent."""
+    ``offset`` (nz,), an --edit, is added to every latent; ``fixed`` (n, nz):
+    these latents instead of seeds' (--latents)."""
     grid = []
     bar = tqdm(total=n, desc="generate", unit="img")
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
-        z = shifted(latents(range(seed + start, seed + start + count), nz), offset)
-        (images,) = generate(generator, z, device, count)
+        z = latents(range(seed + start, seed + start + count), nz) if fixed is None else fixed[start : start + count]
+        (images,) = generate(generator, shifted(z, offset), device, count)
         for k, image in enumerate(images):
             utils.save_png(image, out / f"{start + k:06d}.png")
         if start < GRID_MAX:
@@ -174,11 +197,11 @@ def shifted(z: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
 
 
 def sweep_grid(generator, nz: int, direction: torch.Tensor, n: int, steps: int, seed: int, device, batch_size: int,
-               offset: torch.Tensor | None = None) -> np.ndarray:
-    """Row k is image k of a run with this seed (moved by ``offset``), from
-    -SWEEP_MAX to +SWEEP_MAX along ``direction`` in ``steps`` faces (the
-    middle one of an odd count unmoved)."""
-    z = shifted(latents(range(seed, seed + n), nz), offset)
+               offset: torch.Tensor | None = None, fixed: torch.Tensor | None = None) -> np.ndarray:
+    """Row k is image k of a run with this seed (or latent k of ``fixed``;
+    moved by ``offset``), from -SWEEP_MAX to +SWEEP_MAX along ``direction`` in
+    ``steps`` faces (the middle one of an odd count unmoved)."""
+    z = shifted(latents(range(seed, seed + n), nz) if fixed is None else fixed, offset)
     strengths = torch.linspace(-SWEEP_MAX, SWEEP_MAX, steps)
     zs = (z[:, None] + strengths[None, :, None] * direction).reshape(n * steps, nz)
     return utils.image_grid(np.concatenate(list(generate(generator, zs, device, batch_size))), nrow=steps)
@@ -240,6 +263,9 @@ def main(argv=None) -> int:
         raise utils.UserError("--sweep needs a direction name, e.g. --sweep Smiling")
     if args.sweep_steps < 2:
         raise utils.UserError(f"--sweep-steps must be at least 2 (got {args.sweep_steps})")
+    if args.latents is not None and (terms is not None or args.interpolate):
+        raise utils.UserError("--latents renders saved latents (with --edit or --sweep); --arithmetic and "
+                              "--interpolate draw their own")
     if args.gif and not args.interpolate:
         raise utils.UserError("--gif animates the latent walks: add --interpolate K (e.g. --interpolate 16 --gif)")
     out = Path(args.out)
@@ -258,12 +284,16 @@ def main(argv=None) -> int:
     generator, config = load_generator(args.params, device, use_ema=not args.no_ema)
     offset, directions = None, {}
     if edits or sweeps:
-        book = load_directions(args.params, generator, config["weights"])
+        book = load_directions(args.params, generator, config["weights"], tuned_from=config.get("tuned_from"))
         directions = {name: book.vector(name) for name in sweeps}
         offset = book.offset(edits) if edits else None
+    fixed = read_latents(args.latents, config["nz"]) if args.latents is not None else None
+    if fixed is not None:
+        args.num = len(fixed)
     print(f"{args.params}: {config['size']} px, nz {config['nz']}, ngf {config['ngf']}; "
           f"{'EMA' if config['weights'] == 'ema' else 'raw'} weights; "
-          f"device {device}; " + (f"seeds {args.seed}..{args.seed + args.num - 1}" if terms is None else
+          f"device {device}; " + (f"{len(fixed)} latents from {args.latents}" if fixed is not None else
+                                  f"seeds {args.seed}..{args.seed + args.num - 1}" if terms is None else
                                   f"seeds as in --arithmetic, noise seed {args.seed}"))
 
     if terms is not None:
@@ -292,7 +322,7 @@ def main(argv=None) -> int:
         grids = {}
         for name, direction in directions.items():
             grids[name] = sweep_grid(generator, config["nz"], direction, args.num, args.sweep_steps, args.seed, device,
-                                     args.batch_size, offset)
+                                     args.batch_size, offset, fixed)
             path = out / f"sweep_{name}.png"
             utils.save_png(grids[name], path)
             print(f"wrote {path}: {args.num} faces{edited} (rows) from -{SWEEP_MAX:g} to +{SWEEP_MAX:g} {name} "
@@ -303,7 +333,7 @@ def main(argv=None) -> int:
                                                 for name, grid in grids.items()]), path)
             print(f"wrote {path}: the {len(grids)} sweeps, each under its name")
         return 0
-    write_samples(generator, config["nz"], args.num, out, args.seed, device, args.batch_size, offset)
+    write_samples(generator, config["nz"], args.num, out, args.seed, device, args.batch_size, offset, fixed)
     print(f"wrote {args.num} images{edited} and {out / 'grid.png'}")
     if args.interpolate:
         paths = write_interpolation(generator, config["nz"], args.interpolate, args.interp_steps, out,

@@ -9,6 +9,7 @@ keep (``--keep Male``: a smile that leaves the gender alone).
     vectors = condition(names, normals, keep=["Male"])
     save_directions(directions_path(params), ...)          # <params stem>.directions.npz
     book = load_directions(params, generator)              # refuses other weights than they were made for
+    book = load_directions(tuned, g, tuned_from=config["tuned_from"])  # a copy projector.py tuned: its base's
     z_edited = z + book.offset(parse_edit("Smiling=+3,Eyeglasses=+2"))
 
 The file sits beside the params (in an exported folder, its
@@ -229,13 +230,16 @@ class Directions:
         return total
 
 
-def load_directions(params, generator: torch.nn.Module, weights: str = "ema") -> Directions:
+def load_directions(params, generator: torch.nn.Module, weights: str = "ema",
+                    tuned_from: str | None = None) -> Directions:
     """The directions beside ``params``, made for exactly these weights
-    (``weights``: "ema" or "raw", for the message), or a one-line UserError."""
+    (``weights``: "ema" or "raw", for the message), or for the weights they
+    were tuned from (``tuned_from``: that fingerprint, which projector.py
+    records in a tuned copy's config), or a one-line UserError."""
     path = directions_path(params)
     blob = read_directions(path, params)
     names, vectors = blob["names"], blob["vectors"]
-    if blob["fingerprint"] != weights_fingerprint(generator):
+    if blob["fingerprint"] not in (weights_fingerprint(generator), tuned_from):
         raise UserError(f"{path} was made for other weights ({blob['meta'].get('weights') or 'unknown'}) than the "
                         f"{weights} weights of {params} now; make them again with "
                         f"{make_command(params, ' --no-ema' if weights == 'raw' else '')}")
