@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import itertools
 import math
 import shutil
@@ -35,15 +36,19 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
+from gradio import processing_utils
+from gradio import utils as gradio_utils
 
 import utils
 from editing.classifier import load_classifier
 from editing.directions import directions_path, load_directions, make_command, parse_edit
-from editing.latents import (ARITH_EXAMPLE, CONCEPT_EXAMPLE, CONCEPT_POOL, ConceptPool, arithmetic_latents,
+from editing.latents import (ARITH_EXAMPLE, CONCEPT_EXAMPLE, CONCEPT_POOL, ConceptPool, Term, arithmetic_latents,
                              condition_names, latents, parse_arithmetic, slerp)
+from editing.photo_session import Expiring, PhotoSettings, Projection, Projections, align_photo, project_latent, tune
 from export.onnx_export import onnx_bytes_apart, onnx_installed
 from export.onnx_runtime import OnnxGenerator, onnxruntime, require_onnxruntime
 from network import load_generator
+from preprocessing.photo import MAX_BYTES as MAX_PHOTO_BYTES
 from utils.paths import CLASSIFIER, PRETRAINED_PARAMS, shown
 
 PRETRAINED = PRETRAINED_PARAMS  # the generator the explorer shows unless --params says otherwise
@@ -60,6 +65,12 @@ MAX_TERM_SEEDS = 64  # seeds in all the terms of an expression together
 KEEP_FILES = 64  # the grid PNGs and GIFs the server keeps for download (older ones are deleted)
 SESSIONS = 100  # visitors (each API call is one) whose page state the server keeps; older ones are dropped
 RUNTIMES = ("auto", "onnx", "torch")  # what renders the faces (--runtime)
+PHOTO = PhotoSettings(steps=100, candidates=128, restarts=1, tune_steps=50)  # the page's projection (~5 s on a CPU)
+PHOTO_SLOTS = 16  # projections kept in memory (a tuned 64 px generator is 4.4 MB); the least recently used dropped
+PHOTO_FILE_SECONDS = 60  # the PNGs sent for a photo (aligned face, projection, its edits) are deleted after this
+PHOTO_TERM = "photo"  # the arithmetic's name for the visitor's projected photo's latent
+MAX_PHOTO_MB = MAX_PHOTO_BYTES // 2**20  # an upload's size limit (preprocessing.photo's), also Gradio's upload cap
+WALK_LABEL = "Walk: a continuous seed"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests that may wait; more are refused with a message (not queued)")
     parser.add_argument("--concurrency", type=int, default=1, help="requests computed at the same time")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--photo-slots", type=int, default=PHOTO_SLOTS,
+                        help="projected photos kept in memory (about 4.4 MB each with the shipped generator); "
+                             "an edit of an older one answers that it has expired")
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
                         help="what renders the faces: onnx (onnxruntime on the CPU, the generator exported in memory "
                              "at start; pip install -r requirements-export.txt), torch (eager PyTorch), auto (onnx "
@@ -156,8 +170,10 @@ class Explorer:
     a bad input is a UserError with one sentence."""
 
     def __init__(self, generator, config: dict, params: str, device="cpu", directions=None,
-                 directions_note: str = ""):
+                 directions_note: str = "", photo_slots: int = PHOTO_SLOTS, photo: PhotoSettings = PHOTO):
         self.generator, self.config, self.params, self.device = generator, config, str(params), device
+        self.base = generator  # the PyTorch generator: photos are projected and tuned on it, whatever renders
+        self.photos, self.photo_settings = Projections(photo_slots), photo
         self.onnx_pending = False  # an ONNX renderer is being made in a thread (render_with)
         self.nz = config["nz"]
         self.directions, self.directions_note = directions, directions_note
@@ -173,7 +189,8 @@ class Explorer:
 
     @classmethod
     def load(cls, params: str | Path, device="cpu", use_ema: bool = True, classifier: str | Path | None = CLASSIFIER,
-             pool_size: int = CONCEPT_POOL, background: bool = True, runtime: str = "torch") -> Explorer:
+             pool_size: int = CONCEPT_POOL, background: bool = True, runtime: str = "torch",
+             photo_slots: int = PHOTO_SLOTS) -> Explorer:
         """The explorer of ``params``: its directions when they are beside it,
         a pool of ``pool_size`` classified faces for concepts when the
         ``classifier`` is there (made in a thread when ``background``), its
@@ -189,7 +206,7 @@ class Explorer:
         else:
             directions_note = (f"{params} has no named directions, so there are no edit sliders; make them with "
                                f"{make_command(params)} and start the explorer again.")
-        explorer = cls(generator, config, params, device, directions, directions_note)
+        explorer = cls(generator, config, params, device, directions, directions_note, photo_slots)
         if wants_onnx(runtime, device):
             def make():
                 return OnnxGenerator(onnx_bytes_apart(params, use_ema))
@@ -251,9 +268,9 @@ class Explorer:
 
     # the pictures ------------------------------------------------------------
     @torch.no_grad()
-    def render(self, z: torch.Tensor) -> np.ndarray:
-        """Latents (N, nz) -> uint8 faces (N, H, W, 3)."""
-        return utils.to_uint8(self.generator(z.to(self.device)))
+    def render(self, z: torch.Tensor, generator=None) -> np.ndarray:
+        """Latents (N, nz) -> uint8 faces (N, H, W, 3), drawn by ``generator`` (a photo's) or the explorer's."""
+        return utils.to_uint8((self.generator if generator is None else generator)(z.to(self.device)))
 
     def latent_at(self, seed) -> torch.Tensor:
         """The latent of a continuous seed (nz,): seed 3.25 is a quarter of
@@ -285,30 +302,42 @@ class Explorer:
         images = self.render(latents(seeds, self.nz))
         return [(image, f"seed {seed}") for seed, image in zip(seeds, images)], utils.image_grid(images), seeds
 
-    def face(self, seed, edits=()) -> np.ndarray:
-        """The face at a continuous seed moved along [(name, strength), ...]."""
-        z = self.latent_at(seed)
-        offset = self.offset(edits)
-        return self.render((z if offset is None else z + offset)[None])[0]
+    def picked(self, seed, photo: str | None = None) -> tuple[torch.Tensor, torch.nn.Module | None]:
+        """(the latent (nz,), the generator that draws it: None for the
+        explorer's) of a continuous seed, or of the projected ``photo`` (its id) when given."""
+        if photo:
+            projection = self.photos.get(photo)
+            return projection.z, projection.generator
+        return self.latent_at(seed), None
 
-    def interpolate(self, seed_a, seed_b, steps) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The spherical walk from one seed's face to another's in ``steps``
-        frames -> (the frames in one row, the frames)."""
-        a, b = self.latent_at(seed_a), self.latent_at(seed_b)
+    def face(self, seed, edits=(), photo: str | None = None) -> np.ndarray:
+        """The face at a continuous seed, or the projected ``photo``, moved along [(name, strength), ...]."""
+        z, generator = self.picked(seed, photo)
+        offset = self.offset(edits)
+        return self.render((z if offset is None else z + offset)[None], generator)[0]
+
+    def interpolate(self, seed_a, seed_b, steps, photo_a: str | None = None,
+                    photo_b: str | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The spherical walk from one seed's face (or projected photo's) to
+        another's in ``steps`` frames -> (the frames in one row, the frames);
+        a photo's walk is drawn by its tuned generator."""
+        (a, generator_a), (b, generator_b) = self.picked(seed_a, photo_a), self.picked(seed_b, photo_b)
         try:
             steps = int(steps)
         except (TypeError, ValueError):
             raise utils.UserError(f"steps {steps!r} is not a whole number") from None
         if not 2 <= steps <= MAX_STEPS:
             raise utils.UserError(f"steps must be 2 to {MAX_STEPS} (got {steps})")
-        frames = self.render(slerp(a[None], b[None], torch.linspace(0, 1, steps))[0])
+        frames = self.render(slerp(a[None], b[None], torch.linspace(0, 1, steps))[0], generator_a or generator_b)
         return utils.image_grid(frames, nrow=steps), list(frames)
 
-    def arithmetic(self, text: str) -> list[tuple[np.ndarray, str]]:
+    def arithmetic(self, text: str, photo: str | None = None) -> list[tuple[np.ndarray, str]]:
         """ "3,17,42 - 5,8,9 + 11,23,31" -> each term's mean face and the
-        result's face, captioned, as the DCGAN paper's figure 7."""
+        result's face, captioned, as the DCGAN paper's figure 7. A term
+        "photo" is the projected ``photo``'s latent (drawn by its tuned generator)."""
         text = check_text(text, "expression")
-        terms = parse_arithmetic(text)
+        captioned = parse_arithmetic(text)
+        terms, projection = self.photo_terms(captioned, photo)
         if len(terms) > MAX_TERMS:
             raise utils.UserError(f"{len(terms)} terms; an expression may have at most {MAX_TERMS}")
         seeds = sum(len(term.seeds or ()) for term in terms)
@@ -319,10 +348,39 @@ class Explorer:
         if condition_names(terms) and (self.pool is None or not self.pool_ready.is_set()):
             raise utils.UserError(self.pool_note)
         means, result = arithmetic_latents(terms, self.nz, self.pool)
-        images = self.render(torch.cat([means, result[None]]))
+        if projection is not None:  # the photo's terms: its latent in place of the stand-in seed
+            mine = torch.tensor([term.condition == ((PHOTO_TERM, True),) for term in captioned])
+            means[mine] = projection.z.to(means)
+            result = sum(term.sign * mean for term, mean in zip(terms, means))
+        images = self.render(torch.cat([means, result[None]]), projection and projection.generator)
         captions = [("" if k == 0 and term.sign > 0 else "+ " if term.sign > 0 else "- ") + term.text()
-                    for k, term in enumerate(terms)] + ["= result"]
+                    for k, term in enumerate(captioned)] + ["= result"]
         return list(zip(images, captions))
+
+    def photo_terms(self, terms: list[Term], photo: str | None) -> tuple[list[Term], Projection | None]:
+        """(the terms with each "photo" term a stand-in seed term, the photo's
+        projection); (terms, None) when no term is "photo"."""
+        if not any(term.condition == ((PHOTO_TERM, True),) for term in terms):
+            return terms, None
+        if not photo:
+            raise utils.UserError(f'"{PHOTO_TERM}" in an expression is your projected photo: upload one under '
+                                  f'"Your photo" first')
+        projection = self.photos.get(photo)
+        return [Term(t.sign, seeds=[0]) if t.condition == ((PHOTO_TERM, True),) else t for t in terms], projection
+
+    def project(self, data, progress: str | None = None):
+        """An upload's bytes -> yields (the aligned face, None, None), then
+        (it, the projection of z alone, None), then (it, the projection by the
+        tuned generator, its id): uint8 faces at the generator's size. The
+        projection is kept (the last ``photo_slots``) for face(photo=id)."""
+        target, info = align_photo(data, self.config["size"])
+        yield target, None, None
+        settings = self.photo_settings
+        z = project_latent(self.base, target, settings, progress and f"{progress}: the latent").cpu()
+        yield target, self.render(z[None], self.base)[0], None
+        tuned = tune(self.base, z.to(self.device), target, settings, progress and f"{progress}: tuning")
+        photo_id = self.photos.add(Projection(z, tuned, target, info))
+        yield target, self.render(z[None], tuned)[0], photo_id
 
     # files to download ---------------------------------------------------------
     def keep(self, name: str) -> Path:
@@ -382,6 +440,15 @@ LIVE = {"show_progress": "hidden", "trigger_mode": "always_last", **PRIVATE}  # 
 
 def answer(fn):
     """fn, with a UserError turned into a gr.Error: shown in the page and sent through the API."""
+    if inspect.isgeneratorfunction(fn):  # a handler that yields its answers as they come
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except utils.UserError as err:
+                raise gr.Error(str(err), print_exception=False) from None
+        return stream
+
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         try:
@@ -395,10 +462,11 @@ class Handlers:
     """What the page's events call: the explorer's answers in the shapes the
     components take (a gallery's (face, caption) pairs, a file to download, a
     slider's new range), a UserError shown as a message. Gradio shows the
-    docstrings of the API's four (faces, edit, interpolate, arithmetic)."""
+    docstrings of the API's six (faces, edit, interpolate, arithmetic, project, edit_photo)."""
 
-    def __init__(self, explorer: Explorer):
+    def __init__(self, explorer: Explorer, photo_file_seconds: float = PHOTO_FILE_SECONDS):
         self.explorer = explorer
+        self.expiring = Expiring(photo_file_seconds)  # the PNGs sent for a photo, deleted after a minute
 
     # the faces -------------------------------------------------------------------
     @answer
@@ -439,9 +507,10 @@ class Handlers:
         return self.explorer.face(seed, parse_edit(edits) if edits else [])
 
     @answer
-    def show(self, seed: float, *strengths: float):
-        """The face at the walk slider's seed, moved by the edit sliders' strengths."""
-        return self.explorer.face(seed, list(zip(self.explorer.names, strengths)))
+    def show(self, seed: float, photo: str, *strengths: float):
+        """The face at the walk slider's seed (the picked photo's, when one is), moved by the edit sliders."""
+        face = self.explorer.face(seed, list(zip(self.explorer.names, strengths)), photo)
+        return self.photo_png(face) if photo else face
 
     @answer
     def pick(self, seeds: str, evt: gr.SelectData, *strengths: float):
@@ -449,45 +518,107 @@ class Handlers:
         caption = str((evt.value if isinstance(evt.value, dict) else {}).get("caption") or "")
         seed = int(caption.split()[-1]) if caption.startswith("seed ") else parse_seeds(seeds)[evt.index]
         low, high = max(0, seed - WALK_SPAN), min(SEED_MAX, seed + WALK_SPAN)
-        return (seed, gr.Slider(minimum=low, maximum=high, value=seed),
+        return (seed, gr.Slider(minimum=low, maximum=high, value=seed, interactive=True, label=WALK_LABEL), "",
                 self.explorer.face(seed, list(zip(self.explorer.names, strengths))))
 
     @answer
-    def reset(self, seed: float):
-        """Every edit slider back to 0, and the face at ``seed`` without edits."""
-        return [0.0] * len(self.explorer.names) + [self.explorer.face(seed)]
+    def reset(self, seed: float, photo: str):
+        """Every edit slider back to 0, and the picked face without edits."""
+        return [0.0] * len(self.explorer.names) + [self.show(seed, photo)]
 
     @answer
-    def picked_seed(self, picked):
-        """The picked seed, for a walk's from or to seed."""
-        return int(check_seed(picked, "picked seed"))
+    def picked_end(self, picked, photo: str):
+        """The picked face as a walk's from or to end -> (the seed field, its label, the photo id or "")."""
+        if photo:
+            return gr.Number(label="Your photo (type a seed instead to walk from it)"), photo
+        return gr.Number(int(check_seed(picked, "picked seed")), label="Seed"), ""
+
+    def typed_end(self, _value):
+        """A seed typed in a walk's end: that end is the seed, not the photo."""
+        return gr.Number(label="Seed"), ""
+
+    # your photo ----------------------------------------------------------------------
+    @answer
+    def project(self, photo: bytes | None, progress=gr.Progress(track_tqdm=True)):
+        """Your photo (JPEG, PNG or WebP, at most 10 MB and 25 megapixels; with gradio_client:
+        handle_file(path)) aligned as CelebA was and projected into the generator, which is then tuned around it
+        (a few seconds) -> the aligned face, the projection, and its id for edit_photo (the server keeps the last
+        few projections in memory). The upload is deleted from the server's disk as soon as it is read."""
+        if photo is None:
+            raise utils.UserError("no photo: upload a JPEG, PNG or WebP photo with a face")
+        data = bytes(photo)
+        forget_upload(data)
+        for target, projection, photo_id in self.explorer.project(data, progress="your photo"):
+            yield (self.photo_png(target), None if projection is None else self.photo_png(projection),
+                   photo_id or "")
+
+    @answer
+    def edit_photo(self, photo: str, edits: str):
+        """A projected photo (the id project answered with) moved along named directions, e.g. "Smiling=+2"
+        (empty: the projection itself)."""
+        edits = check_text(edits, "edit").strip()
+        return self.photo_png(self.explorer.face(0, parse_edit(edits) if edits else [], str(photo or "")))
+
+    @answer
+    def pick_photo(self, photo: str, *strengths: float):
+        """The projected photo as the picked face -> (its id as picked and as the last photo, the walk slider
+        at rest, it with the edits, the upload field cleared)."""
+        walk = gr.Slider(interactive=False, label="Walk: pick a face in the gallery to walk the seeds")
+        return photo, photo, walk, self.show(0, photo, *strengths), None
+
+    def photo_file(self, path: str) -> str:
+        """A file made for a photo (a walk's GIF) -> its copy in Gradio's cache, deleted PHOTO_FILE_SECONDS
+        later; the explorer's own copy at once."""
+        cached = processing_utils.save_file_to_cache(path, cache_dir=gradio_utils.get_upload_folder())
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
+        self.expiring.add(Path(cached).parent)
+        return cached
+
+    def photo_png(self, image: np.ndarray) -> str:
+        """A face of the visitor's photo -> the PNG Gradio sends, in its cache, deleted PHOTO_FILE_SECONDS later."""
+        path = processing_utils.save_img_array_to_cache(image, cache_dir=gradio_utils.get_upload_folder(),
+                                                        format="png")
+        self.expiring.add(Path(path).parent)
+        return path
 
     # the walk and the arithmetic ---------------------------------------------------
     @answer
-    def interpolate(self, seed_a: float, seed_b: float, steps: int):
+    def interpolate(self, seed_a: float, seed_b: float, steps: int, photo_a: str = "", photo_b: str = ""):
         """The spherical walk from seed_a's face to seed_b's in `steps` frames (2 to 32) -> the frames as one PNG
         row and as a looping GIF."""
-        strip, frames = self.explorer.interpolate(seed_a, seed_b, steps)
+        strip, frames = self.explorer.interpolate(seed_a, seed_b, steps, photo_a, photo_b)
+        if photo_a or photo_b:
+            return self.photo_png(strip), self.photo_file(self.explorer.walk_gif(frames, seed_a, seed_b))
         return strip, self.explorer.walk_gif(frames, seed_a, seed_b)
 
     @answer
-    def arithmetic(self, expression: str):
+    def arithmetic(self, expression: str, photo: str = ""):
         """Face arithmetic (DCGAN paper, fig. 7): seed lists or attribute conditions joined by + and -, e.g.
         "3,17,42 - 5,8,9 + 11,23,31" or "Smiling,~Male - ~Smiling,~Male + ~Smiling,Male" -> each term's mean
         face and the result."""
-        return self.explorer.arithmetic(expression)
+        items = self.explorer.arithmetic(expression, photo)
+        return [(self.photo_png(image), caption) for image, caption in items] if photo else items
 
     @answer
-    def add_term(self, expression: str, picked, how: str):
-        """The expression with the picked seed added: to its last term ("this"), as a new "+" or "-" term,
-        or alone ("start")."""
-        seed = int(check_seed(picked, "picked seed"))
+    def add_term(self, expression: str, picked, photo: str, how: str):
+        """The expression with the picked seed (or "photo") added: to its last term ("this"), as a new "+" or
+        "-" term, or alone ("start")."""
+        seed = PHOTO_TERM if photo else int(check_seed(picked, "picked seed"))
         text = check_text(expression, "expression").strip()
         if not text or how == "start":
             return str(seed)
+        if how == "this" and photo:  # "photo" is a term of its own
+            return f"{text} + {seed}"
         if how == "this":
             return f"{text},{seed}"
         return f"{text} {how} {seed}"
+
+
+def forget_upload(data: bytes) -> None:
+    """Delete the file Gradio wrote for an upload of ``data`` before any
+    handler ran: its folder in the upload folder is named by the hash Gradio
+    computes of the bytes (processing_utils.hash_bytes, seeded per install)."""
+    shutil.rmtree(Path(gradio_utils.get_upload_folder()) / processing_utils.hash_bytes(data), ignore_errors=True)
 
 
 @dataclass
@@ -498,19 +629,23 @@ class PickedFace:
     ``picked``; ``sliders`` are the edit strengths applied to the face."""
     picked: gr.Number  # the picked seed
     walk: gr.Slider  # a continuous seed near it (picked +- WALK_SPAN): the face shown is this seed's
-    face: gr.Image  # the face at ``walk``, moved by ``sliders``
+    face: gr.Image  # the face at ``walk`` (or the picked photo's), moved by ``sliders``
     sliders: list[gr.Slider]  # one strength per direction, in explorer.names order; none without directions
+    photo: gr.State  # the picked photo's id, "" when the picked face is a seed's
+    last_photo: gr.State  # the visitor's last projected photo's id: the arithmetic's "photo"
 
 
-def build_app(explorer: Explorer) -> gr.Blocks:
-    """The gr.Blocks page of ``explorer``, one section after another, each
-    wiring its own events: every action an ``api_name``d event."""
-    handlers = Handlers(explorer)
+def build_app(explorer: Explorer, handlers: Handlers | None = None) -> gr.Blocks:
+    """The gr.Blocks page of ``explorer`` (its events call ``handlers``, made
+    when None), one section after another, each wiring its own events: every
+    action an ``api_name``d event."""
+    handlers = handlers or Handlers(explorer)
     with gr.Blocks(title="DCGAN face explorer", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown(f"## DCGAN face explorer\n{explorer.summary()}. Click a face to pick it; walk, edit and add "
                     f"it below. Every action is also an API endpoint (see the API link at the foot of the page).")
         seeds, gallery = faces_section(demo, handlers)
         picked = picked_face_section(demo, handlers, seeds, gallery)
+        photo_section(handlers, picked)
         walk_section(handlers, picked)
         arithmetic_section(handlers, picked)
         edit_endpoint(handlers, picked)
@@ -550,18 +685,19 @@ def picked_face_section(demo: gr.Blocks, handlers: Handlers, seeds: gr.Textbox, 
                             interactive=False, buttons=["download"], elem_id="face")
             picked = gr.Number(0, label="Picked seed", precision=0, minimum=0, maximum=SEED_MAX,
                                interactive=False, elem_id="picked")
-            walk = gr.Slider(0, 2 * WALK_SPAN, value=0, step=0.01, label="Walk: a continuous seed",
+            walk = gr.Slider(0, 2 * WALK_SPAN, value=0, step=0.01, label=WALK_LABEL,
                              info="between two seeds, a spherical walk between their latents", elem_id="walk")
         with gr.Column(scale=2):
             gr.Markdown("### Edit: move the face along a named direction")
             sliders, reset = edit_sliders(explorer)
 
-    demo.load(handlers.show, [walk, *sliders], face, **PRIVATE)
-    gallery.select(handlers.pick, [seeds, *sliders], [picked, walk, face], **PRIVATE)
-    gr.on([walk.input, *(s.input for s in sliders)], handlers.show, [walk, *sliders], face, **LIVE)
+    photo, last_photo = gr.State(""), gr.State("")
+    demo.load(handlers.show, [walk, photo, *sliders], face, **PRIVATE)
+    gallery.select(handlers.pick, [seeds, *sliders], [picked, walk, photo, face], **PRIVATE)
+    gr.on([walk.input, *(s.input for s in sliders)], handlers.show, [walk, photo, *sliders], face, **LIVE)
     if reset is not None:
-        reset.click(handlers.reset, walk, [*sliders, face], **PRIVATE)
-    return PickedFace(picked, walk, face, sliders)
+        reset.click(handlers.reset, [walk, photo], [*sliders, face], **PRIVATE)
+    return PickedFace(picked, walk, face, sliders, photo, last_photo)
 
 
 def edit_sliders(explorer: Explorer) -> tuple[list[gr.Slider], gr.Button | None]:
@@ -577,6 +713,34 @@ def edit_sliders(explorer: Explorer) -> tuple[list[gr.Slider], gr.Button | None]
                 sliders += [gr.Slider(-EDIT_MAX, EDIT_MAX, value=0, step=0.1, label=name, elem_id=f"edit-{name}")
                             for name in names]
     return sliders, gr.Button("Reset the edits", size="sm")
+
+
+def photo_section(handlers: Handlers, shared: PickedFace) -> None:
+    """Your photo: uploaded, aligned as CelebA was, projected (progress as it
+    runs), and made the picked face, so the sliders, the walk and the
+    arithmetic ("photo") work on it: the ``project`` endpoint. The upload is
+    read as bytes and its file deleted at once (forget_upload)."""
+    settings = handlers.explorer.photo_settings
+    gr.Markdown(f"### Your photo\nA JPEG, PNG or WebP photo with a face (at most {MAX_PHOTO_MB} MB): aligned as "
+                f"CelebA's faces were, then projected into the generator ({settings.steps} steps on the latent, "
+                f"{settings.tune_steps} tuning the generator around it; a few seconds). At "
+                f"{handlers.explorer.config['size']} px the projection is a close relative, not a copy. It "
+                f"becomes the picked face; in the arithmetic it is the term `{PHOTO_TERM}`. The photo is kept "
+                f"in this server's memory only, for this page, while it is among the last "
+                f"{handlers.explorer.photos.capacity} projections.")
+    with gr.Row():
+        upload = gr.File(label="Your photo", file_types=[".jpg", ".jpeg", ".png", ".webp"], type="binary",
+                         height=160, elem_id="photo-upload")
+        aligned = gr.Image(label="Aligned as CelebA", format="png", interactive=False, height=160,
+                           elem_id="photo-aligned")
+        projection = gr.Image(label="Its projection", format="png", interactive=False, height=160,
+                              elem_id="photo-projection")
+        photo_id = gr.Textbox(label="Photo id (for the API's edit_photo)", interactive=False,
+                              elem_id="photo-id")
+
+    upload.upload(handlers.project, upload, [aligned, projection, photo_id], api_name="project").success(
+        handlers.pick_photo, [photo_id, *shared.sliders], [shared.photo, shared.last_photo, shared.walk,
+                                                           shared.face, upload], **PRIVATE)
 
 
 def walk_section(handlers: Handlers, shared: PickedFace) -> None:
@@ -596,9 +760,12 @@ def walk_section(handlers: Handlers, shared: PickedFace) -> None:
         gif = gr.Image(label="The walk (GIF)", type="filepath", interactive=False, buttons=["download"],
                        height=160, scale=1, elem_id="gif")
 
-    walk_button.click(handlers.interpolate, [seed_a, seed_b, steps], [strip, gif], api_name="interpolate")
-    to_a.click(handlers.picked_seed, shared.picked, seed_a, **PRIVATE)
-    to_b.click(handlers.picked_seed, shared.picked, seed_b, **PRIVATE)
+    from_photo, to_photo = gr.State(""), gr.State("")  # an end that is the picked photo: its id
+    walk_button.click(handlers.interpolate, [seed_a, seed_b, steps, from_photo, to_photo], [strip, gif],
+                      api_name="interpolate")
+    for button, seed, end in ((to_a, seed_a, from_photo), (to_b, seed_b, to_photo)):
+        button.click(handlers.picked_end, [shared.picked, shared.photo], [seed, end], **PRIVATE)
+        seed.input(handlers.typed_end, seed, [seed, end], **PRIVATE)
 
 
 def arithmetic_section(handlers: Handlers, shared: PickedFace) -> None:
@@ -620,11 +787,11 @@ def arithmetic_section(handlers: Handlers, shared: PickedFace) -> None:
     arith = gr.Gallery(label="Each term's mean face, then the result", columns=8, format="png", fit_columns=False,
                        allow_preview=False, object_fit="contain", buttons=["download"], elem_id="arithmetic")
 
-    arith_button.click(handlers.arithmetic, expression, arith, api_name="arithmetic")
-    expression.submit(handlers.arithmetic, expression, arith, **PRIVATE)
+    arith_button.click(handlers.arithmetic, [expression, shared.last_photo], arith, api_name="arithmetic")
+    expression.submit(handlers.arithmetic, [expression, shared.last_photo], arith, **PRIVATE)
     for how, button in adders.items():
-        button.click(functools.partial(handlers.add_term, how=how), [expression, shared.picked], expression,
-                     **PRIVATE)
+        button.click(functools.partial(handlers.add_term, how=how), [expression, shared.picked, shared.photo],
+                     expression, **PRIVATE)
 
 
 def edit_endpoint(handlers: Handlers, shared: PickedFace) -> None:
@@ -634,6 +801,9 @@ def edit_endpoint(handlers: Handlers, shared: PickedFace) -> None:
     edit_seed, edit_text = gr.Number(visible=False), gr.Textbox(visible=False)
     edit_trigger = gr.Button(visible=False)
     edit_trigger.click(handlers.edit, [edit_seed, edit_text], shared.face, api_name="edit")
+    photo_id, photo_edit = gr.Textbox(visible=False), gr.Textbox(visible=False)
+    photo_trigger = gr.Button(visible=False)
+    photo_trigger.click(handlers.edit_photo, [photo_id, photo_edit], shared.face, api_name="edit_photo")
 
 
 def serve(demo, host: str = "127.0.0.1", port: int = 7860, queue_size: int = 20, concurrency: int = 1,
@@ -645,7 +815,8 @@ def serve(demo, host: str = "127.0.0.1", port: int = 7860, queue_size: int = 20,
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     try:
         demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, quiet=True, ssr_mode=False,
-                    mcp_server=False, pwa=False, show_error=False, max_file_size="1kb", footer_links=["api"],
+                    mcp_server=False, pwa=False, show_error=False, max_file_size=f"{MAX_PHOTO_BYTES}b",
+                    footer_links=["api"],
                     enable_monitoring=False, max_threads=8 + concurrency, state_session_capacity=SESSIONS,
                     theme=theme, css=CSS,
                     prevent_thread_lock=not block)

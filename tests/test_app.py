@@ -3,11 +3,14 @@ endpoint driven with gradio_client on a server on a free port (good inputs
 give the generator's faces, bad ones a message and the server goes on), the
 command line, and a run of the real script that opens no connection beyond
 localhost. The browser test is tests/test_app_browser.py."""
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,12 +21,17 @@ import app
 from editing.classifier import AttributeNet, save_classifier
 from editing.directions import directions_path, save_directions, weights_fingerprint
 from editing.latents import latents
+from editing.photo_session import EXPIRED, PhotoSettings, Projection, Projections
 from network import Generator, load_generator, save_generator_params
+from preprocessing import align
 from utils import UserError
 
 gradio_client = pytest.importorskip("gradio_client")
 CONFIG = {"size": 32, "nz": 16, "ngf": 4, "ndf": 4, "nc": 3}
 NAMES = ["Smiling", "Male"]
+PORTRAIT = Path(__file__).parent / "fixtures" / "portrait_astronaut.jpg"
+TINY_PHOTO = PhotoSettings(steps=3, candidates=4, restarts=1, tune_steps=3)  # sizes only: a test's projection
+needs_detector = pytest.mark.skipif(align.MTCNN is None, reason="needs facenet-pytorch (requirements-photo.txt)")
 
 
 def free_port() -> int:
@@ -59,8 +67,10 @@ def served(tmp_path_factory):
     os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")  # read when files are cached, not at import
     params, classifier = tiny_params(folder)
     explorer = app.Explorer.load(str(params), classifier=str(classifier), pool_size=64, background=False)
+    explorer.photo_settings = TINY_PHOTO
+    explorer.test_handlers = app.Handlers(explorer)
     port = free_port()
-    demo = app.serve(app.build_app(explorer), port=port, queue_size=8, block=False)
+    demo = app.serve(app.build_app(explorer, explorer.test_handlers), port=port, queue_size=8, block=False)
     client = gradio_client.Client(f"http://127.0.0.1:{port}/", download_files=str(folder / "downloads"),
                                   verbose=False)
     yield explorer, client
@@ -166,16 +176,116 @@ def test_a_bad_input_is_a_message_and_the_server_goes_on(served, endpoint, args,
 def test_every_action_is_a_named_endpoint_and_the_page_takes_no_path(served):
     explorer, client = served
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/faces", "/edit", "/interpolate", "/arithmetic"}
-    for endpoint in api["named_endpoints"].values():
-        for parameter in endpoint["parameters"]:
-            assert "file" not in str(parameter["python_type"]).lower(), parameter
+    assert set(api["named_endpoints"]) == {"/faces", "/edit", "/interpolate", "/arithmetic", "/project",
+                                           "/edit_photo"}
+    for name, endpoint in api["named_endpoints"].items():
+        for parameter in endpoint["parameters"]:  # only the photo is a file, and no endpoint takes a path
+            assert ("file" in str(parameter["python_type"]).lower()) == (name == "/project"), parameter
     config = str(app.build_app(explorer).config)
     assert "Smiling" in config and "Male" in config  # a slider per direction
     import httpx
 
-    upload = httpx.post(client.src.rstrip("/") + "/gradio_api/upload", files={"files": ("x.bin", b"0" * 4096)})
-    assert upload.status_code == 413  # nothing to upload, so nothing over 1 KB is taken
+    upload = httpx.post(client.src.rstrip("/") + "/gradio_api/upload",
+                        files={"files": ("x.jpg", b"0" * (10 * 2**20 + 1))})
+    assert upload.status_code == 413  # nothing over a photo's 10 MB is taken
+
+
+def files_holding(folder, data: bytes) -> list[str]:
+    return [str(f) for f in Path(folder).rglob("*") if f.is_file() and f.read_bytes() == data]
+
+
+def pngs_showing(folder, face: np.ndarray) -> list[str]:
+    return [str(f) for f in Path(folder).rglob("*.png") if read(f).shape == face.shape and np.array_equal(read(f), face)]
+
+
+@needs_detector
+def test_project_gives_the_aligned_face_its_projection_and_an_id_that_edit_photo_moves(served):
+    """A real photo through gradio_client: the aligned face and the projection
+    at the generator's size, an id; edit_photo by that id draws the projection
+    (bit for bit with no edit) and a different face with one; the upload's
+    bytes are gone from the server's disk once answered, and the pictures
+    sent for it once they expire."""
+    explorer, client = served
+    aligned_path, projection_path, photo_id = client.predict(gradio_client.handle_file(str(PORTRAIT)),
+                                                             api_name="/project")
+    aligned, projection = read(aligned_path), read(projection_path)
+    assert aligned.shape == projection.shape == (32, 32, 3) and aligned.std() > 20
+    target, _ = align.align_face(PORTRAIT.read_bytes())
+    assert np.array_equal(aligned, np.asarray(align.crop_face(target, 32)))  # the photo as CelebA's crop
+    assert len(photo_id) == 22 and photo_id in explorer.photos
+    assert np.array_equal(read(client.predict(photo_id, "", api_name="/edit_photo")), projection)
+    smiling = read(client.predict(photo_id, "Smiling=+3", api_name="/edit_photo"))
+    assert not np.array_equal(smiling, projection)  # (a random tiny generator: its faces are near grey)
+    assert np.array_equal(smiling, explorer.face(0, [("Smiling", 3.0)], photo_id))
+    with pytest.raises(gradio_client.exceptions.AppError, match="upload one"):
+        client.predict("photo - 1 + 2", api_name="/arithmetic")  # a script has no page: its photo is by id
+    temp = os.environ["GRADIO_TEMP_DIR"]
+    assert files_holding(temp, PORTRAIT.read_bytes()) == []
+    assert pngs_showing(temp, aligned) != [] and explorer.test_handlers.expiring.sweep(everything=True) >= 3
+    assert pngs_showing(temp, aligned) == [] and pngs_showing(temp, projection) == []
+
+
+def bomb_png() -> bytes:
+    """A PNG whose header claims 6000x5000 pixels (30 MP) in a few hundred bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6000, 5000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+BAD_UPLOADS = {  # name -> (bytes, the message's words)
+    "noise.jpg": (np.random.default_rng(0).bytes(5000), "not an image"),
+    "face.svg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect/></svg>', "SVG"),
+    "cut.jpg": (PORTRAIT.read_bytes()[:3000], "truncated or damaged"),
+    "huge.png": (bomb_png(), "megapixels"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_UPLOADS)
+def test_a_bad_upload_is_one_line_and_the_server_goes_on(served, tmp_path, name):
+    _, client = served
+    data, message = BAD_UPLOADS[name]
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(gradio_client.exceptions.AppError, match=message) as caught:
+        client.predict(gradio_client.handle_file(str(tmp_path / name)), api_name="/project")
+    assert "Traceback" not in str(caught.value) and "\n" not in str(caught.value).strip()
+    assert files_holding(os.environ["GRADIO_TEMP_DIR"], data) == []  # refused uploads are deleted too
+    with pytest.raises(gradio_client.exceptions.AppError, match="not a photo id"):
+        client.predict("../../etc/passwd", "", api_name="/edit_photo")
+    items, _ = client.predict("7", api_name="/faces")
+    assert [item["caption"] for item in items] == ["seed 7"]
+
+
+def test_the_server_keeps_the_last_projections_and_says_when_one_expired(tmp_path):
+    """The LRU of projections, without Gradio: the oldest beyond capacity is
+    dropped (a use makes one the newest), and a face, walk or arithmetic of a
+    dropped one answers in one line that it expired."""
+    store = Projections(capacity=2)
+    made = [store.add(Projection(torch.zeros(16), None, np.zeros((32, 32, 3), np.uint8))) for _ in range(2)]
+    store.get(made[0])  # now the newest: the next add drops made[1]
+    made.append(store.add(Projection(torch.zeros(16), None, np.zeros((32, 32, 3), np.uint8))))
+    assert len(store) == 2 and made[0] in store and made[1] not in store and len(set(made)) == 3
+    with pytest.raises(UserError, match=EXPIRED):
+        store.get(made[1])
+    with pytest.raises(UserError, match="not a photo id"):
+        store.get("x")
+    params, _ = tiny_params(tmp_path)
+    explorer = app.Explorer.load(str(params), classifier=None, photo_slots=1)
+    generator = explorer.base
+    ids = [explorer.photos.add(Projection(explorer.latent_at(k), generator, None)) for k in (3, 4)]
+    assert np.array_equal(explorer.face(0, [], ids[1]), explorer.face(4))
+    assert np.array_equal(explorer.interpolate(0, 9, 2, ids[1], None)[1][0], explorer.face(4))
+    assert np.array_equal(explorer.arithmetic("photo - 1 + 2", ids[1])[-1][0],
+                          explorer.render((latents([4], 16)[0] - latents([1], 16)[0] + latents([2], 16)[0])[None])[0])
+    for action in (lambda: explorer.face(0, [], ids[0]), lambda: explorer.interpolate(0, 1, 2, ids[0]),
+                   lambda: explorer.arithmetic("photo + 1", ids[0])):
+        with pytest.raises(UserError, match=EXPIRED):
+            action()
+
+
 
 
 def test_params_without_directions_say_how_to_make_them(tmp_path):
