@@ -16,10 +16,13 @@ from PIL import Image
 
 import app
 from editing.latents import latents
+from editing.photo_session import PhotoSettings
+from preprocessing import align
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -r requirements.txt)")
 CHROMIUM = next(filter(None, (shutil.which(name) for name in ("chromium", "chromium-browser"))), None)
 ROOT = Path(__file__).resolve().parents[1]
+PORTRAIT = ROOT / "tests" / "fixtures" / "portrait_astronaut.jpg"
 
 PIXELS = """els => els.map(img => {
     const canvas = document.createElement('canvas');
@@ -98,3 +101,56 @@ def test_the_page_shows_real_faces_and_a_picked_face_follows_its_slider(tmp_path
         Image.open(shot).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(shot, optimize=True)
     outside = [u for u in requests if not u.startswith((url + "/", "data:", "blob:"))]
     assert requests and outside == []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
+@pytest.mark.skipif(align.MTCNN is None, reason="needs facenet-pytorch (requirements-photo.txt)")
+def test_an_uploaded_photo_is_aligned_projected_and_edited_by_its_slider(tmp_path, monkeypatch):
+    """The shipped generator, a real photo uploaded through the page's file
+    field: the aligned face and the projection appear, the projection becomes
+    the picked face, and the Smiling slider moves it. The projection runs with
+    tiny settings (sizes only), so the test takes seconds."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    monkeypatch.chdir(ROOT)
+    explorer = app.Explorer.load(app.PRETRAINED, classifier=None, background=False)
+    explorer.photo_settings = PhotoSettings(steps=10, candidates=16, restarts=1, tune_steps=5)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    demo = app.serve(app.build_app(explorer), port=port, block=False)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url + "/")
+            page.wait_for_function("() => { const i = document.querySelector('#face img');"
+                                   " return i && i.complete && i.naturalWidth == 64 }", timeout=60_000)
+            before = page.locator("#face img").get_attribute("src")
+            page.locator("#photo-upload input[type=file]").set_input_files(str(PORTRAIT))
+            for elem in ("#photo-aligned", "#photo-projection"):
+                page.wait_for_function(f"() => {{ const i = document.querySelector('{elem} img');"
+                                       " return i && i.complete && i.naturalWidth == 64 }", timeout=60_000)
+            page.wait_for_function("() => document.querySelector('#photo-id textarea, #photo-id input').value"
+                                   ".length == 22", timeout=30_000)
+            photo_id = page.locator("#photo-id textarea, #photo-id input").first.input_value()
+            aligned = pixels(page.locator("#photo-aligned img"))[0]
+            target, _ = align.align_face(PORTRAIT.read_bytes())
+            assert np.abs(aligned.astype(int) - np.asarray(align.crop_face(target, 64))).mean() < 1
+            page.wait_for_function("src => { const i = document.querySelector('#face img');"
+                                   " return i.getAttribute('src') != src && i.complete && i.naturalWidth == 64 }",
+                                   arg=before)
+            picked = pixels(page.locator("#face img"))[0]
+            assert np.abs(picked.astype(int) - explorer.face(0, [], photo_id)).mean() < 1  # the projection
+            assert np.abs(picked.astype(int) - pixels(page.locator("#photo-projection img"))[0]).mean() < 1
+            before = page.locator("#face img").get_attribute("src")
+            page.locator("#edit-Smiling input[type=range]").fill("3")
+            page.wait_for_function("src => { const i = document.querySelector('#face img');"
+                                   " return i.getAttribute('src') != src && i.complete && i.naturalWidth == 64 }",
+                                   arg=before)
+            smiling = pixels(page.locator("#face img"))[0]
+            assert np.abs(smiling.astype(int) - explorer.face(0, [("Smiling", 3.0)], photo_id)).mean() < 1
+            assert np.abs(smiling.astype(int) - picked).mean() > 2
+            page.screenshot(path=str(tmp_path / "photo.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    assert not any(f.read_bytes() == PORTRAIT.read_bytes() for f in (tmp_path / "gradio").rglob("*") if f.is_file())
