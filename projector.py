@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--restarts", type=int, default=2, help="starting points of z per photo, the best kept")
     parser.add_argument("--candidates", type=int, default=256, help="random z the starting points are picked from")
     parser.add_argument("--ssim-weight", type=float, default=0.0, help="loss = pixel MSE + this x (1 - SSIM)")
-    parser.add_argument("--locality", type=float, default=1.0,
+    parser.add_argument("--locality", type=float, default=0.1,
                         help="weight keeping the tuned generator equal to the original around z (0: plain PTI)")
     parser.add_argument("--radius", type=float, default=3.0, help="distance from z of the latents --locality holds")
     parser.add_argument("--edit", metavar="EDITS", default=None,
@@ -135,7 +135,7 @@ def render(generator, z: torch.Tensor) -> np.ndarray:
 def project_photo(photo, name: str, out: Path, generator, config: dict, book, blob, args, edits,
                   sweeps) -> dict | None:
     """Align, project, tune and write one photo's folder -> its results row (None with --steps 0)."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     aligned, info = align_face(read_photo_file(photo), face=args.face)
     face = crop_face(aligned, config["size"])
     seconds_align = time.perf_counter() - start
@@ -153,7 +153,7 @@ def project_photo(photo, name: str, out: Path, generator, config: dict, book, bl
         tuned = tune_generator(generator, z[0], target[0], steps=args.tune_steps, ssim_weight=args.ssim_weight,
                                locality=args.locality, radius=args.radius, seed=args.seed,
                                progress=f"{name}: tuning")
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     # ---- what it wrote, and how close it came ----
     with torch.no_grad():
         projected = tuned(z)
@@ -181,6 +181,7 @@ def project_photo(photo, name: str, out: Path, generator, config: dict, book, bl
     return {"photo": str(photo), "folder": str(folder), "psnr": round(psnr(q, target).item(), 3),
             "ssim": round(ssim(q, target).item(), 4), "psnr_z": round(psnr(qz, target).item(), 3),
             "ssim_z": round(ssim(qz, target).item(), 4), "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu_seconds, 2), "threads": torch.get_num_threads(),
             "seconds_align": round(seconds_align, 2), "box": list(info["box"]), "eye_distance": info["eye_distance"],
             "faces": info["faces"], "face": info["face"], "aligned_input": info["aligned_input"],
             "params": str(args.params), "settings": settings(args), "date": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -106,9 +106,9 @@ def best_of_random(generator, target: torch.Tensor, candidates: int, keep: int, 
 def project_z(
     generator,                  # a Generator in eval mode; its weights are not changed
     target: torch.Tensor,       # (B, C, S, S) faces in [-1, 1] at the generator's size
-    steps: int = 300,           # Adam steps
+    steps: int = 150,           # Adam steps
     candidates: int = 256,      # random z the starting points are chosen from
-    restarts: int = 4,          # starting points per target, optimised together; the best is kept
+    restarts: int = 2,          # starting points per target, optimised together; the best is kept
     lr: float = 0.1,            # peak learning rate (StyleGAN2-ADA's)
     noise: float = 0.05,        # initial noise on z, as a share of its norm sqrt(nz)
     noise_ramp: float = 0.75,   # the noise is gone after this share of the steps
@@ -158,12 +158,12 @@ def tune_generator(
     generator,                  # the projection's generator; left unchanged (a copy is tuned)
     pivot: torch.Tensor,        # (nz,) the projected latent
     target: torch.Tensor,       # (C, S, S) the face in [-1, 1]
-    steps: int = 150,           # Adam steps on every weight
+    steps: int = 100,           # Adam steps on every weight
     lr: float = 3e-4,           # PTI's learning rate
     ssim_weight: float = 0.0,   # loss = MSE + ssim_weight * (1 - SSIM)
-    locality: float = 1.0,      # weight of the locality term (0: plain PTI)
+    locality: float = 0.1,      # weight of the locality term (0: plain PTI)
     radius: float = 3.0,        # distance from the pivot of the latents the locality term holds
-    samples: int = 4,           # such latents per step
+    samples: int = 1,           # such latents per step
     seed: int = 0,              # the locality latents
     progress: str | None = None,
 ) -> torch.nn.Module:
