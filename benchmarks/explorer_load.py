@@ -5,6 +5,7 @@ limit, nothing but localhost.
 
     python bench.py --explorer                                  # 50 x 16 faces at once, then 30 of each kind
     python bench.py --explorer --explorer-requests 10 --explorer-repeats 5 --explorer-params runs/x/generator.params
+    python -m benchmarks.explorer_load --soak 2000              # the soak: 2,000 mixed requests, RSS every 200
 
 What it reports (one JSON line, and a table):
   flood    N concurrent ``faces`` requests of F faces each (all released at
@@ -22,6 +23,7 @@ the end, whatever happens.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import utils
 from benchmarks.harness import fmt, machine
-from utils.paths import ROOT
+from utils.paths import PRETRAINED_PARAMS, ROOT, shown
 
 SERVING = "serving the face explorer on "
 
@@ -96,7 +98,7 @@ class Server:
 
 def call(http, name: str, *data, timeout: float = 60.0) -> tuple[str, float, str]:
     """One request to endpoint ``name`` through Gradio's HTTP API ->
-    (outcome: "answered", "refused" (queue full) or "failed"; seconds; detail)."""
+    (outcome: "answered", "refused" (queue full) or "failed"; seconds; detail: the answer's JSON when answered)."""
     start = time.perf_counter()
     try:
         response = http.post(f"/gradio_api/call/{name}", json={"data": list(data)}, timeout=timeout)
@@ -118,7 +120,7 @@ def call(http, name: str, *data, timeout: float = 60.0) -> tuple[str, float, str
         return "failed", time.perf_counter() - start, f"{type(err).__name__}: {err}"
     seconds = time.perf_counter() - start
     if event == "complete":
-        return "answered", seconds, ""
+        return "answered", seconds, payload
     if "queue is full" in payload.lower():
         return "refused", seconds, payload
     return "failed", seconds, f"{event}: {payload[:200]}"
@@ -233,3 +235,160 @@ def check(args) -> None:
         raise utils.UserError(f"--explorer-time-limit must be positive (got {args.explorer_time_limit})")
     if not Path(args.explorer_params).exists():
         raise utils.UserError(f"--explorer-params {args.explorer_params} not found")
+
+
+# --------------------------------------------------------------------------- #
+# The soak: many mixed requests, memory sampled as they go
+# --------------------------------------------------------------------------- #
+PORTRAIT = ROOT / "tests" / "fixtures" / "portrait_astronaut.jpg"
+SOAK_MIX = (("faces", 30), ("edit", 28), ("interpolate", 14), ("arithmetic", 10), ("edit_photo", 8),
+            ("bad upload", 8), ("project", 2))  # percent of the requests
+SOAK_EVERY = 200  # requests between RSS samples
+
+
+def bad_uploads() -> dict[str, bytes]:
+    """name -> bytes the explorer must refuse: random bytes, an SVG, a truncated JPEG, a PNG claiming 30 MP,
+    and a file over the 10 MB upload cap (refused by Gradio before any handler)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6000, 5000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    return {"noise.jpg": os.urandom(20_000), "face.svg": b'<svg xmlns="http://www.w3.org/2000/svg"><rect/></svg>',
+            "cut.jpg": PORTRAIT.read_bytes()[:4000], "huge.png": bomb, "big.jpg": b"\xff\xd8" + bytes(10 * 2**20)}
+
+
+def upload(http, name: str, data: bytes) -> dict | None:
+    """POST a file to Gradio's upload route -> the FileData a call takes, or None when refused (413)."""
+    response = http.post("/gradio_api/upload", files={"files": (name, data)}, timeout=60)
+    if response.status_code == 413:
+        return None
+    response.raise_for_status()
+    return {"path": response.json()[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+
+
+def soak_request(http, kind: str, rng, state: dict) -> tuple[str, str]:
+    """One request of ``kind`` -> (outcome, detail): "answered"; "refused" (the queue, the upload cap, or
+    the one-line message a bad request must get); "failed" (anything else)."""
+    if kind in ("project", "bad upload"):
+        name = "portrait.jpg" if kind == "project" else rng.choice(sorted(state["bad"]))
+        data = PORTRAIT.read_bytes() if kind == "project" else state["bad"][name]
+        file = upload(http, name, data)
+        if file is None:
+            return "refused", "over the upload cap"
+        outcome, _, detail = call(http, "project", file, timeout=300)
+        if kind == "project" and outcome == "answered":
+            state["last_id"] = json.loads(detail)[-1]
+        if kind == "bad upload" and outcome == "failed" and "error" in detail and "Traceback" not in detail:
+            return "refused", detail
+        return outcome, detail
+    first = rng.randrange(100_000)
+    data = {"faces": lambda: (rng.choice([str(first), f"{first}-{first + 15}"]),),
+            "edit": lambda: (rng.uniform(0, 10_000), f"Smiling={rng.uniform(-3, 3):+.1f}"),
+            "interpolate": lambda: (rng.randrange(1000), rng.randrange(1000), rng.randrange(2, 17)),
+            "arithmetic": lambda: (f"{rng.randrange(99)},{rng.randrange(99)} - {rng.randrange(99)} + "
+                                   f"{rng.randrange(99)}",),
+            "edit_photo": lambda: (state["last_id"] or "A" * 22, "Smiling=+2")}[kind]()
+    outcome, _, detail = call(http, kind, *data, timeout=120)
+    if kind == "edit_photo" and outcome == "failed" and "expired" in detail:
+        return "refused", detail  # an id nobody was given, or dropped: the one-line answer
+    return outcome, detail
+
+
+def soak(args) -> dict:
+    """``args.soak`` mixed requests (SOAK_MIX) one after another on a fresh
+    app.py, after a warm-up that fills every bound the server keeps (its
+    photo slots with projections, then ``args.warmup`` mixed requests); the
+    server's RSS every SOAK_EVERY requests. -> the result (also printed as a table and one JSON line)."""
+    import random
+
+    import httpx
+
+    rng = random.Random(args.seed)
+    kinds = [kind for kind, share in SOAK_MIX for _ in range(share)]
+    server_args = ["--params", args.params, "--classifier", "none", "--runtime", args.runtime,
+                   "--photo-slots", str(args.photo_slots)]
+    deadline = time.monotonic() + args.time_limit
+    state = {"bad": bad_uploads(), "last_id": ""}
+    server = Server(server_args)
+    counts = {kind: {"answered": 0, "refused": 0, "failed": 0} for kind, _ in SOAK_MIX}
+    failures, samples = [], []
+    try:
+        with httpx.Client(base_url=server.url) as http:
+            started = time.perf_counter()
+            for _ in range(args.photo_slots):  # warm-up: the photo slots filled
+                soak_request(http, "project", rng, state)
+            for _ in range(args.warmup):  # and the rest of the server's bounds
+                soak_request(http, rng.choice(kinds), rng, state)
+            samples.append({"requests": 0, "seconds": time.perf_counter() - started, **rss_mb(server.proc.pid)})
+            for k in range(1, args.soak + 1):
+                if time.monotonic() > deadline or not server.alive():
+                    break
+                kind = rng.choice(kinds)
+                outcome, detail = soak_request(http, kind, rng, state)
+                counts[kind][outcome] += 1
+                if outcome == "failed" and len(failures) < 5:
+                    failures.append(f"{kind}: {detail[:200]}")
+                if k % SOAK_EVERY == 0 or k == args.soak:
+                    samples.append({"requests": k, "seconds": time.perf_counter() - started,
+                                    **rss_mb(server.proc.pid)})
+            alive = server.alive() and call(http, "faces", "0")[0] == "answered"
+    finally:
+        server.stop()
+    done = sum(sum(c.values()) for c in counts.values())
+    result = {"date": datetime.date.today().isoformat(), "command": "python -m benchmarks.explorer_load "
+              + " ".join(args.argv), "machine": machine(gpu=False), "server": " ".join(server_args),
+              "requests": done, "complete": done == args.soak, "counts": counts, "failures": failures,
+              "alive_after": alive, "rss": samples,
+              "growth_mb": samples[-1]["rss_mb"] - samples[0]["rss_mb"] if len(samples) > 1 else None}
+    print(soak_table(result))
+    print(json.dumps(result))
+    if args.out_json:
+        with utils.atomic_path(args.out_json) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def soak_table(result: dict) -> str:
+    lines = [f"soak: {result['requests']} requests to {result['server']}; server alive after: "
+             f"{result['alive_after']}; RSS growth after warm-up {fmt(result['growth_mb'], 1)} MiB",
+             f"{'request':<12}{'answered':>10}{'refused':>9}{'failed':>8}"]
+    for kind, c in result["counts"].items():
+        lines.append(f"{kind:<12}{c['answered']:>10}{c['refused']:>9}{c['failed']:>8}")
+    lines.append(f"{'requests':>9}{'seconds':>9}{'RSS MiB':>9}")
+    for row in result["rss"]:
+        lines.append(f"{row['requests']:>9}{row['seconds']:>9.0f}{fmt(row.get('rss_mb'), 1):>9}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="The face explorer's soak: " + soak.__doc__.split(";")[0],
+                                     formatter_class=utils.HelpFormatter)
+    parser.add_argument("--soak", type=int, default=2000, help="mixed requests after the warm-up")
+    parser.add_argument("--params", default=shown(PRETRAINED_PARAMS), help="app.py --params")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "onnx", "torch"], help="app.py --runtime")
+    parser.add_argument("--photo-slots", type=int, default=16, help="app.py --photo-slots (filled in the warm-up)")
+    parser.add_argument("--time-limit", type=float, default=3600.0, help="seconds; the soak stops early past it")
+    parser.add_argument("--warmup", type=int, default=SOAK_EVERY, help="mixed requests after the photo slots are "
+                        "filled, before the RSS the growth is counted from")
+    parser.add_argument("--seed", type=int, default=0, help="the request mix")
+    parser.add_argument("--out-json", default=None, help="also write the result here")
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    if not 1 <= args.soak <= 100_000:
+        raise utils.UserError(f"--soak must be 1 to 100000 (got {args.soak})")
+    if not 1 <= args.photo_slots <= 1000 or not args.time_limit > 0:
+        raise utils.UserError("--photo-slots must be 1 to 1000 and --time-limit positive")
+    if not Path(args.params).exists():
+        raise utils.UserError(f"--params {args.params} not found")
+    return soak(args)
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)

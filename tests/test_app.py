@@ -391,3 +391,26 @@ def test_the_script_under_load_answers_or_refuses_and_reaches_nothing_beyond_loc
     assert not log.exists(), log.read_text()
     with pytest.raises(UserError, match="--explorer-requests"):
         speed.main(["--explorer", "--explorer-requests", "0"])
+
+
+@needs_detector
+def test_a_small_soak_answers_or_refuses_every_request_and_the_server_lives(tmp_path, monkeypatch):
+    """python app.py under the soak (python -m benchmarks.explorer_load
+    --soak, 40 requests after a warm-up of 10: faces, edits, walks, arithmetic, projections of the
+    portrait, edits by id, bad uploads): none fails, bad uploads are refused
+    with their message, and the server still answers."""
+    from benchmarks import explorer_load
+
+    params, _ = tiny_params(tmp_path)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "g"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = explorer_load.main(["--soak", "40", "--warmup", "10", "--params", str(params), "--photo-slots", "1",
+                                 "--runtime", "torch", "--time-limit", "300", "--out-json", str(tmp_path / "soak.json")])
+    assert result["complete"] and result["alive_after"] and result["failures"] == []
+    counts = result["counts"]
+    assert sum(c["failed"] for c in counts.values()) == 0
+    assert counts["bad upload"]["answered"] == 0 and counts["bad upload"]["refused"] >= 1
+    assert [row["requests"] for row in result["rss"]] == [0, 40]
+    assert not any(f.is_file() and f.read_bytes() == PORTRAIT.read_bytes() for f in (tmp_path / "g").rglob("*"))
+    with pytest.raises(UserError, match="--soak"):
+        explorer_load.main(["--soak", "0"])
