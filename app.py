@@ -20,6 +20,7 @@ the queue refuses requests beyond --queue-size instead of piling them up.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import inspect
 import itertools
@@ -29,6 +30,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,13 @@ PHOTO_FILE_SECONDS = 60  # the PNGs sent for a photo (aligned face, projection, 
 PHOTO_TERM = "photo"  # the arithmetic's name for the visitor's projected photo's latent
 MAX_PHOTO_MB = MAX_PHOTO_BYTES // 2**20  # an upload's size limit (preprocessing.photo's), also Gradio's upload cap
 WALK_LABEL = "Walk: a continuous seed"
+TRIM_SECONDS = 20  # how often the C heap's free pages are handed back to the system (glibc's malloc_trim)
+ARENAS = 2  # glibc malloc arenas: one per thread by default, each keeping its freed memory
+
+try:  # glibc, to give back the memory a request freed (Linux; elsewhere the allocator is left alone)
+    LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
+except OSError:
+    LIBC = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -551,6 +560,7 @@ class Handlers:
         for target, projection, photo_id in self.explorer.project(data, progress="your photo"):
             yield (self.photo_png(target), None if projection is None else self.photo_png(projection),
                    photo_id or "")
+        trim_memory()  # the projection's autograd buffers, freed, back to the system
 
     @answer
     def edit_photo(self, photo: str, edits: str):
@@ -825,6 +835,29 @@ def serve(demo, host: str = "127.0.0.1", port: int = 7860, queue_size: int = 20,
     return demo
 
 
+def trim_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim):
+    torch's and Gradio's request-sized buffers, freed, otherwise stay in the
+    server's RSS, most of all after a projection's autograd buffers."""
+    if LIBC is not None:
+        LIBC.malloc_trim(0)
+
+
+def keep_memory_small(every: float = TRIM_SECONDS) -> None:
+    """Cap glibc's malloc arenas at ARENAS (the server's threads share them
+    instead of keeping one each) and trim the heap every ``every`` seconds in
+    a daemon thread; nothing off glibc."""
+    if LIBC is None:
+        return
+    LIBC.mallopt(-8, ARENAS)  # M_ARENA_MAX
+
+    def run():
+        while True:
+            time.sleep(every)
+            trim_memory()
+    threading.Thread(target=run, name="trim-memory", daemon=True).start()
+
+
 def host_warning(host: str) -> str | None:
     """The warning printed when --host makes the explorer reachable from other machines."""
     if host in LOCAL_HOSTS:
@@ -852,6 +885,7 @@ def main(argv=None) -> int:
             raise utils.UserError(f"attribute classifier not found: {classifier} (or pass --classifier none)")
         classifier = None  # a clone without the asset: seed lists only
     device = utils.resolve_device(args.device)
+    keep_memory_small()
     explorer = Explorer.load(args.params, device, use_ema=not args.no_ema, classifier=classifier,
                              pool_size=args.concept_pool, runtime=args.runtime)
     warning = host_warning(args.host)

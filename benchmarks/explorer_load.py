@@ -323,6 +323,7 @@ def soak(args) -> dict:
             for _ in range(args.warmup):  # and the rest of the server's bounds
                 soak_request(http, rng.choice(kinds), rng, state)
             samples.append({"requests": 0, "seconds": time.perf_counter() - started, **rss_mb(server.proc.pid)})
+            print(f"warmed up in {samples[0]['seconds']:.0f} s: RSS {fmt(samples[0].get('rss_mb'), 1)} MiB", flush=True)
             for k in range(1, args.soak + 1):
                 if time.monotonic() > deadline or not server.alive():
                     break
@@ -334,6 +335,8 @@ def soak(args) -> dict:
                 if k % SOAK_EVERY == 0 or k == args.soak:
                     samples.append({"requests": k, "seconds": time.perf_counter() - started,
                                     **rss_mb(server.proc.pid)})
+                    print(f"{k} requests, {samples[-1]['seconds']:.0f} s: RSS {fmt(samples[-1].get('rss_mb'), 1)} "
+                          f"MiB", flush=True)
             alive = server.alive() and call(http, "faces", "0")[0] == "answered"
     finally:
         server.stop()
