@@ -5,4 +5,6 @@ move it in a generator's latent space.
   its file, and its scores (balanced accuracy, AUC)
 - ``editing.directions``: one direction per attribute in z-space (InterFaceGAN),
   stored beside the generator's params and applied as edits
+- ``editing.latents``: latents by seed, slerp walks, the arithmetic of seeds and concepts
+- ``editing.projection``: a face into z (projection) and the generator tuned around it (PTI)
 """
