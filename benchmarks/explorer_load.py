@@ -28,11 +28,14 @@ import contextlib
 import datetime
 import json
 import os
+import random
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -249,9 +252,6 @@ SOAK_EVERY = 200  # requests between RSS samples
 def bad_uploads() -> dict[str, bytes]:
     """name -> bytes the explorer must refuse: random bytes, an SVG, a truncated JPEG, a PNG claiming 30 MP,
     and a file over the 10 MB upload cap (refused by Gradio before any handler)."""
-    import struct
-    import zlib
-
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6000, 5000, 8, 2, 0, 0, 0))
@@ -302,9 +302,7 @@ def soak(args) -> dict:
     app.py, after a warm-up that fills every bound the server keeps (its
     photo slots with projections, then ``args.warmup`` mixed requests); the
     server's RSS every SOAK_EVERY requests. -> the result (also printed as a table and one JSON line)."""
-    import random
-
-    import httpx
+    import httpx  # installed with gradio
 
     rng = random.Random(args.seed)
     kinds = [kind for kind, share in SOAK_MIX for _ in range(share)]
@@ -381,7 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> int:
+    """The soak -> exit status 0 when every request was answered or refused and the server lived, else 1."""
+    result = run_soak(argv)
+    failed = sum(c["failed"] for c in result["counts"].values())
+    return 0 if result["complete"] and result["alive_after"] and not failed else 1
+
+
+def run_soak(argv=None) -> dict:
+    """The soak of the command line ``argv`` -> its result."""
     args = build_parser().parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     if not 1 <= args.soak <= 100_000:

@@ -3,13 +3,13 @@ endpoint driven with gradio_client on a server on a free port (good inputs
 give the generator's faces, bad ones a message and the server goes on), the
 command line, and a run of the real script that opens no connection beyond
 localhost. The browser test is tests/test_app_browser.py."""
-import io
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
-import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -227,9 +227,6 @@ def test_project_gives_the_aligned_face_its_projection_and_an_id_that_edit_photo
 
 def bomb_png() -> bytes:
     """A PNG whose header claims 6000x5000 pixels (30 MP) in a few hundred bytes."""
-    import struct
-    import zlib
-
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6000, 5000, 8, 2, 0, 0, 0))
@@ -404,7 +401,7 @@ def test_a_small_soak_answers_or_refuses_every_request_and_the_server_lives(tmp_
     params, _ = tiny_params(tmp_path)
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "g"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    result = explorer_load.main(["--soak", "40", "--warmup", "10", "--params", str(params), "--photo-slots", "1",
+    result = explorer_load.run_soak(["--soak", "40", "--warmup", "10", "--params", str(params), "--photo-slots", "1",
                                  "--runtime", "torch", "--time-limit", "300", "--out-json", str(tmp_path / "soak.json")])
     assert result["complete"] and result["alive_after"] and result["failures"] == []
     counts = result["counts"]
@@ -413,4 +410,4 @@ def test_a_small_soak_answers_or_refuses_every_request_and_the_server_lives(tmp_
     assert [row["requests"] for row in result["rss"]] == [0, 40]
     assert not any(f.is_file() and f.read_bytes() == PORTRAIT.read_bytes() for f in (tmp_path / "g").rglob("*"))
     with pytest.raises(UserError, match="--soak"):
-        explorer_load.main(["--soak", "0"])
+        explorer_load.run_soak(["--soak", "0"])
