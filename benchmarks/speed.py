@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --explorer: seconds for the whole test (rows stop early past it)")
     load.add_argument("--explorer-runtime", default="auto", choices=["auto", "onnx", "torch"],
                       help="with --explorer: app.py --runtime (what renders the faces)")
+    load.add_argument("--soak", type=int, default=0,
+                      help="with --explorer: this many mixed requests (the soak, docs/explorer.md) instead of the load test")
     onnx = parser.add_argument_group("eager PyTorch against onnxruntime for one generator on the CPU "
                                      "(benchmarks/onnx_speed.py; pip install -r requirements-export.txt)")
     onnx.add_argument("--onnx", action="store_true",
@@ -198,6 +200,9 @@ def main(argv=None) -> int:
     if args.gpu_check:
         args.argv = list(argv if argv is not None else sys.argv[1:])
         return gpu_check.run_check(args)
+    if args.explorer and args.soak:
+        return explorer_load.main(["--soak", str(args.soak), "--params", args.explorer_params,
+                                   "--runtime", args.explorer_runtime])
     if args.explorer:
         explorer_load.check(args)
         args.argv = list(argv if argv is not None else sys.argv[1:])
