@@ -208,10 +208,15 @@ def run(args) -> dict:
         result["memory_end"] = rss_mb(server.proc.pid)
     finally:
         server.stop()
-    print(table(result))
+    return report(result, table(result), args.out_json)
+
+
+def report(result: dict, text: str, out_json: str | None) -> dict:
+    """Print the table and the JSON line; also write the JSON to ``out_json`` when given -> ``result``."""
+    print(text)
     print(json.dumps(result))
-    if args.out_json:
-        with utils.atomic_path(args.out_json) as tmp:
+    if out_json:
+        with utils.atomic_path(out_json) as tmp:
             Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -344,12 +349,7 @@ def soak(args) -> dict:
               "requests": done, "complete": done == args.soak, "counts": counts, "failures": failures,
               "alive_after": alive, "rss": samples,
               "growth_mb": samples[-1]["rss_mb"] - samples[0]["rss_mb"] if len(samples) > 1 else None}
-    print(soak_table(result))
-    print(json.dumps(result))
-    if args.out_json:
-        with utils.atomic_path(args.out_json) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return report(result, soak_table(result), args.out_json)
 
 
 def soak_table(result: dict) -> str:

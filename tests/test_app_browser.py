@@ -46,6 +46,16 @@ def pixels(locator) -> np.ndarray:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
+def slide_smiling(page) -> np.ndarray:
+    """Move the picked face's Smiling slider to +3, wait for the new face -> its pixels."""
+    before = page.locator("#face img").get_attribute("src")
+    page.locator("#edit-Smiling input[type=range]").fill("3")
+    page.wait_for_function("src => { const i = document.querySelector('#face img');"
+                           " return i.getAttribute('src') != src && i.complete && i.naturalWidth == 64 }",
+                           arg=before)
+    return pixels(page.locator("#face img"))[0]
+
+
 def test_the_page_shows_real_faces_and_a_picked_face_follows_its_slider(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     monkeypatch.chdir(ROOT)
@@ -77,12 +87,7 @@ def test_the_page_shows_real_faces_and_a_picked_face_follows_its_slider(tmp_path
                                    " return i && i.complete && i.naturalWidth == 64 }")
             picked = pixels(page.locator("#face img"))[0]
             assert np.abs(picked.astype(int) - want[5]).mean() < 1
-            before = page.locator("#face img").get_attribute("src")
-            page.locator("#edit-Smiling input[type=range]").fill("3")
-            page.wait_for_function("src => { const i = document.querySelector('#face img');"
-                                   " return i.getAttribute('src') != src && i.complete && i.naturalWidth == 64 }",
-                                   arg=before)
-            smiling = pixels(page.locator("#face img"))[0]
+            smiling = slide_smiling(page)
             assert np.abs(smiling.astype(int) - explorer.face(5, [("Smiling", 3.0)])).mean() < 1
             assert np.abs(smiling.astype(int) - picked).mean() > 2
 
@@ -141,12 +146,7 @@ def test_an_uploaded_photo_is_aligned_projected_and_edited_by_its_slider(tmp_pat
             picked = pixels(page.locator("#face img"))[0]
             assert np.abs(picked.astype(int) - explorer.face(0, [], photo_id)).mean() < 1  # the projection
             assert np.abs(picked.astype(int) - pixels(page.locator("#photo-projection img"))[0]).mean() < 1
-            before = page.locator("#face img").get_attribute("src")
-            page.locator("#edit-Smiling input[type=range]").fill("3")
-            page.wait_for_function("src => { const i = document.querySelector('#face img');"
-                                   " return i.getAttribute('src') != src && i.complete && i.naturalWidth == 64 }",
-                                   arg=before)
-            smiling = pixels(page.locator("#face img"))[0]
+            smiling = slide_smiling(page)
             assert np.abs(smiling.astype(int) - explorer.face(0, [("Smiling", 3.0)], photo_id)).mean() < 1
             assert np.abs(smiling.astype(int) - picked).mean() > 2
             page.screenshot(path=str(tmp_path / "photo.png"), full_page=True)
