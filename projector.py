@@ -20,7 +20,6 @@ person, not a copy. Method and measurements: docs/projection.md.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from tqdm import tqdm
 import utils
 from editing.directions import (EDIT_EXAMPLE, carry_directions, directions_path, load_directions, parse_edit,
                                 read_directions, weights_fingerprint)
-from editing.projection import project_z, psnr, ssim, tune_generator
+from editing.projection import as_target, project_z, psnr, ssim, tune_generator
 from network import load_generator, save_generator_params
 from preprocessing.align import align_face, crop_face
 from preprocessing.photo import read_photo_file
@@ -100,12 +99,6 @@ def folder_names(photos) -> list[str]:
         seen[stem] = seen.get(stem, 0) + 1
         names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return names
-
-
-def as_target(face, device) -> torch.Tensor:
-    """A 64 px RGB PIL face -> (1, 3, S, S) float in [-1, 1]."""
-    x = torch.from_numpy(np.asarray(face, dtype=np.uint8).copy()).permute(2, 0, 1)[None].float()
-    return (x / 127.5 - 1).to(device)
 
 
 def quantized(images: torch.Tensor) -> torch.Tensor:

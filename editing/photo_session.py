@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from editing.projection import project_z, tune_generator
+from editing.projection import as_target, project_z, tune_generator
 from preprocessing.align import align_face, crop_face
 from preprocessing.photo import read_photo
 from utils import UserError
@@ -107,11 +107,6 @@ def align_photo(data, size: int) -> tuple[np.ndarray, dict]:
     refused (preprocessing.photo) or no usable face (preprocessing.align)."""
     aligned, info = align_face(read_photo(data, "the photo"))
     return np.asarray(crop_face(aligned, size)), info
-
-
-def as_target(face: np.ndarray, device="cpu") -> torch.Tensor:
-    """uint8 H x W x 3 -> (1, 3, H, W) float in [-1, 1]."""
-    return (torch.from_numpy(np.array(face, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 127.5 - 1).to(device)
 
 
 def project_latent(generator, target: np.ndarray, settings: PhotoSettings, progress: str | None = None) -> torch.Tensor:

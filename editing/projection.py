@@ -20,15 +20,23 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from dataloader import to_float
 
 # --------------------------------------------------------------------------- #
 # Image similarity
 # --------------------------------------------------------------------------- #
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004's Gaussian window
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # (K L)^2 for images in [0, 1]
+
+
+def as_target(face, device="cpu") -> torch.Tensor:
+    """A uint8 H x W x 3 face (array or PIL) -> (1, 3, H, W) float in [-1, 1], as training reads images."""
+    return to_float(torch.from_numpy(np.array(face, dtype=np.uint8))[None]).to(device)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
