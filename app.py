@@ -75,6 +75,7 @@ MAX_PHOTO_MB = MAX_PHOTO_BYTES // 2**20  # an upload's size limit (preprocessing
 WALK_LABEL = "Walk: a continuous seed"
 TRIM_SECONDS = 20  # how often the C heap's free pages are handed back to the system (glibc's malloc_trim)
 ARENAS = 2  # glibc malloc arenas: one per thread by default, each keeping its freed memory
+MMAP_BYTES = 512 * 2**10  # blocks this big or bigger get their own pages, returned to the system when freed
 
 try:  # glibc, to give back the memory a request freed (Linux; elsewhere the allocator is left alone)
     LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
@@ -387,7 +388,8 @@ class Explorer:
         settings = self.photo_settings
         z = project_latent(self.base, target, settings, progress and f"{progress}: the latent").cpu()
         yield target, self.render(z[None], self.base)[0], None
-        tuned = tune(self.base, z.to(self.device), target, settings, progress and f"{progress}: tuning")
+        tuned = tune(self.base, z.to(self.device), target, settings, progress and f"{progress}: tuning",
+                     directions=None if self.directions is None else self.directions.vectors)
         photo_id = self.photos.add(Projection(z, tuned, target, info))
         yield target, self.render(z[None], tuned)[0], photo_id
 
@@ -845,11 +847,14 @@ def trim_memory() -> None:
 
 def keep_memory_small(every: float = TRIM_SECONDS) -> None:
     """Cap glibc's malloc arenas at ARENAS (the server's threads share them
-    instead of keeping one each) and trim the heap every ``every`` seconds in
-    a daemon thread; nothing off glibc."""
+    instead of keeping one each), give blocks of MMAP_BYTES or more their own
+    pages (glibc otherwise raises that bar to the largest block freed, up to
+    32 MiB, and a projection's buffers then stay in the heap), and trim the
+    heap every ``every`` seconds in a daemon thread; nothing off glibc."""
     if LIBC is None:
         return
     LIBC.mallopt(-8, ARENAS)  # M_ARENA_MAX
+    LIBC.mallopt(-3, MMAP_BYTES)  # M_MMAP_THRESHOLD; a fixed value also stops glibc moving it
 
     def run():
         while True:

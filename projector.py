@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--candidates", type=int, default=256, help="random z the starting points are picked from")
     parser.add_argument("--ssim-weight", type=float, default=0.0, help="loss = pixel MSE + this x (1 - SSIM)")
     parser.add_argument("--locality", type=float, default=0.1,
-                        help="weight keeping the tuned generator equal to the original around z (0: plain PTI)")
+                        help="weight keeping the tuned generator equal to the original around z, in random "
+                             "directions and along the named ones (0: plain PTI)")
     parser.add_argument("--radius", type=float, default=3.0, help="distance from z of the latents --locality holds")
     parser.add_argument("--edit", metavar="EDITS", default=None,
                         help=f'also write edited.png: the projection moved along named directions, e.g. '
@@ -145,6 +146,7 @@ def project_photo(photo, name: str, out: Path, generator, config: dict, book, bl
     if args.tune_steps:
         tuned = tune_generator(generator, z[0], target[0], steps=args.tune_steps, ssim_weight=args.ssim_weight,
                                locality=args.locality, radius=args.radius, seed=args.seed,
+                               directions=None if book is None else book.vectors.to(device),
                                progress=f"{name}: tuning")
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     # ---- what it wrote, and how close it came ----

@@ -118,20 +118,23 @@ def project_latent(generator, target: np.ndarray, settings: PhotoSettings, progr
 
 
 def tune(generator, z: torch.Tensor, target: np.ndarray, settings: PhotoSettings,
-         progress: str | None = None) -> torch.nn.Module:
+         progress: str | None = None, directions: torch.Tensor | None = None) -> torch.nn.Module:
     """A copy of ``generator`` tuned so its face at ``z`` is the aligned face
-    (``generator`` itself when settings.tune_steps is 0)."""
+    (``generator`` itself when settings.tune_steps is 0); ``directions``
+    (K, nz), the named ones, are held by the locality term too."""
     if not settings.tune_steps:
         return generator
     device = next(generator.parameters()).device
     return tune_generator(generator, z, as_target(target, device)[0], steps=settings.tune_steps,
-                          locality=settings.locality, radius=settings.radius, progress=progress)
+                          locality=settings.locality, radius=settings.radius, progress=progress,
+                          directions=None if directions is None else directions.to(device))
 
 
-def project(generator, target: np.ndarray, settings: PhotoSettings) -> tuple[torch.Tensor, torch.nn.Module]:
+def project(generator, target: np.ndarray, settings: PhotoSettings,
+            directions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.nn.Module]:
     """The aligned face -> (its latent, the generator tuned around it)."""
     z = project_latent(generator, target, settings)
-    return z, tune(generator, z, target, settings)
+    return z, tune(generator, z, target, settings, directions=directions)
 
 
 class Expiring:

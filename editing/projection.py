@@ -162,6 +162,19 @@ def project_z(
 # --------------------------------------------------------------------------- #
 # Pivotal tuning: the generator's weights around the pivot
 # --------------------------------------------------------------------------- #
+def locality_latents(pivot: torch.Tensor, radius: float, samples: int, directions: torch.Tensor | None,
+                     rng: torch.Generator) -> torch.Tensor:
+    """Latents ``radius`` from the pivot (1, nz): ``samples`` in random
+    directions, and, with named ``directions`` (K, nz), one more along a random
+    one of them, either way -> (samples [+ 1], nz)."""
+    u = torch.randn(samples, pivot.shape[1], generator=rng)
+    if directions is not None:
+        k = int(torch.randint(len(directions), (1,), generator=rng))
+        sign = 1.0 if torch.rand((), generator=rng) < 0.5 else -1.0
+        u = torch.cat([u, sign * directions[k : k + 1].cpu()])
+    return pivot + radius * (u / u.norm(dim=1, keepdim=True)).to(pivot.device)
+
+
 def tune_generator(
     generator,                  # the projection's generator; left unchanged (a copy is tuned)
     pivot: torch.Tensor,        # (nz,) the projected latent
@@ -173,12 +186,15 @@ def tune_generator(
     radius: float = 3.0,        # distance from the pivot of the latents the locality term holds
     samples: int = 1,           # such latents per step
     seed: int = 0,              # the locality latents
+    directions: torch.Tensor | None = None,  # (K, nz) named directions: each step also holds pivot +- radius x one
     progress: str | None = None,
 ) -> torch.nn.Module:
     """A copy of ``generator`` whose face at ``pivot`` is ``target``, its
     BatchNorm statistics frozen (eval mode). The locality term (Roich et al.
-    2021) keeps its faces at random latents ``radius`` from the pivot equal to
-    the original generator's, so moves along the named directions stay edits."""
+    2021) keeps its faces at latents ``radius`` from the pivot equal to the
+    original generator's: random ones, and with ``directions`` one along a
+    named direction each step, exactly where an edit of that strength lands,
+    so the named edits keep working on the tuned copy."""
     original = generator
     tuned = copy.deepcopy(generator).eval()
     for p in tuned.parameters():
@@ -190,8 +206,7 @@ def tune_generator(
     for step in bar:
         loss = image_loss(tuned(pivot), target, ssim_weight).sum()
         if locality:
-            u = torch.randn(samples, pivot.shape[1], generator=rng).to(pivot.device)
-            z_r = pivot + radius * u / u.norm(dim=1, keepdim=True)
+            z_r = locality_latents(pivot, radius, samples, directions, rng)
             with torch.no_grad():
                 anchor = original(z_r)
             loss = loss + locality * (tuned(z_r) - anchor).pow(2).flatten(1).mean(1).mean()
