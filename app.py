@@ -581,17 +581,15 @@ class Handlers:
     def photo_file(self, path: str) -> str:
         """A file made for a photo (a walk's GIF) -> its copy in Gradio's cache, deleted PHOTO_FILE_SECONDS
         later; the explorer's own copy at once."""
-        cached = processing_utils.save_file_to_cache(path, cache_dir=gradio_utils.get_upload_folder())
+        cached = self.expiring.keep(lambda: processing_utils.save_file_to_cache(
+            path, cache_dir=gradio_utils.get_upload_folder()))
         shutil.rmtree(Path(path).parent, ignore_errors=True)
-        self.expiring.add(Path(cached).parent)
         return cached
 
     def photo_png(self, image: np.ndarray) -> str:
         """A face of the visitor's photo -> the PNG Gradio sends, in its cache, deleted PHOTO_FILE_SECONDS later."""
-        path = processing_utils.save_img_array_to_cache(image, cache_dir=gradio_utils.get_upload_folder(),
-                                                        format="png")
-        self.expiring.add(Path(path).parent)
-        return path
+        return self.expiring.keep(lambda: processing_utils.save_img_array_to_cache(
+            image, cache_dir=gradio_utils.get_upload_folder(), format="png"))
 
     # the walk and the arithmetic ---------------------------------------------------
     @answer

@@ -138,33 +138,49 @@ def project(generator, target: np.ndarray, settings: PhotoSettings,
 
 
 class Expiring:
-    """Folders deleted ``seconds`` after they are handed over (a daemon thread
-    sweeps every ``every`` seconds; ``sweep()`` runs it now): where a server
-    keeps the pictures it sent for a photo only as long as a page needs to
-    load them."""
+    """Folders deleted ``seconds`` after they are last handed over (a daemon
+    thread sweeps every ``every`` seconds; ``sweep()`` runs it now): where a
+    server keeps the pictures it sent for a photo only as long as a page needs
+    to load them. A folder handed over again lives ``seconds`` from then:
+    Gradio names its files by their content, so two requests for the same
+    picture share one folder."""
 
     def __init__(self, seconds: float = 60.0, every: float = 5.0):
         self.seconds, self.every = seconds, every
         self._due: deque[tuple[float, Path]] = deque()
-        self._lock = threading.Lock()
+        self._last: dict[Path, float] = {}  # each folder's latest deadline
+        self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
 
     def add(self, folder) -> None:
         with self._lock:
-            self._due.append((time.monotonic() + self.seconds, Path(folder)))
+            due, folder = time.monotonic() + self.seconds, Path(folder)
+            self._due.append((due, folder))
+            self._last[folder] = due
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="expiring-files", daemon=True)
                 self._thread.start()
 
+    def keep(self, make) -> str:
+        """``make()`` writes a file and answers its path; its folder is handed
+        over with no sweep in between (a sweep could delete the folder a
+        request wrote into before it is handed over again) -> the path."""
+        with self._lock:
+            path = make()
+            self.add(Path(path).parent)
+        return path
+
     def sweep(self, everything: bool = False) -> int:
         """Delete the folders whose time has come (all, with ``everything``) -> how many."""
-        now, done = time.monotonic(), []
+        now, done = time.monotonic(), 0
         with self._lock:
             while self._due and (everything or self._due[0][0] <= now):
-                done.append(self._due.popleft()[1])
-        for folder in done:
-            shutil.rmtree(folder, ignore_errors=True)
-        return len(done)
+                due, folder = self._due.popleft()
+                if everything or self._last.get(folder) == due:  # not handed over again since
+                    self._last.pop(folder, None)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    done += 1
+        return done
 
     def __len__(self) -> int:
         return len(self._due)

@@ -21,7 +21,8 @@ import app
 from editing.classifier import AttributeNet, save_classifier
 from editing.directions import directions_path, save_directions, weights_fingerprint
 from editing.latents import latents
-from editing.photo_session import EXPIRED, PhotoSettings, Projection, Projections
+from editing import photo_session
+from editing.photo_session import EXPIRED, Expiring, PhotoSettings, Projection, Projections
 from network import Generator, load_generator, save_generator_params
 from preprocessing import align
 from utils import UserError
@@ -283,6 +284,23 @@ def test_the_server_keeps_the_last_projections_and_says_when_one_expired(tmp_pat
             action()
 
 
+
+def test_a_photo_picture_sent_twice_lives_a_minute_from_the_second_time(tmp_path, monkeypatch):
+    """Gradio names a picture's folder by its content: the same edit of the
+    same photo asked twice shares one folder, which must not be deleted a
+    minute after the first request while the second is being answered
+    (the 2,000-request soak lost one edit_photo answer so)."""
+    clock = [100.0]
+    monkeypatch.setattr(photo_session.time, "monotonic", lambda: clock[0])
+    expiring, folder = Expiring(seconds=60, every=3600), tmp_path / "same-content-hash"
+    folder.mkdir()
+    assert expiring.keep(lambda: str(folder / "image.png")) == str(folder / "image.png")
+    clock[0] += 50
+    expiring.add(folder)  # the second request, 50 s later
+    clock[0] += 20  # the first request's minute is over
+    assert expiring.sweep() == 0 and folder.exists()
+    clock[0] += 45
+    assert expiring.sweep() == 1 and not folder.exists()
 
 
 def test_params_without_directions_say_how_to_make_them(tmp_path):
