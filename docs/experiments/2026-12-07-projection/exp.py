@@ -1,4 +1,10 @@
-"""Scratch: measure projection candidates on CelebA-half faces (selection or report split)."""
+"""Scratch: measure projection candidates on CelebA-half faces (selection or report split).
+First round: the rows of sel.jsonl.gz and report*.jsonl.gz (without the edit-PSNR fields and --dirs).
+Second round (2026-12-07): --dirs passes the named directions to tune_generator's locality term.
+The "changes" rows (--hold changes) ran with an option since removed from tune_generator, whose
+anchor was the person changed as the original changes its own face at the pivot:
+    anchor = (target + original(z_r) - original(pivot)).clamp(-1, 1)
+"""
 import argparse, json, sys, time, os
 from pathlib import Path
 import numpy as np
@@ -35,6 +41,9 @@ p.add_argument("--radius", type=float, default=3.0)
 p.add_argument("--samples", type=int, default=4)
 p.add_argument("--tssim", type=float, default=None)
 p.add_argument("--tag", required=True)
+p.add_argument("--dirs", action="store_true")
+p.add_argument("--hold", default="faces")
+p.add_argument("--zfrom", default=None)
 p.add_argument("--threads", type=int, default=1)
 p.add_argument("--out", default="/tmp/proj/rows.jsonl")
 p.add_argument("--part", default="0/1")
@@ -73,7 +82,7 @@ def probs(images):
     return out
 
 
-zkey = f"/tmp/proj/z_{a.split}_{a.n}_{a.zsteps}_{a.restarts}_{a.cands}_{a.ssim}.pt"
+zkey = a.zfrom or f"/tmp/proj/z_{a.split}_{a.n}_{a.zsteps}_{a.restarts}_{a.cands}_{a.ssim}.pt"
 t0 = time.time()
 if Path(zkey).exists():
     Z = torch.load(zkey)
@@ -103,14 +112,18 @@ with open(a.out, "a") as f:
         if a.tsteps:
             t1 = time.time()
             Gt = tune_generator(G, Z[i], T[i], steps=a.tsteps, lr=a.tlr, ssim_weight=tssim, locality=a.locality,
-                                radius=a.radius, samples=a.samples, seed=i)
+                                radius=a.radius, samples=a.samples, seed=i,
+                                directions=book.vectors if a.dirs else None)
             row["tune_seconds"] = time.time() - t1
             with torch.no_grad():
                 Pt = Gt(Z[i:i+1])
                 q = Pt.add(1).mul(127.5).round().div(127.5).sub(1)
                 row["psnr_t"], row["ssim_t"] = psnr(q, T[i:i+1]).item(), ssim(q, T[i:i+1]).item()
                 row["proj_t"] = {k: v[0] for k, v in probs(Pt).items()}
-                row["edit_t"] = {e: {k: v[0] for k, v in probs(Gt(Z[i:i+1] + 3 * book.vector(e))).items()} for e in EDITS}
+                Et = {e: Gt(Z[i:i+1] + 3 * book.vector(e)) for e in EDITS}
+                row["edit_t"] = {e: {k: v[0] for k, v in probs(Et[e]).items()} for e in EDITS}
+                row["psnr_edit_t"] = {e: psnr(Et[e], T[i:i+1]).item() for e in EDITS}
+            row["psnr_edit_z"] = {e: psnr(G(Z[i:i+1] + 3 * book.vector(e)), T[i:i+1]).item() for e in EDITS}
         f.write(json.dumps(row) + "\n"); f.flush()
         rows.append(row)
 print(a.tag, "z s/face", zsec, "psnr_z", np.mean([r["psnr_z"] for r in rows]),
