@@ -18,6 +18,9 @@ import torch
 from PIL import Image
 
 import app
+from explorer.core import Explorer
+from explorer.inputs import check_seed, page_seeds, parse_seeds
+from explorer.page import Handlers, build_app, serve
 from editing.classifier import AttributeNet, save_classifier
 from editing.directions import directions_path, save_directions, weights_fingerprint
 from editing.latents import latents
@@ -67,11 +70,11 @@ def served(tmp_path_factory):
     before = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")  # read when files are cached, not at import
     params, classifier = tiny_params(folder)
-    explorer = app.Explorer.load(str(params), classifier=str(classifier), pool_size=64, background=False)
+    explorer = Explorer.load(str(params), classifier=str(classifier), pool_size=64, background=False)
     explorer.photo_settings = TINY_PHOTO
-    explorer.test_handlers = app.Handlers(explorer)
+    explorer.test_handlers = Handlers(explorer)
     port = free_port()
-    demo = app.serve(app.build_app(explorer, explorer.test_handlers), port=port, queue_size=8, block=False)
+    demo = serve(build_app(explorer, explorer.test_handlers), port=port, queue_size=8, block=False)
     client = gradio_client.Client(f"http://127.0.0.1:{port}/", download_files=str(folder / "downloads"),
                                   verbose=False)
     yield explorer, client
@@ -88,19 +91,19 @@ def read(path) -> np.ndarray:
 
 
 def test_seed_lists_are_parsed_and_bounded():
-    assert app.parse_seeds("0-3") == [0, 1, 2, 3]
-    assert app.parse_seeds(" 3, 7 ,42") == [3, 7, 42]
-    assert app.parse_seeds("0-1, 10") == [0, 1, 10]
-    assert app.page_seeds("0-15", +1) == "16-31" and app.page_seeds("16-31", -1) == "0-15"
-    assert app.page_seeds("3,4", -1) == "1-2" and app.page_seeds("0-15", -1) == "0-15"
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds(" 3, 7 ,42") == [3, 7, 42]
+    assert parse_seeds("0-1, 10") == [0, 1, 10]
+    assert page_seeds("0-15", +1) == "16-31" and page_seeds("16-31", -1) == "0-15"
+    assert page_seeds("3,4", -1) == "1-2" and page_seeds("0-15", -1) == "0-15"
     for text, match in [("", "no seeds"), ("0-", "not a seed"), ("a", "not a seed"), ("-3", "not a seed"),
                         ("5-2", "backwards"), ("0-64", "more than 64"), (f"{2**31}", "too large"),
                         ("1" * 500, "characters"), ("1.5", "not a seed"), ("٣", "not a seed")]:
         with pytest.raises(UserError, match=match):
-            app.parse_seeds(text)
+            parse_seeds(text)
     for value in (-1, float("nan"), float("inf"), 2**31, "x", None):
         with pytest.raises(UserError):
-            app.check_seed(value)
+            check_seed(value)
 
 
 def test_faces_are_the_generators_faces_by_seed_with_their_grid(served):
@@ -182,7 +185,7 @@ def test_every_action_is_a_named_endpoint_and_the_page_takes_no_path(served):
     for name, endpoint in api["named_endpoints"].items():
         for parameter in endpoint["parameters"]:  # only the photo is a file, and no endpoint takes a path
             assert ("file" in str(parameter["python_type"]).lower()) == (name == "/project"), parameter
-    config = str(app.build_app(explorer).config)
+    config = str(build_app(explorer).config)
     assert "Smiling" in config and "Male" in config  # a slider per direction
     import httpx
 
@@ -271,7 +274,7 @@ def test_the_server_keeps_the_last_projections_and_says_when_one_expired(tmp_pat
     with pytest.raises(UserError, match="not a photo id"):
         store.get("x")
     params, _ = tiny_params(tmp_path)
-    explorer = app.Explorer.load(str(params), classifier=None, photo_slots=1)
+    explorer = Explorer.load(str(params), classifier=None, photo_slots=1)
     generator = explorer.base
     ids = [explorer.photos.add(Projection(explorer.latent_at(k), generator, None)) for k in (3, 4)]
     assert np.array_equal(explorer.face(0, [], ids[1]), explorer.face(4))
@@ -305,9 +308,9 @@ def test_a_photo_picture_sent_twice_lives_a_minute_from_the_second_time(tmp_path
 
 def test_params_without_directions_say_how_to_make_them(tmp_path):
     params, _ = tiny_params(tmp_path, directions=False)
-    explorer = app.Explorer.load(str(params), classifier=None)
+    explorer = Explorer.load(str(params), classifier=None)
     assert explorer.names == [] and "attributes.py directions --params" in explorer.directions_note
-    config = str(app.build_app(explorer).config)
+    config = str(build_app(explorer).config)
     assert "no named directions" in config and "attributes.py directions" in config
     assert explorer.face(1).shape == (32, 32, 3)  # walking still works
     with pytest.raises(UserError, match="attributes.py directions"):
@@ -318,7 +321,7 @@ def test_params_without_directions_say_how_to_make_them(tmp_path):
 
 def test_concepts_answer_that_they_are_coming_while_the_pool_is_made(tmp_path):
     params, _ = tiny_params(tmp_path)
-    explorer = app.Explorer.load(str(params), classifier=None)
+    explorer = Explorer.load(str(params), classifier=None)
     release = __import__("threading").Event()
     explorer.use_pool(lambda: release.wait(30) and None, NAMES, 10, background=True)
     with pytest.raises(UserError, match="still being classified"):

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import app
+from explorer.core import Explorer
+from explorer.page import build_app, serve
+from utils.paths import CLASSIFIER, PRETRAINED_PARAMS
 from editing.latents import latents
 from editing.photo_session import PhotoSettings
 from preprocessing import align
@@ -60,10 +62,10 @@ def test_the_page_shows_real_faces_and_a_picked_face_follows_its_slider(tmp_path
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     monkeypatch.chdir(ROOT)
     readme = os.environ.get("EXPLORER_SCREENSHOT")  # the README's picture: the page as `python app.py` serves it
-    explorer = app.Explorer.load(app.PRETRAINED, classifier=app.CLASSIFIER if readme else None, background=False)
+    explorer = Explorer.load(PRETRAINED_PARAMS, classifier=CLASSIFIER if readme else None, background=False)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    demo = app.serve(app.build_app(explorer), port=port, block=False)
+    demo = serve(build_app(explorer), port=port, block=False)
     requests = []
     try:
         with sync_api.sync_playwright() as playwright:
@@ -117,11 +119,11 @@ def test_an_uploaded_photo_is_aligned_projected_and_edited_by_its_slider(tmp_pat
     tiny settings (sizes only), so the test takes seconds."""
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     monkeypatch.chdir(ROOT)
-    explorer = app.Explorer.load(app.PRETRAINED, classifier=None, background=False)
+    explorer = Explorer.load(PRETRAINED_PARAMS, classifier=None, background=False)
     explorer.photo_settings = PhotoSettings(steps=10, candidates=16, restarts=1, tune_steps=5)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    demo = app.serve(app.build_app(explorer), port=port, block=False)
+    demo = serve(build_app(explorer), port=port, block=False)
     try:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"preprocess", "train", "generator", "evaluate", "attributes", "bench", "bench_quality", "app", "projector"}  # python X.py
 TOP_LEVEL = SCRIPTS | {"dataloader", "network", "network_128"}  # the design's files a reader opens first
-PACKAGES = {"training", "metrics", "benchmarks", "preprocessing", "editing", "utils", "export"}
+PACKAGES = {"training", "metrics", "benchmarks", "preprocessing", "editing", "utils", "export", "explorer"}
 MAX_LAZY_IMPORTS = 10  # project imports inside functions, each for an optional dependency or a torch-free fast path
 
 

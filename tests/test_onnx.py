@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import app
+from explorer import core
 from editing.directions import load_directions
 from export import onnx_export, onnx_runtime
 from export.onnx_export import export_onnx
@@ -89,15 +89,15 @@ def test_bad_exports_and_bad_files_are_one_line_and_write_nothing(tmp_path):
 
 def test_the_explorer_renders_the_same_faces_with_either_runtime(shipped, monkeypatch, capsys):
     generator, config, _, path = shipped
-    monkeypatch.setattr(app, "onnx_bytes_apart", lambda params, use_ema: path.read_bytes())  # exported above
+    monkeypatch.setattr(core, "onnx_bytes_apart", lambda params, use_ema: path.read_bytes())  # exported above
     faces = {}
     for runtime in ("torch", "onnx"):
-        explorer = app.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime=runtime)
+        explorer = core.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime=runtime)
         name = "onnxruntime" if runtime == "onnx" else "PyTorch"
         assert explorer.runtime == name and f"rendered by {name};" in explorer.summary()
         faces[runtime] = explorer.faces("0-6")[1].astype(int)
     assert np.abs(faces["torch"] - faces["onnx"]).max() <= 1  # 1e-6 apart before rounding to uint8
-    explorer = app.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime="auto")  # made in a thread
+    explorer = core.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime="auto")  # made in a thread
     for _ in range(200):
         if not explorer.onnx_pending:
             break
@@ -106,15 +106,15 @@ def test_the_explorer_renders_the_same_faces_with_either_runtime(shipped, monkey
 
     def failing(params, use_ema):
         raise UserError("the export failed")
-    monkeypatch.setattr(app, "onnx_bytes_apart", failing)  # auto: PyTorch goes on; onnx: the one line
-    explorer = app.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime="auto", background=False)
+    monkeypatch.setattr(core, "onnx_bytes_apart", failing)  # auto: PyTorch goes on; onnx: the one line
+    explorer = core.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime="auto", background=False)
     assert explorer.runtime == "PyTorch" and "the export failed); rendering with PyTorch" in capsys.readouterr().err
     with pytest.raises(UserError, match="the export failed"):
-        app.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime="onnx")
-    monkeypatch.setattr(app, "onnxruntime", None)  # without onnxruntime: auto is PyTorch, onnx says what to install
+        core.Explorer.load(PRETRAINED_PARAMS, classifier=None, runtime="onnx")
+    monkeypatch.setattr(core, "onnxruntime", None)  # without onnxruntime: auto is PyTorch, onnx says what to install
     monkeypatch.setattr(onnx_runtime, "onnxruntime", None)
-    assert not app.wants_onnx("auto", "cpu") and not app.wants_onnx("torch", "cpu")
+    assert not core.wants_onnx("auto", "cpu") and not core.wants_onnx("torch", "cpu")
     with pytest.raises(UserError, match="needs onnxruntime: pip install -r requirements-export.txt"):
-        app.wants_onnx("onnx", "cpu")
+        core.wants_onnx("onnx", "cpu")
     with pytest.raises(UserError, match="--runtime onnx runs on the CPU"):
-        app.wants_onnx("onnx", "cuda")
+        core.wants_onnx("onnx", "cuda")
