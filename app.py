@@ -1,5 +1,6 @@
 """The face explorer: a page in the browser to pick, walk, edit and add a
-generator's faces (Gradio), served on this machine only unless --host says otherwise.
+generator's faces, and to project your own photo (Gradio), served on this
+machine only unless --host says otherwise. The parts live in explorer/.
 
     python app.py                                              # http://127.0.0.1:7860, assets/celeba_64.params
     python app.py --params runs/x/generator.params --port 7861 # any run's params (edits need its directions)
@@ -7,7 +8,7 @@ generator's faces (Gradio), served on this machine only unless --host says other
     python app.py --runtime torch                              # eager PyTorch renders (default: onnxruntime if installed)
 
 Every action is also an API endpoint (``faces``, ``edit``, ``interpolate``,
-``arithmetic``) that ``gradio_client`` drives:
+``arithmetic``, ``project``, ``edit_photo``) that ``gradio_client`` drives:
 
     from gradio_client import Client
     faces, grid_png = Client("http://127.0.0.1:7860/").predict("0-15", api_name="/faces")
