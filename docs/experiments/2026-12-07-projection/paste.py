@@ -12,12 +12,14 @@ from network import load_generator
 from editing.projection import project_z, tune_generator, psnr, ssim, to_sphere
 from editing.latents import latents
 from utils.paths import PRETRAINED_PARAMS
+from editing.directions import load_directions
 
 torch.set_num_threads(1)
 n = int(sys.argv[1]); mode = sys.argv[2]  # aligned | detect
 D = "/work/shared/data/celeba_half/img_align_celeba"
 names = sorted(os.listdir(D))[7217:7817]
 G, _ = load_generator(PRETRAINED_PARAMS)
+NAMED = load_directions(PRETRAINED_PARAMS, G).vectors  # the default since the second round (first round: None)
 out = open(f"/tmp/proj/paste_{mode}.jsonl", "a")
 
 
@@ -44,7 +46,7 @@ for k in range(n):
         out.write(json.dumps({"k": k, "error": str(e)}) + "\n"); continue
     target = t(crop_face(aligned, 64))
     z = project_z(G, target)
-    Gt = tune_generator(G, z[0], target[0])
+    Gt = tune_generator(G, z[0], target[0], directions=NAMED)
     with torch.no_grad():
         p = Gt(z).add(1).mul(127.5).round().div(127.5).sub(1)
     row = {"k": k, "mode": mode, "psnr_target": psnr(p, target).item(), "psnr_generated": psnr(p, t(gu8)).item(),
