@@ -146,7 +146,7 @@ def project_photo(photo, name: str, out: Path, generator, config: dict, book, bl
     if args.tune_steps:
         tuned = tune_generator(generator, z[0], target[0], steps=args.tune_steps, ssim_weight=args.ssim_weight,
                                locality=args.locality, radius=args.radius, seed=args.seed,
-                               directions=None if book is None else book.vectors.to(device),
+                               directions=None if book is None else book.vectors,
                                progress=f"{name}: tuning")
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     # ---- what it wrote, and how close it came ----
@@ -158,7 +158,7 @@ def project_photo(photo, name: str, out: Path, generator, config: dict, book, bl
         np.save(tmp, z[0].cpu().numpy().astype(np.float32))
     utils.save_png(utils.to_uint8(projected)[0], folder / "projected.png")
     if args.tune_steps:
-        save_tuned(folder / "generator.params", tuned, config, generator, photo, args)
+        save_tuned(folder / "generator.params", tuned, config, generator, photo, settings(args, book))
         carry_directions(blob, folder / "generator.params")
     faces, labels = [np.asarray(face), utils.to_uint8(projected)[0]], ["photo", "projection"]
     if book is not None:
@@ -179,7 +179,7 @@ def project_photo(photo, name: str, out: Path, generator, config: dict, book, bl
             "cpu_seconds": round(cpu_seconds, 2), "threads": torch.get_num_threads(),
             "seconds_align": round(seconds_align, 2), "box": list(info["box"]), "eye_distance": info["eye_distance"],
             "faces": info["faces"], "face": info["face"], "aligned_input": info["aligned_input"],
-            "params": str(args.params), "settings": settings(args), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "params": str(args.params), "settings": settings(args, book), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def directions(params, generator, config: dict, required: bool):
@@ -198,20 +198,21 @@ def directions(params, generator, config: dict, required: bool):
     return book, read_directions(path, params)
 
 
-def settings(args) -> dict:
-    """The method's settings, as recorded in results.jsonl and the tuned params."""
+def settings(args, book) -> dict:
+    """The method's settings, as recorded in results.jsonl and the tuned params
+    (``held``: the named directions the locality term held too)."""
     return {"steps": args.steps, "tune_steps": args.tune_steps, "restarts": args.restarts,
             "candidates": args.candidates, "ssim_weight": args.ssim_weight, "locality": args.locality,
-            "radius": args.radius, "seed": args.seed}
+            "radius": args.radius, "held": [] if book is None else list(book.names), "seed": args.seed}
 
 
-def save_tuned(path: Path, tuned, config: dict, base, photo, args) -> None:
+def save_tuned(path: Path, tuned, config: dict, base, photo, tuning: dict) -> None:
     """The tuned EMA weights as generator.params, its config recording
     ``tuned_from`` (the base weights' fingerprint: their directions apply)."""
     record = {k: v for k, v in config.items() if k != "weights"}
     record.update(weights="ema", tuned_from=config.get("tuned_from") or weights_fingerprint(base),
                   tuned_for=Path(photo).name,
-                  tuning=settings(args))
+                  tuning=tuning)
     save_generator_params(path, record, None, tuned.state_dict())
 
 

@@ -4,8 +4,9 @@ random id, at most ``capacity`` projections at once (the oldest dropped).
 
     store = Projections(capacity=16)
     target, info = align_photo(uploaded_bytes, size=64)     # one-line UserError for a bad upload
-    z, tuned = project(generator, target, PhotoSettings())  # the latent and the tuned copy
-    photo_id = store.add(Projection(z, tuned, target, info))
+    z = project_latent(generator, target, PhotoSettings())  # the latent
+    tuned = tune(generator, z, target, PhotoSettings(), directions=book.vectors)  # the generator tuned around it
+    photo_id = store.add(Projection(z, tuned, target))
     store.get(photo_id).z                                   # UserError EXPIRED once dropped
 
 Nothing here writes a file (``Expiring`` deletes the folders a server hands it,
@@ -20,8 +21,8 @@ import secrets
 import shutil
 import threading
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +54,11 @@ class PhotoSettings:
 @dataclass
 class Projection:
     """One projected photo: its latent (nz,), the generator that draws it (a
-    tuned copy, or the base generator when not tuned), the aligned face
-    (uint8 H x W x 3 at the generator's size) and the alignment's info."""
+    tuned copy, or the base generator when not tuned) and the aligned face
+    (uint8 H x W x 3 at the generator's size)."""
     z: torch.Tensor
     generator: torch.nn.Module
     target: np.ndarray
-    info: dict = field(default_factory=dict)
 
 
 class Projections:
@@ -127,14 +127,8 @@ def tune(generator, z: torch.Tensor, target: np.ndarray, settings: PhotoSettings
     device = next(generator.parameters()).device
     return tune_generator(generator, z, as_target(target, device)[0], steps=settings.tune_steps,
                           locality=settings.locality, radius=settings.radius, progress=progress,
-                          directions=None if directions is None else directions.to(device))
+                          directions=directions)
 
-
-def project(generator, target: np.ndarray, settings: PhotoSettings,
-            directions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.nn.Module]:
-    """The aligned face -> (its latent, the generator tuned around it)."""
-    z = project_latent(generator, target, settings)
-    return z, tune(generator, z, target, settings, directions=directions)
 
 
 class Expiring:
@@ -147,16 +141,13 @@ class Expiring:
 
     def __init__(self, seconds: float = 60.0, every: float = 5.0):
         self.seconds, self.every = seconds, every
-        self._due: deque[tuple[float, Path]] = deque()
-        self._last: dict[Path, float] = {}  # each folder's latest deadline
+        self._due: dict[Path, float] = {}  # each folder's deadline, from its last hand-over
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
 
     def add(self, folder) -> None:
         with self._lock:
-            due, folder = time.monotonic() + self.seconds, Path(folder)
-            self._due.append((due, folder))
-            self._last[folder] = due
+            self._due[Path(folder)] = time.monotonic() + self.seconds
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="expiring-files", daemon=True)
                 self._thread.start()
@@ -172,15 +163,13 @@ class Expiring:
 
     def sweep(self, everything: bool = False) -> int:
         """Delete the folders whose time has come (all, with ``everything``) -> how many."""
-        now, done = time.monotonic(), 0
+        now = time.monotonic()
         with self._lock:
-            while self._due and (everything or self._due[0][0] <= now):
-                due, folder = self._due.popleft()
-                if everything or self._last.get(folder) == due:  # not handed over again since
-                    self._last.pop(folder, None)
-                    shutil.rmtree(folder, ignore_errors=True)
-                    done += 1
-        return done
+            done = [folder for folder, due in self._due.items() if everything or due <= now]
+            for folder in done:
+                del self._due[folder]
+                shutil.rmtree(folder, ignore_errors=True)
+        return len(done)
 
     def __len__(self) -> int:
         return len(self._due)

@@ -171,7 +171,7 @@ def locality_latents(pivot: torch.Tensor, radius: float, samples: int, direction
     if directions is not None:
         k = int(torch.randint(len(directions), (1,), generator=rng))
         sign = 1.0 if torch.rand((), generator=rng) < 0.5 else -1.0
-        u = torch.cat([u, sign * directions[k : k + 1].cpu()])
+        u = torch.cat([u, sign * directions[k : k + 1].to(u.device)])
     return pivot + radius * (u / u.norm(dim=1, keepdim=True)).to(pivot.device)
 
 

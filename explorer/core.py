@@ -250,14 +250,14 @@ class Explorer:
         (it, the projection of z alone, None), then (it, the projection by the
         tuned generator, its id): uint8 faces at the generator's size. The
         projection is kept (the last ``photo_slots``) for face(photo=id)."""
-        target, info = align_photo(data, self.config["size"])
+        target, _ = align_photo(data, self.config["size"])
         yield target, None, None
         settings = self.photo_settings
         z = project_latent(self.base, target, settings, progress and f"{progress}: the latent").cpu()
         yield target, self.render(z[None], self.base)[0], None
         tuned = tune(self.base, z.to(self.device), target, settings, progress and f"{progress}: tuning",
                      directions=None if self.directions is None else self.directions.vectors)
-        photo_id = self.photos.add(Projection(z, tuned, target, info))
+        photo_id = self.photos.add(Projection(z, tuned, target))
         yield target, self.render(z[None], tuned)[0], photo_id
 
     # files to download ---------------------------------------------------------
