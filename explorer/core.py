@@ -35,7 +35,7 @@ from utils.paths import CLASSIFIER, shown
 
 KEEP_FILES = 64  # the grid PNGs and GIFs the server keeps for download (older ones are deleted)
 RUNTIMES = ("auto", "onnx", "torch")  # what renders the faces (--runtime)
-PHOTO = PhotoSettings(steps=100, candidates=128, restarts=1, tune_steps=50)  # the page's projection (2.5-2.7 s on one idle core)
+PHOTO = PhotoSettings(steps=100, candidates=128, restarts=1, tune_steps=50)  # the page's (2.5-2.7 s, one idle core)
 PHOTO_SLOTS = 16  # projections kept in memory (a tuned 64 px generator is 4.4 MB); the least recently used dropped
 PHOTO_TERM = "photo"  # the arithmetic's name for the visitor's projected photo's latent
 
